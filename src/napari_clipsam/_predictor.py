@@ -1,0 +1,275 @@
+"""Predictor with explicit state: ``set_image`` -> ``set_concept`` -> ``predict``."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ._image import to_rgb_uint8
+from ._model import ClipSamModel
+from ._prompts import mask_prompt_from_similarity, points_from_similarity, resize_map
+
+# Image embeddings kept per concept for the current image (4 MB each for vit_b).
+_EMBEDDINGS_KEPT = 8
+
+
+class ClipSamPredictor:
+    """Segment one image by concept, points and boxes, caching everything reusable.
+
+    CLIP features are computed once per image, text embeddings once per concept (in
+    the model), and SAM's image embedding once per (image, concept): setting the same
+    image or concept again costs nothing, and a new point costs only the decoder.
+    Coordinates are XY pixels of the image given to :meth:`set_image`; boxes XYXY.
+    """
+
+    def __init__(self, model: ClipSamModel) -> None:
+        self.model = model
+        self.reset_image()
+        self.concept: str | None = None
+
+    # ------------------------------------------------------------------ state
+    def reset_image(self) -> None:
+        """Forget the image and everything computed from it."""
+        self.image: np.ndarray | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self._image_key: str | None = None
+        self._sam_input: torch.Tensor | None = None
+        self._clip_patches: torch.Tensor | None = None
+        self._prefix: torch.Tensor | None = None
+        self._embeddings: OrderedDict[str | None, torch.Tensor] = OrderedDict()
+        self._similarity: dict[str, torch.Tensor] = {}
+        self.last_points: np.ndarray | None = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self.image is not None
+
+    def set_image(self, image, channel: int | None = None) -> None:
+        """Set the image to segment: (H, W) or (H, W, C), any numeric dtype.
+
+        See :func:`napari_clipsam.to_rgb_uint8` for the conversion. Setting an image
+        equal to the current one keeps all cached features.
+        """
+        rgb = to_rgb_uint8(image, channel=channel)
+        key = hashlib.blake2b(rgb.tobytes(), digest_size=16)
+        key.update(repr(rgb.shape).encode())
+        digest = key.hexdigest()
+        if digest == self._image_key:
+            return
+        self.reset_image()
+        self.image = rgb
+        self.original_size = rgb.shape[:2]
+        self._image_key = digest
+
+    def set_concept(self, concept: str | None) -> None:
+        """Set the concept that conditions the encoder; None for plain SAM behaviour."""
+        if concept is not None:
+            if not isinstance(concept, str):
+                raise TypeError(f"The concept must be a string or None, got {type(concept).__name__}.")
+            concept = " ".join(concept.split())
+            if not concept:
+                concept = None
+        self.concept = concept
+
+    # ----------------------------------------------------------- computation
+    def _require_image(self) -> None:
+        if self.image is None:
+            raise RuntimeError("Set an image with set_image(...) before predicting.")
+
+    @torch.no_grad()
+    def iter_prepare(self) -> Iterator[str]:
+        """Compute what the current image and concept need, one named stage at a time.
+
+        Yields the name of each stage before running it, so a caller (the napari
+        widget) can report progress and stop between stages. Cached stages are skipped.
+        """
+        self._require_image()
+        model = self.model
+        if self._sam_input is None:
+            yield "preparing image"
+            self._sam_input, self.input_size = model.sam_input(self.image)
+        concept = self.concept
+        if concept is not None and self._clip_patches is None:
+            yield "CLIP image features"
+            _, self._clip_patches = model.clip_features(model.clip_input(self.image))
+        if concept is not None and concept not in self._similarity:
+            yield "text embedding"
+            text = model.text_embedding(concept)
+            self._similarity[concept] = model.similarity(self._clip_patches, text[None])
+        if concept in self._embeddings:
+            self._embeddings.move_to_end(concept)
+            return
+        if self._prefix is None:
+            yield "image encoder"
+            self._prefix = model.encoder_prefix(self._sam_input)
+        yield "image encoder (concept)" if concept is not None else "image encoder (no concept)"
+        if concept is None:
+            conditioning = None
+        else:
+            conditioning = model.conditioning(
+                model.text_embedding(concept), self._clip_patches, self._similarity[concept]
+            )
+        self._embeddings[concept] = model.encoder_suffix(self._prefix, conditioning)
+        while len(self._embeddings) > _EMBEDDINGS_KEPT:
+            self._embeddings.popitem(last=False)
+
+    def prepare(self) -> None:
+        """Run :meth:`iter_prepare` to the end."""
+        for _ in self.iter_prepare():
+            pass
+
+    @property
+    def image_embedding(self) -> torch.Tensor:
+        """SAM's (1, 256, 64, 64) image embedding for the current image and concept."""
+        self.prepare()
+        return self._embeddings[self.concept]
+
+    def _similarity_grid(self) -> torch.Tensor:
+        if self.concept is None:
+            raise RuntimeError("Set a concept with set_concept(...) to get a similarity map.")
+        self.prepare()
+        return self._similarity[self.concept]
+
+    def similarity_map(self) -> np.ndarray:
+        """(H, W) float32 similarity of the image to the concept, in [0, 1]."""
+        grid = self._similarity_grid()
+        return resize_map(grid, self.original_size)[0].clamp(0, 1).cpu().numpy().astype(np.float32)
+
+    def text_prompts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The text-only mode's points: (N, 2) XY image coordinates and (N,) labels (all 1)."""
+        similarity = self.similarity_map()
+        points = points_from_similarity(
+            similarity, self.model.config.similarity_threshold, self.model.config.num_points
+        )
+        return points, np.ones(len(points), dtype=np.int64)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        multimask_output: bool = False,
+        mask_input: np.ndarray | None = None,
+        use_similarity_prompt: bool | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict masks for the current image and concept.
+
+        With no points and no box and a concept set, prompts come from CLIP (text-only
+        mode: points from the thresholded similarity map, the map as mask prompt).
+        With points and/or a box it is the manual mode; the concept still conditions
+        the encoder and, if configured, the similarity mask prompt stays on. With no
+        concept, it is plain SAM.
+
+        Args:
+            point_coords: (N, 2) XY pixel coordinates.
+            point_labels: (N,) 1 for foreground, 0 for background (default: all 1).
+            box: (4,) XYXY box in pixels.
+            multimask_output: return SAM's three candidate masks instead of one.
+            mask_input: (1, 256, 256) low-resolution logits from a previous call;
+                replaces the similarity mask prompt.
+            use_similarity_prompt: override ``config.similarity_mask_prompt``.
+
+        Returns:
+            masks: (C, H, W) bool at the image's size.
+            scores: (C,) float32 predicted IoU.
+            logits: (C, 256, 256) float32 low-resolution logits (side 4x the embedding grid).
+        """
+        self._require_image()
+        model = self.model
+        points, labels, box = _check_prompts(point_coords, point_labels, box)
+        if points is None and box is None:
+            if self.concept is None:
+                raise ValueError(
+                    "Nothing to segment: give points or a box, or set a concept with "
+                    "set_concept(...) for the text-only mode."
+                )
+            points, labels = self.text_prompts()
+        self.prepare()
+        self.last_points = None if points is None else points.copy()
+
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        transform = ResizeLongestSide(model.image_size)
+        device = model.device
+        point_prompt = None
+        if points is not None:
+            coords = transform.apply_coords(points.astype(np.float64), self.original_size)
+            point_prompt = (
+                torch.as_tensor(coords, dtype=torch.float32, device=device)[None],
+                torch.as_tensor(labels, dtype=torch.int, device=device)[None],
+            )
+        box_prompt = None
+        if box is not None:
+            box_prompt = torch.as_tensor(
+                transform.apply_boxes(box[None], self.original_size), dtype=torch.float32, device=device
+            )
+        mask_prompt = None
+        if mask_input is not None:
+            mask_prompt = torch.as_tensor(np.asarray(mask_input), dtype=torch.float32, device=device)
+            if mask_prompt.shape[-2:] != model.mask_input_size:
+                raise ValueError(
+                    f"mask_input must have shape (1, {model.mask_input_size[0]}, "
+                    f"{model.mask_input_size[1]}), got {tuple(mask_prompt.shape)}."
+                )
+            mask_prompt = mask_prompt.reshape(1, 1, *model.mask_input_size)
+        elif self.concept is not None and (
+            model.config.similarity_mask_prompt if use_similarity_prompt is None else use_similarity_prompt
+        ):
+            mask_prompt = mask_prompt_from_similarity(
+                self._similarity[self.concept],
+                model.config.similarity_threshold,
+                self.input_size,
+                model.image_size,
+                model.mask_input_size,
+            )
+
+        low_res, iou = model.decode(
+            self._embeddings[self.concept], point_prompt, box_prompt, mask_prompt, multimask_output
+        )
+        masks = model.sam.postprocess_masks(low_res, self.input_size, self.original_size)
+        masks = masks > model.sam.mask_threshold
+        return (
+            masks[0].cpu().numpy(),
+            iou[0].float().cpu().numpy(),
+            low_res[0].float().cpu().numpy(),
+        )
+
+
+def _check_prompts(point_coords, point_labels, box):
+    points = labels = None
+    if point_coords is not None:
+        points = np.asarray(point_coords, dtype=np.float64)
+        if points.size == 0:
+            points = None
+        elif points.ndim != 2 or points.shape[1] != 2:
+            raise ValueError(f"point_coords must have shape (N, 2) in XY order, got {points.shape}.")
+    if points is not None:
+        if point_labels is None:
+            labels = np.ones(len(points), dtype=np.int64)
+        else:
+            labels = np.asarray(point_labels).astype(np.int64).reshape(-1)
+            if labels.shape != (len(points),):
+                raise ValueError(
+                    f"point_labels must have one label per point ({len(points)}), got shape "
+                    f"{np.asarray(point_labels).shape}."
+                )
+            if not np.isin(labels, (0, 1)).all():
+                raise ValueError("point_labels must be 1 (foreground) or 0 (background).")
+    elif point_labels is not None and np.asarray(point_labels).size:
+        raise ValueError("point_labels were given without point_coords.")
+    if box is not None:
+        box = np.asarray(box, dtype=np.float64).reshape(-1)
+        if box.shape != (4,):
+            raise ValueError(f"box must be 4 numbers X0, Y0, X1, Y1, got shape {box.shape}.")
+        if not (box[2] > box[0] and box[3] > box[1]):
+            raise ValueError(f"box must be X0, Y0, X1, Y1 with X1 > X0 and Y1 > Y0, got {box.tolist()}.")
+    for name, values in (("point_coords", points), ("box", box)):
+        if values is not None and not np.isfinite(values).all():
+            raise ValueError(f"{name} contains NaN or infinite values.")
+    return points, labels, box

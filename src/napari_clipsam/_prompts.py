@@ -1,0 +1,103 @@
+"""Prompts derived from the CLIP similarity map (text-only mode) and from masks (training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Points are chosen on a copy of the map whose longest side is at most this many
+# pixels: ample for five well-spread points, and cheap for large images.
+_POINT_GRID = 256
+
+
+def resize_map(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, g, g) maps to (B, H, W)."""
+    return F.interpolate(grid[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def similarity_in_sam_frame(grid: torch.Tensor, input_size: tuple[int, int], frame: int) -> torch.Tensor:
+    """Place (B, g, g) similarity maps of the whole image into SAM's padded input frame.
+
+    The image occupies the top-left ``input_size`` of SAM's ``frame x frame`` input
+    (``ResizeLongestSide`` then padding); the padding gets 0.
+    """
+    resized = resize_map(grid, input_size)
+    return F.pad(resized, (0, frame - input_size[1], 0, frame - input_size[0]))
+
+
+def mask_prompt_from_similarity(
+    grid: torch.Tensor,
+    threshold: float,
+    input_size: tuple[int, int],
+    frame: int,
+    mask_size: tuple[int, int],
+) -> torch.Tensor:
+    """SAM's dense mask prompt (B, 1, h, w): the thresholded map B scaled to {0, 255}."""
+    in_frame = similarity_in_sam_frame(grid, input_size, frame)
+    low_res = F.interpolate(in_frame[:, None], size=mask_size, mode="bilinear", align_corners=False)
+    return (low_res >= threshold).float() * 255.0
+
+
+def points_from_similarity(
+    similarity: np.ndarray, threshold: float, num_points: int
+) -> np.ndarray:
+    """Deterministic, spread-out positive points inside the thresholded similarity map.
+
+    The first point is the map's maximum; each next one is the pixel of the
+    thresholded region farthest from the points already chosen (ties: highest
+    similarity, then first in raster order).
+
+    Args:
+        similarity: (H, W) map in [0, 1] at the image's size.
+        threshold: the region is ``similarity >= threshold``.
+        num_points: how many points at most (fewer if the region is smaller).
+
+    Returns:
+        (N, 2) float64 XY pixel coordinates in the image, 1 <= N <= num_points.
+    """
+    height, width = similarity.shape
+    step = max(1, int(np.ceil(max(height, width) / _POINT_GRID)))
+    coarse = similarity[step // 2 :: step, step // 2 :: step]
+    ys, xs = np.nonzero(coarse >= threshold)
+    if ys.size == 0:
+        ys, xs = np.unravel_index(np.array([np.argmax(coarse)]), coarse.shape)
+    values = coarse[ys, xs]
+    candidates = np.stack([xs, ys], axis=1).astype(np.float64)
+    first = int(np.argmax(values))
+    chosen = [first]
+    distance = np.linalg.norm(candidates - candidates[first], axis=1)
+    while len(chosen) < min(num_points, len(candidates)):
+        # lexsort: last key is primary; prefer far, then high similarity, then raster order.
+        order = np.lexsort((np.arange(len(candidates)), -values, -distance))
+        best = int(order[0])
+        if distance[best] <= 0:
+            break
+        chosen.append(best)
+        distance = np.minimum(distance, np.linalg.norm(candidates - candidates[best], axis=1))
+    points = candidates[chosen] * step + step // 2
+    return points
+
+
+def points_from_mask(
+    mask: np.ndarray,
+    num_positive: int,
+    num_negative: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random positive points inside ``mask`` and negative points outside it (XY order).
+
+    Returns:
+        coords (N, 2) float64 and labels (N,) int64 (1 positive, 0 negative).
+    """
+    coords, labels = [], []
+    for wanted, region, label in ((num_positive, mask, 1), (num_negative, ~mask, 0)):
+        ys, xs = np.nonzero(region)
+        if wanted == 0 or ys.size == 0:
+            continue
+        picks = rng.choice(ys.size, size=min(wanted, ys.size), replace=False)
+        coords.append(np.stack([xs[picks], ys[picks]], axis=1).astype(np.float64))
+        labels.append(np.full(len(picks), label, dtype=np.int64))
+    if not coords:
+        return np.zeros((0, 2)), np.zeros((0,), dtype=np.int64)
+    return np.concatenate(coords), np.concatenate(labels)
