@@ -69,11 +69,9 @@ def to_rgb_uint8(image, channel: int | None = None) -> np.ndarray:
         array = array[..., None]
     elif array.ndim == 3:
         if array.shape[-1] > MAX_CHANNELS:
-            hint = (
-                " It looks channels-first; use np.moveaxis(image, 0, -1)."
-                if array.shape[0] <= MAX_CHANNELS
-                else " For a 3-D stack or time series, pass one plane, e.g. image[z]."
-            )
+            hint = " For a 3-D stack or time series, pass one plane, e.g. image[z]."
+            if array.shape[0] <= MAX_CHANNELS:
+                hint += " If the channels come first, use np.moveaxis(image, 0, -1)."
             raise ValueError(f"Got a 3-D array of shape {array.shape}. {_EXPECTED}{hint}")
     else:
         raise ValueError(

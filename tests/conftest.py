@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny randomly initialised models and small synthetic images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's weights cache."""
+    monkeypatch.setenv("NAPARI_CLIPSAM_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def tiny_model():
+    """A tiny CLIP-guided SAM with random weights, on CPU in fp32 (adapters zero-initialised)."""
+    import napari_clipsam as nc
+
+    torch.manual_seed(0)
+    return nc.load_model(
+        sam="tiny", clip="tiny", sam_checkpoint=None, clip_pretrained=None, device="cpu", precision="fp32"
+    )
+
+
+def randomize_adapters(model, seed: int = 1, std: float = 0.05) -> None:
+    """Give every adapter weight a random value, as training would (zero init hides bugs)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for adapter in model.adapters:
+            for parameter in adapter.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+
+
+@pytest.fixture
+def blobs_image():
+    """(96, 128) uint16 image with four bright discs on a dim, noisy background."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :128]
+    image = rng.normal(200, 20, size=(96, 128))
+    for cy, cx, r in ((25, 30, 10), (60, 40, 12), (30, 95, 9), (70, 100, 11)):
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= r**2] += 1500
+    return np.clip(image, 0, 65535).astype(np.uint16)
