@@ -11,7 +11,9 @@ from segment_anything import SamPredictor, sam_model_registry
 
 import napari_clipsam as nc
 from napari_clipsam._adapters import ADAPTER_KEY, Conditioning, conditioned
+from napari_clipsam._attention import use_banded_global_attention
 from napari_clipsam._model import adapter_keys
+from napari_clipsam._sam import build_sam
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,11 @@ def _sam_input(model, image):
 def test_untrained_model_equals_vanilla_sam(tiny_model, blobs_image):
     """Zero-initialised adapters: same embedding and same masks as segment_anything's SamPredictor."""
     rgb = nc.to_rgb_uint8(blobs_image)
-    reference = SamPredictor(tiny_model.sam)
+    vanilla = build_sam("tiny")  # no adapters, no banded attention: SAM as published
+    vanilla.load_state_dict(
+        {k: v for k, v in tiny_model.sam.state_dict().items() if ADAPTER_KEY not in k}, strict=True
+    )
+    reference = SamPredictor(vanilla)
     reference.set_image(rgb)
 
     predictor = nc.ClipSamPredictor(tiny_model)
@@ -350,3 +356,20 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
         assert nc.resolve_device("auto") == cpu or nc.resolve_device("auto").type == "mps"
         with pytest.raises(ValueError, match="CUDA is not available"):
             nc.resolve_device("cuda")
+
+
+def test_banded_global_attention_equals_sams_attention():
+    torch.manual_seed(0)
+    sam = build_sam("tiny")
+    block = sam.image_encoder.blocks[1]
+    assert block.window_size == 0
+    with torch.no_grad():
+        block.attn.rel_pos_h.normal_(std=0.2)
+        block.attn.rel_pos_w.normal_(std=0.2)
+        x = torch.randn(2, 16, 16, 32)
+        expected = block.attn(x)
+        # 40 queries per band: 2 grid rows a band, so 8 bands over the 16-row grid.
+        assert use_banded_global_attention(sam.image_encoder, queries_per_band=40) == 1
+        got = block.attn(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert "forward" not in sam.image_encoder.blocks[0].attn.__dict__  # windowed block untouched

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._attention import use_banded_global_attention
 from ._adapters import (
     ADAPTER_KEY,
     BlockAdapter,
@@ -79,6 +80,8 @@ class ClipSamModel(nn.Module):
         # Kept out of the module tree: the surgery encoder only re-uses clip.visual.
         object.__setattr__(self, "surgery", SurgeryVisionEncoder(clip_model.visual, config.surgery_blocks))
         object.__setattr__(self, "adapters", attach_adapters(sam, self.surgery.output_dim, config))
+        # Same attention, a band of queries at a time: bounds the encoder's peak memory.
+        use_banded_global_attention(sam.image_encoder)
         self.text_embedder = TextEmbedder(clip_model, tokenizer, config.template_list())
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.freeze_base()
@@ -415,13 +418,16 @@ def load_model(
     torch_device = resolve_device(device)
     resolved_precision = resolve_precision(precision, torch_device)
 
-    sam_model = build_sam(sam)
+    # Find (or download) every file before building anything, so that a missing
+    # file is reported at once.
     sam_path = resolve_sam_checkpoint(sam, sam_checkpoint, cache_dir=cache_dir, progress=progress)
+    clip_path, clip_cfg = resolve_clip_checkpoint(clip, clip_pretrained, cache_dir=cache_dir, progress=progress)
+
+    sam_model = build_sam(sam)
     if sam_path is not None:
         state_dict = load_sam_state_dict(sam_path)
         load_state_dict_checked(sam_model, state_dict, what=f"SAM {sam} checkpoint {sam_path}")
 
-    clip_path, clip_cfg = resolve_clip_checkpoint(clip, clip_pretrained, cache_dir=cache_dir, progress=progress)
     clip_model = build_clip(clip, quick_gelu=bool(clip_cfg.get("quick_gelu", False)))
     if clip_path is not None:
         _load_clip_weights(clip_model, clip, clip_path)

@@ -43,6 +43,7 @@ class ClipSamPredictor:
         self._prefix: torch.Tensor | None = None
         self._embeddings: OrderedDict[str | None, torch.Tensor] = OrderedDict()
         self._similarity: dict[str, torch.Tensor] = {}
+        self._mask_prompts: dict[str, torch.Tensor] = {}
         self.last_points: np.ndarray | None = None
 
     @property
@@ -221,13 +222,16 @@ class ClipSamPredictor:
         elif self.concept is not None and (
             model.config.similarity_mask_prompt if use_similarity_prompt is None else use_similarity_prompt
         ):
-            mask_prompt = mask_prompt_from_similarity(
-                self._similarity[self.concept],
-                model.config.similarity_threshold,
-                self.input_size,
-                model.image_size,
-                model.mask_input_size,
-            )
+            mask_prompt = self._mask_prompts.get(self.concept)
+            if mask_prompt is None:
+                mask_prompt = mask_prompt_from_similarity(
+                    self._similarity[self.concept],
+                    model.config.similarity_threshold,
+                    self.input_size,
+                    model.image_size,
+                    model.mask_input_size,
+                )
+                self._mask_prompts[self.concept] = mask_prompt
 
         low_res, iou = model.decode(
             self._embeddings[self.concept], point_prompt, box_prompt, mask_prompt, multimask_output
