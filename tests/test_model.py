@@ -31,6 +31,7 @@ def vit_b_model():
     )
 
 
+@pytest.mark.slow
 def test_parameter_counts_match_the_paper(vit_b_model):
     counts = vit_b_model.count_parameters()
     assert counts["adapters_per_block"] == [1_379_712] * 12
@@ -47,6 +48,7 @@ def test_parameter_counts_match_the_paper(vit_b_model):
     )
 
 
+@pytest.mark.slow
 def test_sam_state_dict_without_adapters_loads_into_vanilla_sam(vit_b_model):
     state_dict = vit_b_model.sam.state_dict()
     keys = adapter_keys(state_dict)
@@ -373,3 +375,21 @@ def test_banded_global_attention_equals_sams_attention():
         got = block.attn(x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert "forward" not in sam.image_encoder.blocks[0].attn.__dict__  # windowed block untouched
+
+
+@pytest.mark.slow
+def test_compiled_decoder_gives_the_eager_results(tiny_model, blobs_image):
+    randomize_adapters(tiny_model)
+    predictor = nc.ClipSamPredictor(tiny_model)
+    predictor.set_image(blobs_image)
+    predictor.set_concept("nucleus")
+    prompts = [dict(point_coords=[[30, 25]]), dict(point_coords=[[30, 25], [90, 70]], point_labels=[1, 0]),
+               dict(box=[5, 5, 60, 50]), dict()]
+    eager = [predictor.predict(**p) for p in prompts]
+    keys = list(tiny_model.state_dict())
+    assert tiny_model.compile_decoder(warm_up=True)
+    compiled = [predictor.predict(**p) for p in prompts]
+    for before, after in zip(eager, compiled):
+        np.testing.assert_allclose(after[2], before[2], rtol=1e-4, atol=1e-4)
+        assert (after[0] == before[0]).mean() > 0.999
+    assert list(tiny_model.state_dict()) == keys

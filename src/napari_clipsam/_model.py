@@ -261,6 +261,40 @@ class ClipSamModel(nn.Module):
             multimask_output=multimask_output,
         )
 
+    def compile_decoder(self, warm_up: bool = True) -> bool:
+        """Compile SAM's prompt decoder with ``torch.compile`` for faster clicks.
+
+        On a CPU this roughly halves the latency of a point prompt once compiled, but
+        compiling takes tens of seconds (once per process), so call it in the
+        background. Shapes are dynamic, so any number of points reuses one compilation;
+        ``warm_up`` runs the point, box and mask-prompt variants once to compile them
+        all now. Parameter names do not change. Returns False, leaving the eager
+        decoder in place, where compilation fails (e.g. no C++ compiler).
+        """
+        decoder = self.sam.mask_decoder
+        decoder.compile(dynamic=True)
+        if not warm_up:
+            return True
+        try:
+            with torch.no_grad():
+                embedding = torch.zeros(
+                    1, self.sam.prompt_encoder.embed_dim, *self.sam.prompt_encoder.image_embedding_size,
+                    device=self.device,
+                )
+                points = (torch.zeros(1, 2, 2, device=self.device), torch.ones(1, 2, dtype=torch.int, device=self.device))
+                box = torch.tensor([[0.0, 0.0, 8.0, 8.0]], device=self.device)
+                mask = torch.zeros(1, 1, *self.mask_input_size, device=self.device)
+                for prompts in ((points, None, None), (points, box, None), (None, box, None), (points, None, mask)):
+                    for multimask in (False, True):
+                        self.decode(embedding, *prompts, multimask_output=multimask)
+        except Exception as err:  # a missing compiler shows up here, at the first call
+            import logging
+
+            logging.getLogger(__name__).warning("torch.compile of the decoder failed, staying eager: %s", err)
+            decoder._compiled_call_impl = None
+            return False
+        return True
+
     # --------------------------------------------------------------- adapters
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything trainable (adapters, prompt encoder, mask decoder, optional CLIP attention)."""
