@@ -82,42 +82,64 @@ class ClipSamPredictor:
         if self.image is None:
             raise RuntimeError("Set an image with set_image(...) before predicting.")
 
+    # Names of the stages of :meth:`iter_prepare`.
+    STAGE_IMAGE = "preparing image"
+    STAGE_CLIP = "CLIP image features"
+    STAGE_TEXT = "text embedding"
+    STAGE_PREFIX = "image encoder"
+    STAGE_CONDITIONED = "image encoder (concept)"
+    STAGE_UNCONDITIONED = "image encoder (no concept)"
+
+    def pending_stages(self) -> list[str]:
+        """The stages the current image and concept still need, in order (cached ones left out)."""
+        self._require_image()
+        concept = self.concept
+        stages = []
+        if self._sam_input is None:
+            stages.append(self.STAGE_IMAGE)
+        if concept is not None and self._clip_patches is None:
+            stages.append(self.STAGE_CLIP)
+        if concept is not None and concept not in self._similarity:
+            stages.append(self.STAGE_TEXT)
+        if concept not in self._embeddings:
+            if self._prefix is None:
+                stages.append(self.STAGE_PREFIX)
+            stages.append(self.STAGE_UNCONDITIONED if concept is None else self.STAGE_CONDITIONED)
+        return stages
+
     @torch.no_grad()
+    def _run_stage(self, stage: str) -> None:
+        model, concept = self.model, self.concept
+        if stage == self.STAGE_IMAGE:
+            self._sam_input, self.input_size = model.sam_input(self.image)
+        elif stage == self.STAGE_CLIP:
+            _, self._clip_patches = model.clip_features(model.clip_input(self.image))
+        elif stage == self.STAGE_TEXT:
+            text = model.text_embedding(concept)
+            self._similarity[concept] = model.similarity(self._clip_patches, text[None])
+        elif stage == self.STAGE_PREFIX:
+            self._prefix = model.encoder_prefix(self._sam_input)
+        else:
+            conditioning = None
+            if concept is not None:
+                conditioning = model.conditioning(
+                    model.text_embedding(concept), self._clip_patches, self._similarity[concept]
+                )
+            self._embeddings[concept] = model.encoder_suffix(self._prefix, conditioning)
+            while len(self._embeddings) > _EMBEDDINGS_KEPT:
+                self._embeddings.popitem(last=False)
+
     def iter_prepare(self) -> Iterator[str]:
         """Compute what the current image and concept need, one named stage at a time.
 
         Yields the name of each stage before running it, so a caller (the napari
         widget) can report progress and stop between stages. Cached stages are skipped.
         """
-        self._require_image()
-        model = self.model
-        if self._sam_input is None:
-            yield "preparing image"
-            self._sam_input, self.input_size = model.sam_input(self.image)
-        concept = self.concept
-        if concept is not None and self._clip_patches is None:
-            yield "CLIP image features"
-            _, self._clip_patches = model.clip_features(model.clip_input(self.image))
-        if concept is not None and concept not in self._similarity:
-            yield "text embedding"
-            text = model.text_embedding(concept)
-            self._similarity[concept] = model.similarity(self._clip_patches, text[None])
-        if concept in self._embeddings:
-            self._embeddings.move_to_end(concept)
-            return
-        if self._prefix is None:
-            yield "image encoder"
-            self._prefix = model.encoder_prefix(self._sam_input)
-        yield "image encoder (concept)" if concept is not None else "image encoder (no concept)"
-        if concept is None:
-            conditioning = None
-        else:
-            conditioning = model.conditioning(
-                model.text_embedding(concept), self._clip_patches, self._similarity[concept]
-            )
-        self._embeddings[concept] = model.encoder_suffix(self._prefix, conditioning)
-        while len(self._embeddings) > _EMBEDDINGS_KEPT:
-            self._embeddings.popitem(last=False)
+        if self.concept in self._embeddings:
+            self._embeddings.move_to_end(self.concept)
+        for stage in self.pending_stages():
+            yield stage
+            self._run_stage(stage)
 
     def prepare(self) -> None:
         """Run :meth:`iter_prepare` to the end."""
