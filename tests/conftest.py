@@ -11,6 +11,8 @@ import torch
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """No test reads or writes the user's weights cache."""
     monkeypatch.setenv("NAPARI_CLIPSAM_CACHE", str(tmp_path_factory.mktemp("cache")))
+    # Widget settings do not persist in tests (a test that checks persistence sets a file).
+    monkeypatch.setenv("NAPARI_CLIPSAM_SETTINGS", "off")
 
 
 @pytest.fixture
