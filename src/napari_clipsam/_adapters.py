@@ -152,11 +152,16 @@ def first_semantic_block(adapters: list[BlockAdapter]) -> int:
 
 @contextmanager
 def conditioned(adapters: list[BlockAdapter], conditioning: Conditioning | None) -> Iterator[None]:
-    """Give every adapter the CLIP signals for the encoder passes inside the block."""
+    """Give every adapter the CLIP signals for the encoder passes inside the block.
+
+    Nested uses restore the outer conditioning on exit, so a training step can keep it
+    in force through the backward pass (which recomputes checkpointed blocks).
+    """
+    previous = [adapter.conditioning for adapter in adapters]
     for adapter in adapters:
         adapter.conditioning = conditioning
     try:
         yield
     finally:
-        for adapter in adapters:
-            adapter.conditioning = None
+        for adapter, earlier in zip(adapters, previous):
+            adapter.conditioning = earlier

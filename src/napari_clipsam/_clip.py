@@ -1,14 +1,18 @@
 """CLIP through open_clip: model building, CLIP-Surgery dense features, text embeddings.
 
-Nothing here copies CLIP's code: the surgery path is composed from the modules of
-open_clip's own ``VisionTransformer`` (its convolution, embeddings, blocks, final
-LayerNorm and projection).
+Nothing here copies CLIP's code: the surgery path is composed from the modules of the
+image tower itself, either open_clip's own ``VisionTransformer`` or a timm
+``VisionTransformer`` inside open_clip's ``TimmModel`` (BiomedCLIP): their patch
+convolution, embeddings, blocks, final norm and projection.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 from importlib.resources import files
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import open_clip
 import torch
@@ -19,6 +23,12 @@ from torch import nn
 # open_clip's model-config registry (so that it is built by open_clip's own factory).
 TINY_CLIP = "tiny"
 _TINY_OPEN_CLIP_NAME = "clipsam-tiny"
+_HF_HUB_PREFIX = "hf-hub:"
+_HF_CONFIG_NAME = "open_clip_config.json"
+
+
+class MissingDependencyError(ImportError):
+    """An optional package that the chosen CLIP model needs is not installed."""
 
 
 def _open_clip_name(name: str) -> str:
@@ -35,93 +45,379 @@ def list_clip_models() -> list[str]:
     return [TINY_CLIP, *open_clip.list_models()]
 
 
-def build_clip(name: str, quick_gelu: bool = False) -> nn.Module:
-    """Build a randomly initialised open_clip model by name (weights are loaded apart).
+def _require_transformers(name: str, text_cfg: dict[str, Any]) -> None:
+    """Raise MissingDependencyError if ``text_cfg`` names a Hugging Face text tower or
+    tokenizer and ``transformers`` is not installed."""
+    hf_name = text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name")
+    if not hf_name:
+        return
+    try:
+        import transformers  # noqa: F401
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"CLIP {name!r} has a Hugging Face text tower ({hf_name}), which needs the "
+            "'transformers' package: pip install transformers"
+        ) from err
 
-    ``hf-hub:`` names fetch only their small JSON config here.
+
+def _hub_model_config(open_clip_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(model_cfg, preprocess_cfg)`` from an ``hf-hub:`` repository's open_clip_config.json.
+
+    Fetches only that small file: open_clip's own ``create_model`` would also download
+    the weights for an ``hf-hub:`` name, even with ``load_weights=False``.
     """
-    open_clip_name = _open_clip_name(name)
-    if not open_clip_name.startswith(("hf-hub:", "local-dir:")) and (
-        open_clip_name not in open_clip.list_models()
-    ):
-        raise ValueError(
-            f"Unknown CLIP model {name!r}. Use one of open_clip.list_models() "
-            "(for example 'ViT-B-16'), an 'hf-hub:' name, or 'tiny'."
-        )
-    model = open_clip.create_model(
+    from open_clip.pretrained import download_pretrained_from_hf
+
+    repo_id = open_clip_name[len(_HF_HUB_PREFIX) :]
+    path = download_pretrained_from_hf(repo_id, filename=_HF_CONFIG_NAME)
+    config = json.loads(Path(path).read_text(encoding="utf-8"))
+    return config.get("model_cfg", config), config.get("preprocess_cfg", {})
+
+
+def _create_open_clip(open_clip_name: str, quick_gelu: bool) -> nn.Module:
+    # pretrained_text=False: open_clip would otherwise download a Hugging Face text
+    # tower's base weights, which the CLIP checkpoint loaded afterwards replaces.
+    return open_clip.create_model(
         open_clip_name,
         pretrained=None,
         load_weights=False,
+        pretrained_image=False,
+        pretrained_text=False,
         force_quick_gelu=quick_gelu,
         precision="fp32",
         device="cpu",
     )
+
+
+def build_clip(
+    name: str,
+    quick_gelu: bool = False,
+    model_cfg: dict[str, Any] | None = None,
+    preprocess_cfg: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Build a randomly initialised open_clip model by name (weights are loaded apart).
+
+    Args:
+        name: open_clip model name, an ``hf-hub:`` name, or ``"tiny"``.
+        quick_gelu: force QuickGELU activations (OpenAI-trained weights need them).
+        model_cfg: the model's open_clip config (the ``model_cfg`` of an
+            ``open_clip_config.json``) if already in hand; the model is then built from
+            it with no network call. Without it an ``hf-hub:`` name fetches its
+            ``open_clip_config.json`` (never the weights).
+        preprocess_cfg: image preprocessing of the weights to be loaded (``mean``,
+            ``std``, ...; other keys are ignored), as ``resolve_clip_checkpoint``'s cfg
+            gives it; it becomes ``model.visual.image_mean``/``image_std``. Without it,
+            the config's own (``hf-hub:``) or open_clip's defaults (OpenAI's).
+
+    Raises:
+        MissingDependencyError: the model has a Hugging Face text tower (BiomedCLIP)
+            and ``transformers`` is not installed.
+
+    A Hugging Face text tower still reads its ``config.json`` through ``transformers``
+    (from the Hugging Face cache, or the network).
+    """
+    open_clip_name = _open_clip_name(name)
+    if model_cfg is None and open_clip_name.startswith(_HF_HUB_PREFIX):
+        model_cfg, hub_preprocess_cfg = _hub_model_config(open_clip_name)
+        preprocess_cfg = {**hub_preprocess_cfg, **(preprocess_cfg or {})}
+    if model_cfg is None:
+        if not open_clip_name.startswith("local-dir:") and open_clip_name not in open_clip.list_models():
+            raise ValueError(
+                f"Unknown CLIP model {name!r}. Use one of open_clip.list_models() "
+                "(for example 'ViT-B-16'), an 'hf-hub:' name, or 'tiny'."
+            )
+        model = _create_open_clip(open_clip_name, quick_gelu)
+    else:
+        _require_transformers(name, model_cfg.get("text_cfg", {}))
+        # open_clip's public route for a config in hand is a 'local-dir:' folder; with
+        # no weights file in it and load_weights=False nothing is read but the config.
+        with tempfile.TemporaryDirectory(prefix="napari-clipsam-") as folder:
+            config_path = Path(folder) / _HF_CONFIG_NAME
+            config_path.write_text(json.dumps({"model_cfg": model_cfg}), encoding="utf-8")
+            model = _create_open_clip(f"local-dir:{folder}", quick_gelu)
+    if preprocess_cfg:
+        merged = open_clip.transform.merge_preprocess_dict(
+            open_clip.get_model_preprocess_cfg(model), preprocess_cfg
+        )
+        open_clip.set_model_preprocess_cfg(model, merged)
     model.eval()
     return model
 
 
-def get_tokenizer(name: str):
-    return open_clip.get_tokenizer(_open_clip_name(name))
+def get_tokenizer(name: str, model_cfg: dict[str, Any] | None = None):
+    """open_clip's tokenizer for CLIP ``name``.
 
-
-class SurgeryVisionEncoder(nn.Module):
-    """Dense CLIP features with the CLIP-Surgery path, on an open_clip ViT.
-
-    The ordinary path runs the vision tower unchanged and gives the CLS token. In the
-    last ``surgery_blocks`` blocks a second path accumulates value-value attention
-    (the block's own value projection for queries, keys and values, no MLP) computed
-    from the ordinary path's normalised hidden state; it gives the patch tokens.
-    Both go through the tower's final LayerNorm and projection.
+    With ``model_cfg`` (see ``build_clip``) an ``hf-hub:`` name needs no config fetch;
+    a Hugging Face tokenizer still reads its files through ``transformers``.
     """
-
-    def __init__(self, visual: nn.Module, surgery_blocks: int = 6) -> None:
-        super().__init__()
-        if not isinstance(visual, open_clip.transformer.VisionTransformer):
-            raise TypeError(
-                "CLIP-Surgery features need open_clip's VisionTransformer image tower; "
-                f"this CLIP model has a {type(visual).__name__}. Choose a ViT CLIP such as "
-                "'ViT-B-16'."
+    open_clip_name = _open_clip_name(name)
+    if model_cfg is not None and open_clip_name.startswith(_HF_HUB_PREFIX):
+        text_cfg = model_cfg.get("text_cfg", {})
+        context_length = text_cfg.get("context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH)
+        kwargs = text_cfg.get("tokenizer_kwargs") or {}
+        if text_cfg.get("hf_tokenizer_name"):
+            _require_transformers(name, text_cfg)
+            return open_clip.tokenizer.HFTokenizer(
+                text_cfg["hf_tokenizer_name"],
+                context_length=context_length,
+                tokenizer_mode=text_cfg.get("tokenizer_mode"),
+                **kwargs,
             )
-        blocks = visual.transformer.resblocks
-        for block in blocks:
+        return open_clip.tokenizer.SimpleTokenizer(context_length=context_length, **kwargs)
+    try:
+        return open_clip.get_tokenizer(open_clip_name)
+    except ImportError as err:
+        if "transformers" not in str(err):
+            raise
+        raise MissingDependencyError(
+            f"CLIP {name!r} has a Hugging Face tokenizer, which needs the 'transformers' "
+            "package: pip install transformers"
+        ) from err
+
+
+def _resize_patch_positions(
+    patch_pos: torch.Tensor, native: tuple[int, int], grid: tuple[int, int]
+) -> torch.Tensor:
+    """Bilinearly resize (native_h * native_w, C) patch position embeddings to (grid_h * grid_w, C)."""
+    if tuple(grid) == tuple(native):
+        return patch_pos
+    patch_pos = patch_pos.reshape(1, native[0], native[1], -1).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos, size=tuple(grid), mode="bilinear", align_corners=False)
+    return patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+
+
+def _value_value_attention(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, heads: int, scale: float | None = None
+) -> torch.Tensor:
+    """Self-attention with queries and keys replaced by the values, before the output projection.
+
+    Args:
+        h: (B, N, C) normalised tokens.
+        weight, bias: the attention's value projection, (H * d, C) and (H * d,).
+        scale: attention logit scale; None for 1 / sqrt(d).
+
+    Returns:
+        (B, N, H * d) heads concatenated.
+    """
+    v = F.linear(h, weight, bias)
+    batch, tokens, width = v.shape
+    v = v.reshape(batch, tokens, heads, width // heads).transpose(1, 2)
+    out = F.scaled_dot_product_attention(v, v, v, scale=scale)
+    return out.transpose(1, 2).reshape(batch, tokens, width)
+
+
+class _OpenClipViTTower:
+    """Surgery interface to open_clip's ``VisionTransformer`` (class token, ``ln_post``, ``proj``)."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self, visual: nn.Module) -> None:
+        for block in visual.transformer.resblocks:
             if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
                 raise TypeError(
                     "CLIP-Surgery features need blocks with torch MultiheadAttention; "
                     f"found {type(block).__name__}."
                 )
         self.visual = visual
-        self.surgery_blocks = min(surgery_blocks, len(blocks))
-
-    @property
-    def output_dim(self) -> int:
-        return self.visual.output_dim
+        self.blocks = list(visual.transformer.resblocks)
+        self.batch_first = getattr(visual.transformer, "batch_first", True)
 
     @property
     def patch_size(self) -> int:
         return self.visual.patch_size[0]
 
-    def _positional_embedding(self, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-        pos = self.visual.positional_embedding
-        native = self.visual.grid_size
-        if tuple(grid) == tuple(native):
-            return pos.to(dtype)
-        cls_pos, patch_pos = pos[:1], pos[1:]
-        patch_pos = patch_pos.reshape(1, native[0], native[1], -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos, size=grid, mode="bilinear", align_corners=False)
-        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
-        return torch.cat([cls_pos, patch_pos], dim=0).to(dtype)
+    @property
+    def output_dim(self) -> int:
+        return self.visual.output_dim
 
-    @staticmethod
-    def _value_value_attention(attn: nn.MultiheadAttention, h: torch.Tensor) -> torch.Tensor:
-        """Attention with queries and keys replaced by the values. h: (B, N, C)."""
+    def attention_modules(self) -> list[nn.Module]:
+        return [block.attn for block in self.blocks]
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        visual = self.visual
+        x = visual.conv1(images)
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        pos = visual.positional_embedding
+        pos = torch.cat([pos[:1], _resize_patch_positions(pos[1:], visual.grid_size, grid)], dim=0)
+        x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
+        return visual.ln_pre(x), grid
+
+    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return block(x) if self.batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+
+    def surgery_step(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        attn = block.attn
         width = attn.embed_dim
         bias = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
-        v = F.linear(h, attn.in_proj_weight[2 * width :], bias)
-        batch, tokens, _ = v.shape
-        v = v.reshape(batch, tokens, attn.num_heads, width // attn.num_heads).transpose(1, 2)
-        out = F.scaled_dot_product_attention(v, v, v)
-        out = out.transpose(1, 2).reshape(batch, tokens, width)
-        return attn.out_proj(out)
+        out = _value_value_attention(block.ln_1(x), attn.in_proj_weight[2 * width :], bias, attn.num_heads)
+        return block.ls_1(attn.out_proj(out))
+
+    def pooled_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        cls = self.visual.ln_post(x[:, 0])
+        return cls @ self.visual.proj if self.visual.proj is not None else cls
+
+    def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = self.visual.ln_post(tokens)
+        return tokens @ self.visual.proj if self.visual.proj is not None else tokens
+
+
+class _TimmViTTower:
+    """Surgery interface to a timm ``VisionTransformer`` inside open_clip's ``TimmModel``.
+
+    The image embedding is the tower's own pooled output (``trunk.forward_head`` then
+    ``TimmModel.head``); each patch token goes through the same final norm and
+    projections, without the pooling.
+    """
+
+    _POOLS = ("token", "avg", "avgmax", "max")
+
+    def __init__(self, visual: nn.Module) -> None:
+        from timm.layers import Attention
+        from timm.models.vision_transformer import Block
+
+        trunk = visual.trunk
+        if getattr(trunk, "attn_pool", None) is not None or trunk.global_pool not in self._POOLS:
+            raise TypeError(
+                "CLIP-Surgery features need a timm ViT pooled by its class token or by "
+                f"averaging ({', '.join(self._POOLS)}); this one pools by "
+                f"{trunk.global_pool!r}, which has no per-patch counterpart."
+            )
+        if "pool" in dict(visual.head.named_children()):
+            raise TypeError(
+                "CLIP-Surgery features do not support open_clip's attention pooling of timm towers."
+            )
+        patch_size = tuple(trunk.patch_embed.patch_size)
+        if patch_size[0] != patch_size[1]:
+            raise TypeError(f"CLIP-Surgery features need square patches; this tower has {patch_size}.")
+        for block in trunk.blocks:
+            attn = getattr(block, "attn", None)
+            if not isinstance(block, Block) or not isinstance(attn, Attention) or not isinstance(
+                getattr(attn, "qkv", None), nn.Linear
+            ):
+                raise TypeError(
+                    "CLIP-Surgery features need timm ViT blocks with the standard fused-qkv "
+                    f"Attention; found {type(block).__name__} with {type(attn).__name__}."
+                )
+        self.visual = visual
+        self.trunk = trunk
+        self.blocks = list(trunk.blocks)
+        self.num_prefix_tokens = trunk.num_prefix_tokens
+
+    @property
+    def patch_size(self) -> int:
+        return self.trunk.patch_embed.patch_size[0]
+
+    @property
+    def output_dim(self) -> int:
+        head = dict(self.visual.head.named_children())
+        if "proj" in head:
+            return head["proj"].out_features
+        if "mlp" in head:
+            return head["mlp"].fc2.out_features
+        if isinstance(self.trunk.head, nn.Linear):
+            return self.trunk.head.out_features
+        return self.trunk.num_features
+
+    def attention_modules(self) -> list[nn.Module]:
+        return [block.attn for block in self.blocks]
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        trunk = self.trunk
+        patch_embed = trunk.patch_embed
+        # The patch convolution directly: timm's PatchEmbed insists on its native size.
+        x = patch_embed.proj(images)
+        grid = (x.shape[-2], x.shape[-1])
+        x = patch_embed.norm(x.flatten(2).transpose(1, 2))
+        prefix_tokens = [token for token in (trunk.cls_token, trunk.reg_token) if token is not None]
+        prefix = torch.cat(prefix_tokens, dim=1).to(x.dtype) if prefix_tokens else x[:1, :0]
+        if trunk.pos_embed is not None:
+            pos = trunk.pos_embed[0]
+            if not trunk.no_embed_class:  # the position embedding covers the prefix tokens too
+                prefix = prefix + pos[: self.num_prefix_tokens].to(x.dtype)
+                pos = pos[self.num_prefix_tokens :]
+            x = x + _resize_patch_positions(pos, patch_embed.grid_size, grid).to(x.dtype)
+        x = torch.cat([prefix.expand(x.shape[0], -1, -1), x], dim=1)
+        # Patch dropout is left out: dropping tokens would break the grid.
+        x = trunk.norm_pre(trunk.pos_drop(x))
+        return x, grid
+
+    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return block(x)
+
+    def surgery_step(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        attn = block.attn
+        h = block.norm1(x)
+        width = attn.num_heads * attn.head_dim
+        bias = attn.qkv.bias[2 * width :] if attn.qkv.bias is not None else None
+        # q_norm and k_norm belong to the queries and keys, which the values replace here.
+        out = _value_value_attention(h, attn.qkv.weight[2 * width :], bias, attn.num_heads, attn.scale)
+        out = getattr(attn, "norm", nn.Identity())(out)
+        gate = getattr(attn, "gate", None)
+        if gate is not None:
+            out = out * gate(h).sigmoid()
+        return block.ls1(attn.proj(out))
+
+    def pooled_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual.head(self.trunk.forward_head(self.trunk.norm(x)))
+
+    def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        trunk = self.trunk
+        tokens = trunk.head(trunk.head_drop(trunk.fc_norm(trunk.norm(tokens))))
+        return self.visual.head(tokens)
+
+
+def _surgery_tower(visual: nn.Module) -> _OpenClipViTTower | _TimmViTTower:
+    if isinstance(visual, open_clip.transformer.VisionTransformer):
+        return _OpenClipViTTower(visual)
+    if isinstance(visual, open_clip.timm_model.TimmModel):
+        from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
+
+        if isinstance(visual.trunk, TimmVisionTransformer):
+            return _TimmViTTower(visual)
+        tower = f"a TimmModel around timm's {type(visual.trunk).__name__}"
+    else:
+        tower = f"a {type(visual).__name__}"
+    raise TypeError(
+        "CLIP-Surgery features need a ViT image tower: open_clip's VisionTransformer "
+        "(for example 'ViT-B-16') or a timm VisionTransformer inside open_clip's TimmModel "
+        f"(for example BiomedCLIP); this CLIP model has {tower}."
+    )
+
+
+class SurgeryVisionEncoder(nn.Module):
+    """Dense CLIP features with the CLIP-Surgery path, on a ViT image tower.
+
+    The ordinary path runs the vision tower unchanged and gives the image embedding. In
+    the last ``surgery_blocks`` blocks a second path accumulates value-value attention
+    (the block's own value projection for queries, keys and values, its output projection
+    and layer scale, no MLP) computed from the ordinary path's normalised hidden state;
+    it gives the patch tokens. Both go through the tower's final norm and projection.
+
+    Works on open_clip's ``VisionTransformer`` and on a timm ``VisionTransformer`` in
+    open_clip's ``TimmModel``; prefix tokens (class, registers) are left out of the grid.
+    """
+
+    def __init__(self, visual: nn.Module, surgery_blocks: int = 6) -> None:
+        super().__init__()
+        if surgery_blocks < 1:
+            raise ValueError(f"surgery_blocks must be at least 1, got {surgery_blocks}.")
+        self._tower = _surgery_tower(visual)
+        self.visual = visual
+        self.surgery_blocks = min(surgery_blocks, len(self._tower.blocks))
+
+    @property
+    def output_dim(self) -> int:
+        return self._tower.output_dim
+
+    @property
+    def patch_size(self) -> int:
+        return self._tower.patch_size
+
+    def attention_modules(self) -> list[nn.Module]:
+        """The self-attention module of every block of the tower, first to last."""
+        return self._tower.attention_modules()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense features of normalised images.
@@ -134,37 +430,18 @@ class SurgeryVisionEncoder(nn.Module):
             cls: (B, D) image embedding (not normalised).
             patches: (B, S/p, S/p, D) surgery patch embeddings (not normalised).
         """
-        visual = self.visual
-        x = visual.conv1(images)
-        grid = (x.shape[-2], x.shape[-1])
-        x = x.flatten(2).transpose(1, 2)
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self._positional_embedding(grid, x.dtype)
-        x = visual.ln_pre(x)
-
-        transformer = visual.transformer
-        batch_first = getattr(transformer, "batch_first", True)
-        first_surgery = len(transformer.resblocks) - self.surgery_blocks
+        tower = self._tower
+        x, grid = tower.embed(images)
+        first_surgery = len(tower.blocks) - self.surgery_blocks
         surgery = None
-        for index, block in enumerate(transformer.resblocks):
+        for index, block in enumerate(tower.blocks):
             if index >= first_surgery:
-                if surgery is None:
-                    surgery = x
-                h = block.ln_1(x)
-                if not batch_first:
-                    h = h.transpose(0, 1)
-                vv = self._value_value_attention(block.attn, h) if batch_first else (
-                    self._value_value_attention(block.attn, h.transpose(0, 1))
-                )
-                surgery = surgery + block.ls_1(vv)
-            x = block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+                surgery = (x if surgery is None else surgery) + tower.surgery_step(block, x)
+            x = tower.run_block(block, x)
 
-        cls_token = visual.ln_post(x[:, 0])
-        patch_tokens = visual.ln_post(surgery[:, 1:])
-        if visual.proj is not None:
-            cls_token = cls_token @ visual.proj
-            patch_tokens = patch_tokens @ visual.proj
-        return cls_token, patch_tokens.reshape(x.shape[0], grid[0], grid[1], -1)
+        cls = tower.pooled_embedding(x)
+        patches = tower.token_embeddings(surgery[:, tower.num_prefix_tokens :])
+        return cls, patches.reshape(x.shape[0], grid[0], grid[1], -1)
 
 
 class TextEmbedder:

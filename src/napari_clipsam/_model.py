@@ -118,8 +118,8 @@ class ClipSamModel(nn.Module):
         self.sam.prompt_encoder.requires_grad_(True)
         self.sam.mask_decoder.requires_grad_(True)
         if self.config.train_clip_attention:
-            for block in self.clip.visual.transformer.resblocks:
-                block.attn.requires_grad_(True)
+            for attention in self.surgery.attention_modules():
+                attention.requires_grad_(True)
 
     def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         return ((name, p) for name, p in self.named_parameters() if p.requires_grad)
@@ -130,9 +130,7 @@ class ClipSamModel(nn.Module):
             return sum(p.numel() for p in params)
 
         adapters = total(p for a in self.adapters for p in a.parameters())
-        clip_attention = total(
-            p for block in self.clip.visual.transformer.resblocks for p in block.attn.parameters()
-        )
+        clip_attention = total(p for attention in self.surgery.attention_modules() for p in attention.parameters())
         return {
             "adapters": adapters,
             "adapters_per_block": [total(a.parameters()) for a in self.adapters],
@@ -462,14 +460,19 @@ def load_model(
         state_dict = load_sam_state_dict(sam_path)
         load_state_dict_checked(sam_model, state_dict, what=f"SAM {sam} checkpoint {sam_path}")
 
-    clip_model = build_clip(clip, quick_gelu=bool(clip_cfg.get("quick_gelu", False)))
+    clip_model = build_clip(
+        clip,
+        quick_gelu=bool(clip_cfg.get("quick_gelu", False)),
+        model_cfg=clip_cfg.get("model_cfg"),
+        preprocess_cfg=clip_cfg,
+    )
     if clip_path is not None:
         _load_clip_weights(clip_model, clip, clip_path)
 
     model = ClipSamModel(
         sam_model,
         clip_model,
-        get_tokenizer(clip),
+        get_tokenizer(clip, model_cfg=clip_cfg.get("model_cfg")),
         config,
         sam_name=sam,
         clip_name=clip,
