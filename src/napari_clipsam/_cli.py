@@ -85,39 +85,6 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache-dir", type=Path, help="weights cache (default: NAPARI_CLIPSAM_CACHE or the platform's)")
 
 
-def _read_image(path: Path) -> np.ndarray:
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
-    if path.suffix.lower() in {".tif", ".tiff"}:
-        import tifffile
-
-        return tifffile.imread(path)
-    from skimage import io
-
-    return io.imread(path)
-
-
-def _write_labels(path: Path, labels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
-    temporary = path.with_name(f".{path.name}.partial{path.suffix}")
-    if suffix == ".npy":
-        np.save(temporary, labels)
-    elif suffix in {".tif", ".tiff"}:
-        import tifffile
-
-        tifffile.imwrite(temporary, labels, compression="zlib")
-    elif suffix == ".png":
-        if labels.max(initial=0) > 65535:
-            raise ValueError(f"{path}: more than 65535 labels do not fit a PNG; use .tif")
-        from skimage import io
-
-        io.imsave(temporary, labels.astype(np.uint16), check_contrast=False)
-    else:
-        raise ValueError(f"{path}: unknown output format {suffix!r}; use .tif, .png or .npy")
-    temporary.replace(path)
-
-
 def _is_stack(image: np.ndarray) -> bool:
     from ._image import MAX_CHANNELS
 
@@ -125,6 +92,7 @@ def _is_stack(image: np.ndarray) -> bool:
 
 
 def _segment_command(args: argparse.Namespace) -> int:
+    from ._io import read_image, write_labels
     from ._model import load_model
     from ._predictor import ClipSamPredictor
     from ._segment import masks_to_instances, refine_instances
@@ -166,7 +134,7 @@ def _segment_command(args: argparse.Namespace) -> int:
         return refine_instances(predictor, labels) if args.refine else labels
 
     for (name, source), output in zip(inputs, outputs):
-        image = _read_image(source) if isinstance(source, Path) else source
+        image = read_image(source) if isinstance(source, Path) else source
         if _is_stack(image):
             planes = [segment_plane(plane) for plane in image]
             labels = np.stack(planes)
@@ -175,7 +143,7 @@ def _segment_command(args: argparse.Namespace) -> int:
                 labels = np.where(labels > 0, labels + offsets[:, None, None], 0).astype(np.int32)
         else:
             labels = segment_plane(image)
-        _write_labels(output, labels)
+        write_labels(output, labels)
         count = int(labels.max()) if args.instances else int((labels > 0).sum())
         unit = "objects" if args.instances else "pixels"
         print(f"{name}: {count} {unit} of '{args.concept}' -> {output}")

@@ -214,29 +214,44 @@ class ClipSamModel(nn.Module):
     def first_semantic_block(self) -> int:
         return first_semantic_block(self.adapters)
 
-    def encoder_prefix(self, sam_input: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, checkpointing: bool) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        for block in blocks:
+            # Checkpointing keeps only block inputs for backward and recomputes the rest.
+            x = checkpoint(block, x, use_reentrant=False) if checkpointing else block(x)
+        return x
+
+    def encoder_prefix(self, sam_input: torch.Tensor, checkpointing: bool = False) -> torch.Tensor:
         """Encoder tokens (B, H, W, C) after the blocks that do not depend on the concept."""
         encoder = self.sam.image_encoder
         with self.autocast():
             x = encoder.patch_embed(sam_input)
             if encoder.pos_embed is not None:
                 x = x + encoder.pos_embed
-            for block in encoder.blocks[: self.first_semantic_block]:
-                x = block(x)
+            x = self._run_blocks(encoder.blocks[: self.first_semantic_block], x, checkpointing)
         return x
 
-    def encoder_suffix(self, prefix: torch.Tensor, conditioning: Conditioning | None) -> torch.Tensor:
-        """SAM image embedding (B, 256, 64, 64 for published SAM) from :meth:`encoder_prefix`."""
+    def encoder_suffix(
+        self, prefix: torch.Tensor, conditioning: Conditioning | None, checkpointing: bool = False
+    ) -> torch.Tensor:
+        """SAM image embedding (B, 256, 64, 64 for published SAM) from :meth:`encoder_prefix`.
+
+        With ``checkpointing`` (training), keep the same conditioning in force around the
+        backward pass too (``conditioned(model.adapters, conditioning)``), since
+        checkpointed blocks are recomputed there.
+        """
         encoder = self.sam.image_encoder
-        x = prefix
         with self.autocast(), conditioned(self.adapters, conditioning):
-            for block in encoder.blocks[self.first_semantic_block :]:
-                x = block(x)
+            x = self._run_blocks(encoder.blocks[self.first_semantic_block :], prefix, checkpointing)
             x = encoder.neck(x.permute(0, 3, 1, 2))
         return x.float()
 
-    def encode_image(self, sam_input: torch.Tensor, conditioning: Conditioning | None) -> torch.Tensor:
-        return self.encoder_suffix(self.encoder_prefix(sam_input), conditioning)
+    def encode_image(
+        self, sam_input: torch.Tensor, conditioning: Conditioning | None, checkpointing: bool = False
+    ) -> torch.Tensor:
+        return self.encoder_suffix(self.encoder_prefix(sam_input, checkpointing), conditioning, checkpointing)
 
     def decode(
         self,

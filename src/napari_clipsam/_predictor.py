@@ -11,7 +11,7 @@ import torch
 
 from ._image import to_rgb_uint8
 from ._model import ClipSamModel
-from ._prompts import mask_prompt_from_similarity, points_from_similarity, resize_map
+from ._prompts import mask_prompt_from_similarity, resize_map, text_mode_points
 
 # Image embeddings kept per concept for the current image (4 MB each for vit_b).
 _EMBEDDINGS_KEPT = 8
@@ -165,11 +165,7 @@ class ClipSamPredictor:
 
     def text_prompts(self) -> tuple[np.ndarray, np.ndarray]:
         """The text-only mode's points: (N, 2) XY image coordinates and (N,) labels (all 1)."""
-        similarity = self.similarity_map()
-        points = points_from_similarity(
-            similarity, self.model.config.similarity_threshold, self.model.config.num_points
-        )
-        return points, np.ones(len(points), dtype=np.int64)
+        return text_mode_points(self._similarity_grid(), self.original_size, self.model.config)
 
     @torch.no_grad()
     def predict(

@@ -101,3 +101,14 @@ def points_from_mask(
     if not coords:
         return np.zeros((0, 2)), np.zeros((0,), dtype=np.int64)
     return np.concatenate(coords), np.concatenate(labels)
+
+
+def text_mode_points(grid: torch.Tensor, image_size: tuple[int, int], config) -> tuple[np.ndarray, np.ndarray]:
+    """The text-only mode's prompts for a (1, g, g) similarity grid of an image of ``image_size``.
+
+    Returns (N, 2) XY points and (N,) labels (all positive). Inference and training
+    both use this, so a model is trained on the prompts it will be given.
+    """
+    similarity = resize_map(grid, image_size)[0].clamp(0, 1).cpu().numpy()
+    points = points_from_similarity(similarity, config.similarity_threshold, config.num_points)
+    return points, np.ones(len(points), dtype=np.int64)
