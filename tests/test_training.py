@@ -190,3 +190,14 @@ def test_evaluate_reports_per_concept_and_overall(datasets):
     assert again.to_dict() == report.to_dict()  # same prompts every time
     with pytest.raises(ValueError, match="empty"):
         evaluate(_model(), [], "text")
+
+
+def test_parse_concepts():
+    from napari_clipsam._training import parse_concepts
+
+    assert parse_concepts("  cell   nucleus ") == "cell nucleus"
+    assert parse_concepts("1=nucleus, 2 = mitochondria;3=er") == {1: "nucleus", 2: "mitochondria", 3: "er"}
+    for bad, message in (("", "Name the concept"), ("x=nucleus", "Cannot read"), ("1=", "Cannot read"),
+                         ("0=bg", "Cannot read"), ("1=a, 1=b", "twice")):
+        with pytest.raises(ValueError, match=message):
+            parse_concepts(bad)

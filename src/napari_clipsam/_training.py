@@ -67,6 +67,36 @@ def _binary_samples(image, labels, concepts: str | Mapping[int, str], source: st
     return samples
 
 
+def parse_concepts(text: str) -> str | dict[int, str]:
+    """Read a concept specification: ``"nucleus"`` (every non-zero label) or
+    ``"1=nucleus, 2=mitochondria"`` (label value -> concept).
+
+    Raises:
+        ValueError: empty text, a value that is not a positive integer, an empty
+            concept, or a value given twice.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("Name the concept, e.g. 'nucleus', or map label values: '1=nucleus, 2=mitochondria'.")
+    if "=" not in text:
+        return " ".join(text.split())
+    mapping: dict[int, str] = {}
+    for part in text.replace(";", ",").split(","):
+        if not part.strip():
+            continue
+        value, separator, concept = part.partition("=")
+        concept = " ".join(concept.split())
+        if not separator or not value.strip().isdigit() or int(value) < 1 or not concept:
+            raise ValueError(
+                f"Cannot read {part.strip()!r}: write label=concept pairs with positive integer labels, "
+                "e.g. '1=nucleus, 2=mitochondria'."
+            )
+        if int(value) in mapping:
+            raise ValueError(f"Label {int(value)} is given twice in {text!r}.")
+        mapping[int(value)] = concept
+    return mapping
+
+
 class ConceptDataset(Sequence[Sample]):
     """Binary (image, concept, mask) samples built from images and label images."""
 
@@ -652,6 +682,7 @@ __all__ = [
     "iter_evaluate",
     "iter_train",
     "manual_prompts",
+    "parse_concepts",
     "resume_path",
     "segmentation_loss",
     "train",

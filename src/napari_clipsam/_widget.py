@@ -27,6 +27,7 @@ from magicgui.widgets import (
 
 from ._jobs import Progress, SegmentResult, iter_load_model, iter_segment, iter_segment_planes
 from ._labels import check_label_dtype, plan_label_write
+from ._qt_jobs import JobRunner
 from ._settings import load_settings, save_settings
 
 if TYPE_CHECKING:
@@ -118,12 +119,10 @@ class ClipSamWidget(Container):
         self._model = None
         self._model_key: tuple | None = None
         self._predictor = None
-        self._worker = None
-        self._progress = None
+        self._runner = JobRunner(self._set_status, self._set_busy)
         self._queued: Callable[[], None] | None = None
         self._preview: tuple[_Request, SegmentResult] | None = None
         self._prompt_layers: dict[str, Any] = {}
-        self._cancelled = False
 
         from qtpy.QtCore import QTimer
 
@@ -157,16 +156,19 @@ class ClipSamWidget(Container):
 
     @property
     def busy(self) -> bool:
-        return self._worker is not None
+        return self._runner.busy
 
     def cancel(self, *_: Any) -> None:
         """Stop the running job at its next stage boundary and drop the queued one; layers stay as they are."""
         self._queued = None
         self._debounce.stop()
-        if self._worker is not None:
-            self._cancelled = True
-            self._worker.quit()
-            self._status.value = "Cancelling..."
+        self._runner.cancel()
+
+    def _set_status(self, text: str) -> None:
+        self._status.value = text
+
+    def _set_busy(self, busy: bool) -> None:
+        self._cancel_button.enabled = busy
 
     # ------------------------------------------------------------- controls
     def _output_choices(self, _widget: Any = None) -> list[str]:
@@ -311,7 +313,7 @@ class ClipSamWidget(Container):
         def with_model() -> None:
             self._ensure_model(then=start)
 
-        if self._worker is not None:
+        if self._runner.busy:
             self._queued = with_model
             self._status.value = "Queued: waiting for the running job to finish..."
         else:
@@ -341,54 +343,14 @@ class ClipSamWidget(Container):
     # ------------------------------------------------------------------ worker
     def _start(self, title: str, job: Callable, args: tuple = (), kwargs: dict | None = None,
                on_result: Callable[[Any], None] | None = None) -> None:
-        from napari.qt.threading import create_worker
-        from napari.utils import progress
-
-        # Errors are ours to report (as notifications); napari would re-raise them otherwise.
-        worker = create_worker(job, *args, _start_thread=False, _ignore_errors=True, **(kwargs or {}))
-        self._worker = worker
-        self._cancelled = False
-        self._progress = progress(total=0, desc=title)
-        self._status.value = f"{title}..."
-        self._cancel_button.enabled = True
-        worker.yielded.connect(self._on_progress)
-        if on_result is not None:
-            worker.returned.connect(on_result)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        worker.start()
+        self._runner.start(title, job, args, kwargs, on_result=on_result, on_event=self._on_progress,
+                           after=self._run_queued)
 
     def _on_progress(self, event: Progress) -> None:
-        if self._cancelled:
-            return
-        bar = self._progress
-        if bar is not None:
-            if event.total is not None and bar.total != event.total:
-                bar.total = event.total
-            if event.done > bar.n:
-                bar.update(event.done - bar.n)
-            bar.set_description(event.stage)
         if event.stage == "downloading weights" and event.total:
             self._status.value = f"Downloading weights: {event.done / 1e6:.0f} of {event.total / 1e6:.0f} MB"
-        else:
-            self._status.value = event.stage
 
-    def _on_error(self, error: Exception) -> None:
-        from napari.utils.notifications import show_error
-
-        self._queued = None
-        self._status.value = f"Error: {error}"
-        show_error(f"napari-clipsam: {error}")
-
-    def _on_finished(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self._worker = None
-        self._cancel_button.enabled = False
-        if self._cancelled:
-            self._cancelled = False
-            self._status.value = "Cancelled: no layer was changed."
+    def _run_queued(self) -> None:
         queued, self._queued = self._queued, None
         if queued is not None:
             queued()

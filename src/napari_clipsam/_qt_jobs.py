@@ -1,0 +1,105 @@
+"""Running a job generator in napari's thread_worker: progress bar, status, cancel, errors.
+
+Shared by the dock widgets. Results reach ``on_result`` on the main thread, so layers
+are only touched there; a cancelled job never calls it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class JobRunner:
+    """One job at a time, in a worker thread, mirrored in a napari progress bar."""
+
+    def __init__(self, on_status: Callable[[str], None], on_busy: Callable[[bool], None]) -> None:
+        self._on_status = on_status
+        self._on_busy = on_busy
+        self._worker = None
+        self._progress = None
+        self._cancelled = False
+        self._on_event: Callable[[Any], None] | None = None
+        self._after: Callable[[], None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def start(
+        self,
+        title: str,
+        job: Callable,
+        args: tuple = (),
+        kwargs: dict | None = None,
+        on_result: Callable[[Any], None] | None = None,
+        on_event: Callable[[Any], None] | None = None,
+        after: Callable[[], None] | None = None,
+    ) -> None:
+        """Run ``job(*args, **kwargs)`` (a generator function) in a worker thread.
+
+        ``on_event`` sees each yielded event (after the progress bar), ``on_result`` the
+        return value, ``after`` runs once the worker has finished, whatever happened.
+        """
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        if self._worker is not None:
+            raise RuntimeError("A job is already running.")
+        # Errors are reported here as notifications; napari would re-raise them otherwise.
+        worker = create_worker(job, *args, _start_thread=False, _ignore_errors=True, **(kwargs or {}))
+        self._worker, self._cancelled = worker, False
+        self._on_event, self._after = on_event, after
+        self._progress = progress(total=0, desc=title)
+        self._on_status(f"{title}...")
+        self._on_busy(True)
+        worker.yielded.connect(self._yielded)
+        if on_result is not None:
+            worker.returned.connect(on_result)
+        worker.errored.connect(self._errored)
+        worker.finished.connect(self._finished)
+        worker.start()
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the current job's worker has finished (e.g. from ``on_result``)."""
+        self._after = callback
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next yield; its result, if any, is discarded."""
+        if self._worker is not None:
+            self._cancelled = True
+            self._worker.quit()
+            self._on_status("Cancelling...")
+
+    def _yielded(self, event: Any) -> None:
+        if self._cancelled:
+            return
+        bar = self._progress
+        total, done = getattr(event, "total", None), getattr(event, "done", 0)
+        if bar is not None:
+            if total is not None and bar.total != total:
+                bar.total = total
+            if done > bar.n:
+                bar.update(done - bar.n)
+            bar.set_description(event.stage)
+        self._on_status(event.stage)
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def _errored(self, error: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        self._on_status(f"Error: {error}")
+        show_error(f"napari-clipsam: {error}")
+
+    def _finished(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self._worker = None
+        if self._cancelled:
+            self._cancelled = False
+            self._on_status("Cancelled: no layer or file was changed.")
+        self._on_busy(False)
+        after, self._after = self._after, None
+        if after is not None:
+            after()
