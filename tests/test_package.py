@@ -157,3 +157,13 @@ def test_synthetic_nuclei_places_fewer_when_crowded():
 def test_synthetic_nuclei_rejects_non_2d_shape():
     with pytest.raises(ValueError, match="rows, columns"):
         synthetic_nuclei(shape=(8, 8, 8))
+
+
+def test_every_public_name_resolves():
+    import napari_clipsam
+
+    for name in napari_clipsam.__all__:
+        assert getattr(napari_clipsam, name) is not None, name
+    assert "load_model" in dir(napari_clipsam)
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        napari_clipsam.nonexistent  # noqa: B018

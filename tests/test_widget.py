@@ -215,3 +215,33 @@ def test_settings_persist_between_sessions(viewer, monkeypatch, tmp_path):
     assert second._mode.value == MODE_MANUAL
     assert "mitochondria" in second._recent.choices
     assert NEW_LAYER in second._output.choices
+
+
+def test_output_layer_of_another_shape_is_refused_before_running(qtbot, viewer, widget, monkeypatch):
+    messages = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", messages.append)
+    viewer.add_labels(np.zeros((50, 50), dtype=np.uint32), name="small")
+    widget.reset_choices()
+    widget._output.value = "small"
+    widget._concept.value = "nucleus"
+    widget._on_run_clicked()
+    assert messages and "has shape (50, 50)" in messages[0]
+    assert not widget.busy and not viewer.layers["small"].data.any()
+
+
+def test_opening_the_widget_in_a_shown_napari_does_not_crash():
+    """Importing the model code after napari's OpenGL context exists once killed napari
+    under Mesa's software OpenGL (triton's LLVM against Mesa's); see _qt_jobs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import napari\n"
+        "viewer = napari.Viewer(show=True)\n"
+        "dock, widget = viewer.window.add_plugin_dock_widget('napari-clipsam', 'Segment by concept')\n"
+        "print(type(widget).__name__)\n"
+        "viewer.close()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ClipSamWidget" in result.stdout

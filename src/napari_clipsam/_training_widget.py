@@ -27,9 +27,12 @@ from qtpy.QtCore import QPointF
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
-from ._jobs import iter_load_model
-from ._qt_jobs import JobRunner
-from ._training import ConceptDataset, TrainingConfig, TrainProgress, TrainResult, iter_train, parse_concepts
+from ._qt_jobs import JobRunner, avoid_triton_on_cpu_only_machines
+
+avoid_triton_on_cpu_only_machines()  # before the model code is imported: see its docstring
+
+from ._jobs import iter_load_model  # noqa: E402
+from ._training import ConceptDataset, TrainingConfig, TrainProgress, TrainResult, iter_train, parse_concepts  # noqa: E402,E501
 
 if TYPE_CHECKING:
     import napari
@@ -96,7 +99,9 @@ class TrainingWidget(Container):
     """Fine-tune CLIP-guided SAM on annotated layers, watch it learn, and use the result."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__(scrollable=True)
+        # Not scrollable: napari docks the inner widget, and a magicgui scroll area
+        # there is clipped under the dock title (magicgui issue 431).
+        super().__init__(scrollable=False)
         self._viewer = napari_viewer
         self._pairs = Container(widgets=[], labels=False)
         self._add_pair_button = PushButton(text="Add image / labels pair")
@@ -115,7 +120,9 @@ class TrainingWidget(Container):
         self._cancel_button = PushButton(text="Cancel", enabled=False)
         self._use_button = PushButton(text="Use these adapters for segmentation", enabled=False)
         self._status = Label(value="Add image / labels pairs, name the concepts, then Train.")
+        self._status.native.setWordWrap(True)
         self._result_label = Label(value="")
+        self._result_label.native.setWordWrap(True)
         self._plot = _CurvePlot()
         self.extend([
             self._pairs, self._add_pair_button, self._concepts, self._detect_button, self._mode,

@@ -25,10 +25,13 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from ._jobs import Progress, SegmentResult, iter_load_model, iter_segment, iter_segment_planes
-from ._labels import check_label_dtype, plan_label_write
-from ._qt_jobs import JobRunner
-from ._settings import load_settings, save_settings
+from ._qt_jobs import JobRunner, avoid_triton_on_cpu_only_machines
+
+avoid_triton_on_cpu_only_machines()  # before the model code is imported: see its docstring
+
+from ._jobs import Progress, SegmentResult, iter_load_model, iter_segment, iter_segment_planes  # noqa: E402
+from ._labels import check_label_dtype, plan_label_write  # noqa: E402
+from ._settings import load_settings, save_settings  # noqa: E402
 
 if TYPE_CHECKING:
     import napari
@@ -67,7 +70,9 @@ class ClipSamWidget(Container):
     """Segment an image layer by concept (text), points and boxes into a Labels layer."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__(scrollable=True)
+        # Not scrollable: napari docks the inner widget, and a magicgui scroll area
+        # there is clipped under the dock title (magicgui issue 431).
+        super().__init__(scrollable=False)
         self._viewer = napari_viewer
         self._settings = load_settings()
         settings = self._settings
@@ -106,6 +111,7 @@ class ClipSamWidget(Container):
         self._commit_button = PushButton(text="Add mask to labels", enabled=False)
         self._cancel_button = PushButton(text="Cancel", enabled=False)
         self._status = Label(value="")
+        self._status.native.setWordWrap(True)  # long messages (offline paths) must not widen the dock
 
         self.extend([
             self._sam, self._sam_weights, self._clip, self._clip_pretrained, self._adapters,
@@ -272,6 +278,15 @@ class ClipSamWidget(Container):
         if self._viewer.dims.ndisplay != 2 and _leading_ndim(layer) > 0:
             show_error("napari-clipsam: switch the viewer to 2D to segment a slice.")
             return None
+        choice = self._output.value
+        if choice and choice != NEW_LAYER and choice in self._viewer.layers:
+            shape = tuple(self._viewer.layers[choice].data.shape)
+            if shape != _spatial_shape(layer):
+                show_error(
+                    f"napari-clipsam: the output layer '{choice}' has shape {shape}, the image "
+                    f"{_spatial_shape(layer)}; choose another output or 'New layer'."
+                )
+                return None
         plane = self._current_plane(layer)
         return _Request(kind=kind, image_layer=layer, data=layer.data, plane=plane, concept=concept)
 
@@ -329,7 +344,7 @@ class ClipSamWidget(Container):
             self._start(
                 "Segmenting all slices", iter_segment_planes,
                 args=(self._predictor, planes, request.concept), kwargs=common,
-                on_result=lambda results: self._write_stack(request, results),
+                on_result=lambda results: self._reporting_errors(self._write_stack, request, results),
             )
             return
         kwargs = dict(common, with_similarity=self._show_similarity.value and request.concept is not None)
@@ -367,6 +382,19 @@ class ClipSamWidget(Container):
         return request.kind == "stack" or self._current_plane(layer) == request.plane
 
     def _on_segmented(self, request: _Request, result: SegmentResult) -> None:
+        self._reporting_errors(self._apply_result, request, result)
+
+    def _reporting_errors(self, function: Callable, *args: Any) -> None:
+        """Run a result handler; a failure (e.g. the output layer changed shape) is notified, not raised."""
+        from napari.utils.notifications import show_error
+
+        try:
+            function(*args)
+        except (ValueError, KeyError, OSError) as err:
+            self._status.value = f"Error: {err}"
+            show_error(f"napari-clipsam: {err}")
+
+    def _apply_result(self, request: _Request, result: SegmentResult) -> None:
         if not self._is_current(request):
             self._status.value = "Result dropped: the image, slice or concept changed meanwhile."
             return
