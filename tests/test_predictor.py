@@ -200,3 +200,25 @@ def test_refinement_prompts_each_instance(tiny_model, blobs_image, monkeypatch):
     x, y = calls[0]["point_coords"][0]
     assert instances[int(y), int(x)] == 1
     assert set(np.unique(refined)) <= {0, 1, 2}
+
+
+def test_a_smaller_sam_input_size_runs_and_is_cached_separately(tiny_model, blobs_image):
+    randomize_adapters(tiny_model)
+    native = nc.ClipSamPredictor(tiny_model)
+    small = nc.ClipSamPredictor(tiny_model, image_size=128)
+    same = nc.ClipSamPredictor(tiny_model, image_size=256)  # the tiny model's own size
+    results = {}
+    for name, predictor in (("native", native), ("small", small), ("same", same)):
+        predictor.set_image(blobs_image)
+        predictor.set_concept("nucleus")
+        results[name] = predictor.predict(point_coords=[[30, 25]])
+        assert results[name][0].shape == (1, *blobs_image.shape)
+    assert small.image_embedding.shape[-2:] == (8, 8) and native.image_embedding.shape[-2:] == (16, 16)
+    assert results["small"][2].shape == (1, 32, 32)
+    for a, b in zip(results["native"], results["same"]):
+        np.testing.assert_array_equal(a, b)
+    # The model is back at its own size afterwards.
+    assert tiny_model.image_size == 256 and tiny_model.mask_input_size == (64, 64)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        with tiny_model.at_resolution(100):
+            pass

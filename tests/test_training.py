@@ -201,3 +201,11 @@ def test_parse_concepts():
                          ("0=bg", "Cannot read"), ("1=a, 1=b", "twice")):
         with pytest.raises(ValueError, match=message):
             parse_concepts(bad)
+
+
+def test_training_at_a_smaller_sam_input_size(datasets):
+    train_set, val_set = datasets
+    model = _model()
+    result = train(model, train_set, val_set, TrainingConfig(steps=3, eval_every=3, image_size=128, patience=0))
+    assert result.steps_run == 3 and result.best is not None
+    assert model.image_size == 256  # back to its own size

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -97,6 +98,36 @@ class ClipSamModel(nn.Module):
     def image_size(self) -> int:
         """Side of SAM's square input, in pixels (1024 for the published models)."""
         return self.sam.image_encoder.img_size
+
+    @contextmanager
+    def at_resolution(self, size: int | None) -> Iterator[None]:
+        """Run SAM at a square input of ``size`` pixels instead of its native size (1024).
+
+        A smaller input makes the encoder several times cheaper (tokens fall with the
+        square of the size) at some cost in detail; the absolute position embedding is
+        resized to the new grid and the relative ones are resized by SAM itself. Inside
+        the block, :attr:`image_size`, :attr:`mask_input_size` and SAM's own sizes follow
+        ``size``. None, or the current size, changes nothing. Not for concurrent use.
+        """
+        encoder, prompt_encoder = self.sam.image_encoder, self.sam.prompt_encoder
+        if size is None or size == encoder.img_size:
+            yield
+            return
+        patch = encoder.patch_embed.proj.kernel_size[0]
+        if size % patch or size < 4 * patch:
+            raise ValueError(f"The SAM input size must be a multiple of {patch} and at least {4 * patch}, got {size}.")
+        saved = (encoder.img_size, prompt_encoder.input_image_size, prompt_encoder.image_embedding_size,
+                 prompt_encoder.mask_input_size)
+        grid = size // patch
+        encoder.img_size = size
+        prompt_encoder.input_image_size = (size, size)
+        prompt_encoder.image_embedding_size = (grid, grid)
+        prompt_encoder.mask_input_size = (4 * grid, 4 * grid)
+        try:
+            yield
+        finally:
+            (encoder.img_size, prompt_encoder.input_image_size, prompt_encoder.image_embedding_size,
+             prompt_encoder.mask_input_size) = saved
 
     @property
     def mask_input_size(self) -> tuple[int, int]:
@@ -229,7 +260,12 @@ class ClipSamModel(nn.Module):
         with self.autocast():
             x = encoder.patch_embed(sam_input)
             if encoder.pos_embed is not None:
-                x = x + encoder.pos_embed
+                position = encoder.pos_embed
+                if position.shape[1:3] != x.shape[1:3]:  # see at_resolution
+                    position = F.interpolate(
+                        position.permute(0, 3, 1, 2), size=x.shape[1:3], mode="bicubic", align_corners=False
+                    ).permute(0, 2, 3, 1)
+                x = x + position
             x = self._run_blocks(encoder.blocks[: self.first_semantic_block], x, checkpointing)
         return x
 

@@ -26,8 +26,14 @@ class ClipSamPredictor:
     Coordinates are XY pixels of the image given to :meth:`set_image`; boxes XYXY.
     """
 
-    def __init__(self, model: ClipSamModel) -> None:
+    def __init__(self, model: ClipSamModel, image_size: int | None = None) -> None:
+        """Args:
+            model: from :func:`load_model`.
+            image_size: SAM input side in pixels; None for the model's own (1024). Smaller
+                is faster on a CPU (see :meth:`ClipSamModel.at_resolution`).
+        """
         self.model = model
+        self.image_size = image_size
         self.reset_image()
         self.concept: str | None = None
 
@@ -139,7 +145,8 @@ class ClipSamPredictor:
             self._embeddings.move_to_end(self.concept)
         for stage in self.pending_stages():
             yield stage
-            self._run_stage(stage)
+            with self.model.at_resolution(self.image_size):
+                self._run_stage(stage)
 
     def prepare(self) -> None:
         """Run :meth:`iter_prepare` to the end."""
@@ -167,7 +174,6 @@ class ClipSamPredictor:
         """The text-only mode's points: (N, 2) XY image coordinates and (N,) labels (all 1)."""
         return text_mode_points(self._similarity_grid(), self.original_size, self.model.config)
 
-    @torch.no_grad()
     def predict(
         self,
         point_coords: np.ndarray | None = None,
@@ -199,6 +205,22 @@ class ClipSamPredictor:
             scores: (C,) float32 predicted IoU.
             logits: (C, 256, 256) float32 low-resolution logits (side 4x the embedding grid).
         """
+        self._require_image()
+        with self.model.at_resolution(self.image_size):
+            return self._predict(
+                point_coords, point_labels, box, multimask_output, mask_input, use_similarity_prompt
+            )
+
+    @torch.no_grad()
+    def _predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        multimask_output: bool = False,
+        mask_input: np.ndarray | None = None,
+        use_similarity_prompt: bool | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self._require_image()
         model = self.model
         points, labels, box = _check_prompts(point_coords, point_labels, box)

@@ -315,15 +315,20 @@ def manual_prompts(mask: np.ndarray, rng: np.random.Generator, max_positive: int
     return (coords if len(coords) else None), (labels if len(labels) else None), box
 
 
-def iter_evaluate(model: ClipSamModel, dataset: Sequence[Sample], mode: str = "text", seed: int = 0) -> Job[EvaluationReport]:
-    """Evaluate as the chosen inference mode would run; yields per sample, returns the report."""
+def iter_evaluate(
+    model: ClipSamModel, dataset: Sequence[Sample], mode: str = "text", seed: int = 0, image_size: int | None = None
+) -> Job[EvaluationReport]:
+    """Evaluate as the chosen inference mode would run; yields per sample, returns the report.
+
+    ``image_size`` is SAM's input side (None: the model's own), as for the predictor.
+    """
     from ._jobs import Progress
 
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}; use one of {MODES}.")
     if len(dataset) == 0:
         raise ValueError("Nothing to evaluate: the dataset is empty.")
-    predictor = ClipSamPredictor(model)
+    predictor = ClipSamPredictor(model, image_size=image_size)
     scores: dict[str, list[tuple[float, float]]] = {}
     was_training = model.training
     model.eval()
@@ -355,9 +360,11 @@ def iter_evaluate(model: ClipSamModel, dataset: Sequence[Sample], mode: str = "t
     )
 
 
-def evaluate(model: ClipSamModel, dataset: Sequence[Sample], mode: str = "text", seed: int = 0) -> EvaluationReport:
+def evaluate(
+    model: ClipSamModel, dataset: Sequence[Sample], mode: str = "text", seed: int = 0, image_size: int | None = None
+) -> EvaluationReport:
     """IoU and Dice per concept and overall, with prompts made as ``mode`` makes them."""
-    return run(iter_evaluate(model, dataset, mode, seed))
+    return run(iter_evaluate(model, dataset, mode, seed, image_size))
 
 
 # ------------------------------------------------------------------ training
@@ -378,6 +385,9 @@ class TrainingConfig:
         patience: stop after this many validations without improvement (0: never).
         augment: flips, rotations, crops, intensity jitter, blur.
         gradient_checkpointing: recompute encoder blocks in backward to save memory.
+        image_size: SAM input side for training and validation (None: the model's own,
+            1024). 512 makes a CPU step several times cheaper; segment at the same size
+            afterwards (``ClipSamPredictor(model, image_size=512)``) for consistency.
         seed: for sampling, augmentation and prompts.
     """
 
@@ -392,6 +402,7 @@ class TrainingConfig:
     patience: int = 4
     augment: bool = True
     gradient_checkpointing: bool = True
+    image_size: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -543,8 +554,9 @@ def iter_train(
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         indices = rng.integers(0, len(train_set), size=config.batch_size)
-        loss = _train_step(model, optimizer, [train_set[i] for i in indices], [int(i) for i in indices],
-                           cache, config, rng)
+        with model.at_resolution(config.image_size):
+            loss = _train_step(model, optimizer, [train_set[i] for i in indices], [int(i) for i in indices],
+                               cache, config, rng)
         losses.append(loss)
         yield TrainProgress("training", step + 1, config.steps, loss, optimizer.param_groups[0]["lr"])
         last = step + 1 == config.steps
@@ -596,7 +608,7 @@ def _save_resume(output: Path, trainable, optimizer, step: int, losses: list[flo
 
 
 def _validate(model: ClipSamModel, val_set, config: TrainingConfig, step: int):
-    job = iter_evaluate(model, val_set, config.mode, seed=config.seed)
+    job = iter_evaluate(model, val_set, config.mode, seed=config.seed, image_size=config.image_size)
     while True:
         try:
             event = next(job)
