@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._attention import use_banded_global_attention
 from ._adapters import (
     ADAPTER_KEY,
     BlockAdapter,
@@ -24,6 +22,7 @@ from ._adapters import (
     conditioned,
     first_semantic_block,
 )
+from ._attention import use_banded_global_attention
 from ._clip import SurgeryVisionEncoder, TextEmbedder, build_clip, get_tokenizer, similarity_map
 from ._config import ClipSamConfig
 from ._device import autocast, resolve_device, resolve_precision
@@ -349,8 +348,11 @@ class ClipSamModel(nn.Module):
         """Everything trainable (adapters, prompt encoder, mask decoder, optional CLIP attention)."""
         return {name: p.detach().cpu().contiguous() for name, p in self.trainable_parameters()}
 
-    def adapters_metadata(self, concepts: Sequence[str] = ()) -> dict[str, str]:
+    def adapters_metadata(
+        self, concepts: Sequence[str] = (), extra_metadata: dict[str, str] | None = None
+    ) -> dict[str, str]:
         return {
+            **(extra_metadata or {}),
             "format": ADAPTERS_FORMAT,
             "format_version": ADAPTERS_FORMAT_VERSION,
             "sam": self.sam_name,
@@ -360,7 +362,9 @@ class ClipSamModel(nn.Module):
             "napari_clipsam_version": _package_version(),
         }
 
-    def save_adapters(self, path: str | os.PathLike, concepts: Sequence[str] = ()) -> Path:
+    def save_adapters(
+        self, path: str | os.PathLike, concepts: Sequence[str] = (), extra_metadata: dict[str, str] | None = None
+    ) -> Path:
         """Write the trainable weights as safetensors with metadata, atomically.
 
         The file appears only once complete: a crash mid-write leaves any previous
@@ -368,16 +372,11 @@ class ClipSamModel(nn.Module):
         """
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(self.trainable_state_dict(), temporary, metadata=self.adapters_metadata(concepts))
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        from ._io import write_atomically
+
+        metadata = self.adapters_metadata(concepts, extra_metadata)
+        tensors = self.trainable_state_dict()
+        path = write_atomically(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
         return path
 
     def load_adapters(self, path: str | os.PathLike) -> dict[str, str]:

@@ -64,10 +64,10 @@ def save_settings(settings: WidgetSettings) -> None:
     path = settings_path()
     if path is None:
         return
+    from ._io import write_atomically
+
+    text = json.dumps(asdict(settings), indent=2)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(asdict(settings), indent=2), encoding="utf-8")
-        os.replace(temporary, path)
+        write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
     except OSError as err:
         logging.getLogger(__name__).warning("Could not save settings to %s: %s", path, err)

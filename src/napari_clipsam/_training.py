@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 
 from ._adapters import conditioned
 from ._image import to_rgb_uint8
+from ._io import write_atomically
 from ._jobs import Job, run
 from ._model import ClipSamModel
 from ._predictor import ClipSamPredictor
@@ -481,18 +481,6 @@ class _FeatureCache:
         return patches
 
 
-def _write_atomically(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def resume_path(output: str | os.PathLike) -> Path:
     """Where the resumable training state of ``output`` is kept."""
     output = Path(output)
@@ -560,13 +548,14 @@ def iter_train(
         losses.append(loss)
         yield TrainProgress("training", step + 1, config.steps, loss, optimizer.param_groups[0]["lr"])
         last = step + 1 == config.steps
-        if val_set and ((step + 1) % config.eval_every == 0 or last):
-            report = yield from _validate(model, val_set, config, step + 1)
-            if best_report is None or report.iou > best_report.iou:
-                best_report, best_state, best_step = report, _snapshot(trainable), step + 1
-                stale_evaluations = 0
-            else:
-                stale_evaluations += 1
+        if (step + 1) % config.eval_every == 0 or last:
+            if val_set:
+                report = yield from _validate(model, val_set, config, step + 1)
+                if best_report is None or report.iou > best_report.iou:
+                    best_report, best_state, best_step = report, _snapshot(trainable), step + 1
+                    stale_evaluations = 0
+                else:
+                    stale_evaluations += 1
             if output is not None:
                 _save_resume(output, trainable, optimizer, step + 1, losses, best_state, best_step, best_report)
             if config.patience and stale_evaluations >= config.patience and not last:
@@ -579,7 +568,10 @@ def iter_train(
     else:
         best_step = step + 1
     if output is not None:
-        model.save_adapters(output, concepts=concepts)
+        extra = {"training_mode": config.mode}
+        if config.image_size is not None:
+            extra["training_image_size"] = str(config.image_size)  # segment at this size too
+        model.save_adapters(output, concepts=concepts, extra_metadata=extra)
     return TrainResult(initial, best_report, best_step, len(losses), stopped_early, losses, output)
 
 
@@ -604,7 +596,7 @@ def _save_resume(output: Path, trainable, optimizer, step: int, losses: list[flo
         "best_step": best_step,
         "best_report": best_report.to_dict() if best_report is not None else None,
     }
-    _write_atomically(resume_path(output), lambda path: torch.save(state, path))
+    write_atomically(resume_path(output), lambda path: torch.save(state, path))
 
 
 def _validate(model: ClipSamModel, val_set, config: TrainingConfig, step: int):
