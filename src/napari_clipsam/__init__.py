@@ -34,7 +34,12 @@ _PUBLIC = {
     "ConceptDataset": "_training",
     "EvaluationReport": "_training",
     "TrainingConfig": "_training",
+    "TrainProgress": "_training",
+    "TrainResult": "_training",
     "evaluate": "_training",
+    "iter_evaluate": "_training",
+    "iter_train": "_training",
+    "resume_path": "_training",
     "train": "_training",
 }
 
@@ -61,4 +66,15 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
     from ._model import AdaptersMismatchError, ClipSamModel, load_model, read_adapters_metadata
     from ._predictor import ClipSamPredictor
     from ._segment import masks_to_instances, segment
-    from ._training import ConceptDataset, EvaluationReport, TrainingConfig, evaluate, train
+    from ._training import (
+        ConceptDataset,
+        EvaluationReport,
+        TrainingConfig,
+        TrainProgress,
+        TrainResult,
+        evaluate,
+        iter_evaluate,
+        iter_train,
+        resume_path,
+        train,
+    )
