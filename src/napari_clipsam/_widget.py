@@ -21,7 +21,6 @@ from magicgui.widgets import (
     LineEdit,
     PushButton,
     RadioButtons,
-    SpinBox,
     create_widget,
 )
 

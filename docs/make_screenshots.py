@@ -1,0 +1,238 @@
+"""Screenshots of the napari-clipsam dock widget on the bundled synthetic nuclei.
+
+Writes ``docs/images/widget_text_mode.png`` (text-only mode with the similarity map)
+and ``docs/images/widget_manual_mode.png`` (manual mode: two positive points, one
+negative point and the live preview), which ``docs/widget.md`` shows.
+
+Run it from the repository root; it needs a display (``xvfb-run`` gives one)::
+
+    xvfb-run -a .venv/bin/python docs/make_screenshots.py                 # random weights, offline
+    xvfb-run -a .venv/bin/python docs/make_screenshots.py \\
+        --sam-checkpoint default --clip-pretrained default                # published weights
+
+By default the model has random weights (``sam_checkpoint=None``,
+``clip_pretrained=None``): nothing is downloaded, the widget looks exactly as with
+trained weights, but the masks and the similarity map are meaningless. The script
+prints which weights it used; say so in the captions of the docs.
+
+The script neither reads nor writes your napari or napari-clipsam settings (napari's
+point at a temporary folder, the widget's are off), so every run starts from the
+defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WINDOW_SIZE = (1700, 900)  # width, height of the napari window in pixels
+DOCK_WIDTH = 460  # least width of the plugin's dock area (wider if the widget asks for more)
+MAX_BYTES = 400_000  # keep each PNG below this size
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sam-checkpoint", default=None, metavar="PATH|NAME|default",
+        help="SAM weights: 'default' (official vit_b, downloaded once), a registry name such as "
+             "'vit_b_lm', or a file; random weights when left out",
+    )
+    parser.add_argument(
+        "--clip-pretrained", default=None, metavar="TAG|PATH",
+        help="CLIP weights: 'default' (openai), an open_clip tag, or a file; random weights when left out",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--output-dir", type=Path, default=HERE / "images", help="where the PNGs go")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each job")
+    return parser.parse_args(argv)
+
+
+def describe_weights(sam_checkpoint: str | None, clip_pretrained: str | None) -> str:
+    sam = "random" if sam_checkpoint is None else (
+        "official vit_b (Meta)" if sam_checkpoint == "default" else str(sam_checkpoint)
+    )
+    clip = "random" if clip_pretrained is None else (
+        "openai" if clip_pretrained == "default" else str(clip_pretrained)
+    )
+    return f"SAM vit_b weights: {sam}; CLIP ViT-B-16 weights: {clip}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    started = time.perf_counter()
+
+    # Fresh napari and widget settings: reproducible screenshots, the user's files untouched.
+    scratch = Path(tempfile.mkdtemp(prefix="napari-clipsam-screenshots-"))
+    os.environ["NAPARI_CONFIG"] = str(scratch / "napari-settings.yaml")
+    os.environ["NAPARI_CLIPSAM_SETTINGS"] = "off"
+
+    # Import torch and the plugin (and with them triton, where installed) before the
+    # viewer creates its OpenGL context: with Mesa's software OpenGL (llvmpipe, as under
+    # Xvfb), importing triton after the context exists crashes the process (both bundle LLVM).
+    import napari
+    import torch
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    import napari_clipsam
+    from napari_clipsam._sample_data import make_nuclei_sample
+    from napari_clipsam._widget import MODE_MANUAL, MODE_TEXT
+
+    def process_events(seconds: float = 0.3) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            QApplication.processEvents()
+            time.sleep(0.01)
+
+    def wait_until(condition, what: str) -> None:
+        deadline = time.perf_counter() + args.timeout
+        while not condition():
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"gave up after {args.timeout:.0f} s waiting for {what}")
+            QApplication.processEvents()
+            time.sleep(0.02)
+
+    def save(name: str) -> Path:
+        process_events(0.3)  # a long status line may widen the dock: fit the image again
+        viewer.reset_view()
+        process_events(0.5)  # let the canvas and the status line repaint
+        pixels = viewer.screenshot(canvas_only=False, flash=False)  # (H, W, 4) uint8
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        path = args.output_dir / name
+        write_png(path, pixels[..., :3])
+        print(f"wrote {path} ({pixels.shape[1]}x{pixels.shape[0]} px, {path.stat().st_size / 1000:.0f} kB)")
+        return path
+
+    weights = describe_weights(args.sam_checkpoint, args.clip_pretrained)
+
+    # -- the viewer, the sample and the widget
+    viewer = napari.Viewer(show=True, title="napari-clipsam")
+    viewer.window._qt_window.resize(*WINDOW_SIZE)
+    (image_data, image_kwargs, _), (ground_truth, _, _) = make_nuclei_sample()
+    image = viewer.add_image(image_data, **image_kwargs)  # the ground truth is not shown
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-clipsam", "Segment by concept")
+    process_events()
+    dock_width = max(DOCK_WIDTH, widget.native.width() + 10)
+    viewer.window._qt_window.resizeDocks([dock], [dock_width], Qt.Orientation.Horizontal)
+    process_events()
+
+    # -- the model, loaded once and handed to the widget
+    torch.manual_seed(0)
+    print(f"loading the model ({weights}) on {args.device}...")
+    try:
+        model = napari_clipsam.load_model(
+            sam="vit_b", clip="ViT-B-16",
+            sam_checkpoint=args.sam_checkpoint, clip_pretrained=args.clip_pretrained,
+            device=args.device,
+        )
+    except OSError as err:  # WeightsUnavailableError: offline, with where to put the files
+        print(f"error: {err}", file=sys.stderr)
+        viewer.close()
+        return 2
+    # Make the model fields tell the truth about the injected model.
+    if args.sam_checkpoint is None:
+        widget._sam_weights.value = "none (random)"
+    elif args.sam_checkpoint in widget._sam_weights.choices:
+        widget._sam_weights.value = args.sam_checkpoint
+    widget._clip_pretrained.value = "none" if args.clip_pretrained is None else str(args.clip_pretrained)
+    if args.device in widget._device.choices:
+        widget._device.value = args.device
+    widget.use_model(model)
+    widget.reset_choices()
+    widget._image.value = image
+
+    # -- (a) text-only mode with the similarity map
+    widget._mode.value = MODE_TEXT
+    widget._concept.value = "nucleus"
+    widget._instances.value = False  # one label per concept (the widget's default)
+    widget._show_similarity.value = True
+    t0 = time.perf_counter()
+    widget._on_run_clicked()
+    wait_until(lambda: not widget.busy, "the text-only segmentation")
+    print(f"text-only run: {time.perf_counter() - t0:.1f} s; status: {widget._status.value}")
+    viewer.layers.selection.active = image
+    save("widget_text_mode.png")
+
+    # -- (b) manual mode: two positive points on nuclei, one negative point, live preview
+    for layer in list(viewer.layers):
+        if layer is not image:
+            layer.visible = False
+    widget._mode.value = MODE_MANUAL
+    widget._add_prompt_layers()
+    positive = widget._prompt_layers["positive"]
+    negative = widget._prompt_layers["negative"]
+    centres = _nucleus_centres(ground_truth, count=2)
+    positive.add(centres)
+    negative.add(_background_point(ground_truth))
+    wait_until(
+        lambda: widget._preview is not None
+        and widget._preview[0].arguments.get("point_coords") is not None
+        and len(widget._preview[0].arguments["point_coords"]) == 3
+        and not widget.busy,
+        "the manual preview",
+    )
+    print(f"manual preview: status: {widget._status.value}")
+    viewer.layers.selection.active = positive
+    save("widget_manual_mode.png")
+
+    print(f"weights used: {weights}")
+    print(f"done in {time.perf_counter() - started:.0f} s")
+    viewer.close()
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+def _nucleus_centres(labels, count: int):
+    """(row, col) centres of ``count`` nuclei near the middle of the image."""
+    import numpy as np
+    from scipy import ndimage
+
+    values = np.arange(1, int(labels.max()) + 1)
+    centres = np.asarray(ndimage.center_of_mass(labels > 0, labels, values))
+    middle = np.asarray(labels.shape) / 2
+    order = np.argsort(np.linalg.norm(centres - middle, axis=1))
+    return np.round(centres[order[:count]])
+
+
+def _background_point(labels):
+    """A (row, col) point on the background, far from every nucleus, near the middle."""
+    import numpy as np
+    from scipy import ndimage
+
+    distance = ndimage.distance_transform_edt(labels == 0)
+    rows, cols = np.indices(labels.shape)
+    middle = np.asarray(labels.shape) / 2
+    near_middle = np.hypot(rows - middle[0], cols - middle[1]) < min(labels.shape) / 4
+    score = np.where(near_middle, distance, 0)
+    return np.asarray([np.unravel_index(np.argmax(score), labels.shape)], dtype=float)
+
+
+def write_png(path: Path, rgb) -> None:
+    """Save an RGB array as PNG; quantise the colours, then downscale, to stay under MAX_BYTES."""
+    from PIL import Image
+
+    picture = Image.fromarray(rgb)
+    picture.save(path, optimize=True)
+    if path.stat().st_size <= MAX_BYTES:
+        return
+    scale = 1.0
+    while True:
+        candidate = picture if scale == 1.0 else picture.resize(
+            (round(picture.width * scale), round(picture.height * scale)), Image.Resampling.LANCZOS
+        )
+        candidate.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            path, optimize=True
+        )
+        if path.stat().st_size <= MAX_BYTES or scale < 0.5:
+            return
+        scale *= 0.85
+
+
+if __name__ == "__main__":
+    sys.exit(main())
