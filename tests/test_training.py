@@ -203,9 +203,29 @@ def test_parse_concepts():
             parse_concepts(bad)
 
 
-def test_training_at_a_smaller_sam_input_size(datasets):
+def test_training_at_a_smaller_sam_input_size(datasets, tmp_path):
     train_set, val_set = datasets
     model = _model()
-    result = train(model, train_set, val_set, TrainingConfig(steps=3, eval_every=3, image_size=128, patience=0))
+    output = tmp_path / "small.safetensors"
+    result = train(
+        model, train_set, val_set, TrainingConfig(steps=3, eval_every=3, image_size=128, patience=0), output=output
+    )
     assert result.steps_run == 3 and result.best is not None
     assert model.image_size == 256  # back to its own size
+    # What segments with these adapters runs at the training size unless told otherwise.
+    assert model.preferred_image_size == 128
+    reloaded = nc.load_model(sam="tiny", clip="tiny", sam_checkpoint=None, clip_pretrained=None, device="cpu",
+                             precision="fp32", adapters=output)
+    assert reloaded.preferred_image_size == 128
+    image = train_set[0].image
+    for candidate in (model, reloaded):
+        predictor = nc.ClipSamPredictor(candidate)
+        predictor.set_image(image)
+        predictor.set_concept(train_set[0].concept)
+        assert predictor.image_size == 128 and predictor.image_embedding.shape[-2:] == (8, 8)
+    explicit = nc.ClipSamPredictor(reloaded, image_size=256)
+    explicit.set_image(image)
+    assert explicit.image_embedding.shape[-2:] == (16, 16)
+    # Changing the size of a predictor drops what it computed at the old size.
+    explicit.image_size = None
+    assert explicit.image_embedding.shape[-2:] == (8, 8)

@@ -168,8 +168,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--adapters", type=Path, help="trained adapters (.safetensors)")
     group.add_argument(
         "--image-size", type=int, metavar="N",
-        help="SAM input side in pixels (default: the model's, 1024); 512 is several times faster on a CPU. "
-        "Segment at the size the adapters were trained at",
+        help="SAM input side in pixels (default: the size --adapters were trained at, else 1024); "
+        "512 is several times faster on a CPU",
     )
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
@@ -374,6 +374,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     import json
 
     from ._io import write_atomically
+    from ._jobs import run
     from ._training import iter_evaluate
 
     if args.json is not None and args.json.exists() and not args.overwrite:
@@ -382,18 +383,16 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     model = _load_model(args)
     job = iter_evaluate(model, dataset, args.mode, seed=args.seed, image_size=args.image_size)
     show_progress = sys.stderr.isatty()
-    while True:
-        try:
-            event = next(job)
-        except StopIteration as stop:
-            report = stop.value
-            break
-        if show_progress:
-            print(f"\r{event.stage}", end="", file=sys.stderr, flush=True)
+
+    def show(event) -> None:
+        print(f"\r{event.stage}", end="", file=sys.stderr, flush=True)
+
+    report = run(job, show if show_progress else None)
     if show_progress:
         print(file=sys.stderr)
 
-    print(f"{len(dataset)} samples, {args.mode} mode, SAM input {args.image_size or model.image_size}, "
+    image_size = args.image_size or model.preferred_image_size or model.image_size
+    print(f"{len(dataset)} samples, {args.mode} mode, SAM input {image_size}, "
           f"adapters: {args.adapters or 'none (untrained)'}")
     rows = [(concept, scores["count"], scores["iou"], scores["dice"]) for concept, scores in report.per_concept.items()]
     rows.append(("overall", len(dataset), report.iou, report.dice))
@@ -406,7 +405,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         settings = {
             "images": str(args.images), "labels": str(args.labels), "mode": args.mode, "seed": args.seed,
             "sam": args.sam, "clip": args.clip, "adapters": str(args.adapters) if args.adapters else None,
-            "image_size": args.image_size or model.image_size,
+            "image_size": image_size,
         }
         text = json.dumps({**report.to_dict(), "settings": settings}, indent=2)
         write_atomically(args.json, lambda path: Path(path).write_text(text + "\n", encoding="utf-8"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Generator, TypeVar
+from typing import Any, Callable, Generator, TypeVar
 
 import numpy as np
 
@@ -32,13 +32,28 @@ class Progress:
 Job = Generator[Progress, None, T]
 
 
-def run(job: Job[T]) -> T:
-    """Drain a job and return its result (for scripts and tests)."""
+def run(job: Job[T], on_event: Callable[[Any], None] | None = None) -> T:
+    """Drain a job and return its result (for scripts and tests); ``on_event`` sees each event."""
     while True:
         try:
-            next(job)
+            event = next(job)
         except StopIteration as stop:
             return stop.value
+        if on_event is not None:
+            on_event(event)
+
+
+def relay(job: Generator[Any, None, T], transform: Callable[[Any], Any]) -> Generator[Any, None, T]:
+    """Re-yield a sub-job's events through ``transform`` and return its result.
+
+    For a job made of smaller jobs: ``result = yield from relay(sub_job, rename)``.
+    """
+    while True:
+        try:
+            event = next(job)
+        except StopIteration as stop:
+            return stop.value
+        yield transform(event)
 
 
 def iter_load_model(poll_seconds: float = 0.2, **load_model_kwargs: Any) -> Job:
@@ -143,12 +158,9 @@ def iter_segment_planes(
     total = len(planes)
     for index, plane in enumerate(planes):
         job = iter_segment(predictor, np.asarray(plane), concept, **segment_kwargs)
-        while True:
-            try:
-                event = next(job)
-            except StopIteration as stop:
-                results.append(stop.value)
-                break
-            yield Progress(f"plane {index + 1}/{total}: {event.stage}", index, total)
+        result = yield from relay(
+            job, lambda event, index=index: Progress(f"plane {index + 1}/{total}: {event.stage}", index, total)
+        )
+        results.append(result)
     yield Progress("done", total, total)
     return results

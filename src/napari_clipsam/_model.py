@@ -84,6 +84,9 @@ class ClipSamModel(nn.Module):
         use_banded_global_attention(sam.image_encoder)
         self.text_embedder = TextEmbedder(clip_model, tokenizer, config.template_list())
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        # SAM input side the loaded adapters were trained at (None: native); predictors
+        # without an explicit image_size run at it.
+        self.preferred_image_size: int | None = None
         self.freeze_base()
         self.to(device)
         # The decoder's transposed convolutions run about twice as fast in channels-last
@@ -424,6 +427,8 @@ class ClipSamModel(nn.Module):
         with torch.no_grad():
             for name, parameter in expected.items():
                 parameter.copy_(tensors[name].to(parameter.device, parameter.dtype))
+        size = metadata.get("training_image_size")
+        self.preferred_image_size = int(size) if size and int(size) != self.image_size else None
         return metadata
 
 

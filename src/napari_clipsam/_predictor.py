@@ -29,21 +29,37 @@ class ClipSamPredictor:
     def __init__(self, model: ClipSamModel, image_size: int | None = None) -> None:
         """Args:
             model: from :func:`load_model`.
-            image_size: SAM input side in pixels; None for the model's own (1024). Smaller
-                is faster on a CPU (see :meth:`ClipSamModel.at_resolution`).
+            image_size: SAM input side in pixels. None: the size the model's adapters
+                were trained at (``model.preferred_image_size``, from the adapters file),
+                else SAM's own (1024). Smaller is faster on a CPU (see
+                :meth:`ClipSamModel.at_resolution`).
         """
         self.model = model
-        self.image_size = image_size
+        self._image_size = image_size
         self.reset_image()
         self.concept: str | None = None
+
+    @property
+    def image_size(self) -> int | None:
+        """The SAM input side this predictor runs at (None: SAM's own)."""
+        return self._image_size if self._image_size is not None else self.model.preferred_image_size
+
+    @image_size.setter
+    def image_size(self, value: int | None) -> None:
+        if value != self._image_size:
+            self._image_size = value
+            self._forget_features()  # computed at the old size; the image stays set
 
     # ------------------------------------------------------------------ state
     def reset_image(self) -> None:
         """Forget the image and everything computed from it."""
         self.image: np.ndarray | None = None
         self.original_size: tuple[int, int] | None = None
-        self.input_size: tuple[int, int] | None = None
         self._image_key: str | None = None
+        self._forget_features()
+
+    def _forget_features(self) -> None:
+        self.input_size: tuple[int, int] | None = None
         self._sam_input: torch.Tensor | None = None
         self._clip_patches: torch.Tensor | None = None
         self._prefix: torch.Tensor | None = None
@@ -206,36 +222,24 @@ class ClipSamPredictor:
             logits: (C, 256, 256) float32 low-resolution logits (side 4x the embedding grid).
         """
         self._require_image()
-        with self.model.at_resolution(self.image_size):
-            return self._predict(
-                point_coords, point_labels, box, multimask_output, mask_input, use_similarity_prompt
-            )
-
-    @torch.no_grad()
-    def _predict(
-        self,
-        point_coords: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None,
-        box: np.ndarray | None = None,
-        multimask_output: bool = False,
-        mask_input: np.ndarray | None = None,
-        use_similarity_prompt: bool | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        self._require_image()
-        model = self.model
         points, labels, box = _check_prompts(point_coords, point_labels, box)
-        if points is None and box is None:
-            if self.concept is None:
-                raise ValueError(
-                    "Nothing to segment: give points or a box, or set a concept with "
-                    "set_concept(...) for the text-only mode."
-                )
-            points, labels = self.text_prompts()
-        self.prepare()
-        self.last_points = None if points is None else points.copy()
+        if points is None and box is None and self.concept is None:
+            raise ValueError(
+                "Nothing to segment: give points or a box, or set a concept with "
+                "set_concept(...) for the text-only mode."
+            )
+        with torch.no_grad(), self.model.at_resolution(self.image_size):
+            if points is None and box is None:
+                points, labels = self.text_prompts()
+            self.prepare()
+            self.last_points = None if points is None else points.copy()
+            return self._decode(points, labels, box, multimask_output, mask_input, use_similarity_prompt)
 
+    def _decode(self, points, labels, box, multimask_output, mask_input, use_similarity_prompt):
+        """SAM's decoder on checked prompts, in the current resolution."""
         from segment_anything.utils.transforms import ResizeLongestSide
 
+        model = self.model
         transform = ResizeLongestSide(model.image_size)
         device = model.device
         point_prompt = None

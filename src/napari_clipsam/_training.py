@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ._adapters import conditioned
 from ._image import to_rgb_uint8
 from ._io import write_atomically
-from ._jobs import Job, run
+from ._jobs import Job, relay, run
 from ._model import ClipSamModel
 from ._predictor import ClipSamPredictor
 from ._prompts import mask_prompt_from_similarity, points_from_mask, text_mode_points
@@ -386,8 +386,9 @@ class TrainingConfig:
         augment: flips, rotations, crops, intensity jitter, blur.
         gradient_checkpointing: recompute encoder blocks in backward to save memory.
         image_size: SAM input side for training and validation (None: the model's own,
-            1024). 512 makes a CPU step several times cheaper; segment at the same size
-            afterwards (``ClipSamPredictor(model, image_size=512)``) for consistency.
+            1024). 512 makes a CPU step several times cheaper. The size is recorded in the
+            adapters file and in ``model.preferred_image_size``, so predictors made
+            afterwards segment at it.
         seed: for sampling, augmentation and prompts.
     """
 
@@ -510,6 +511,9 @@ def iter_train(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     model.freeze_base()
+    # Validation, and predictors made afterwards, segment at the training size (as they
+    # do when the saved file is loaded).
+    model.preferred_image_size = config.image_size if config.image_size != model.image_size else None
     optimizer = _optimizer(model, config)
     trainable = dict(model.trainable_parameters())
     start_step, losses = 0, []
@@ -601,13 +605,7 @@ def _save_resume(output: Path, trainable, optimizer, step: int, losses: list[flo
 
 def _validate(model: ClipSamModel, val_set, config: TrainingConfig, step: int):
     job = iter_evaluate(model, val_set, config.mode, seed=config.seed, image_size=config.image_size)
-    while True:
-        try:
-            event = next(job)
-        except StopIteration as stop:
-            report = stop.value
-            break
-        yield TrainProgress(event.stage, step, config.steps)
+    report = yield from relay(job, lambda event: TrainProgress(event.stage, step, config.steps))
     yield TrainProgress("validated", step, config.steps, validation=report)
     return report
 
