@@ -15,19 +15,20 @@ Each measurement runs in its own process so that peak memory is that of one job.
 
     python benchmarks/bench_inference.py              # both precisions, 2 repeats
     python benchmarks/bench_inference.py --repeats 3 --device cuda
+    python benchmarks/bench_inference.py --sam tiny --clip tiny --no-compile   # a smoke test
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
+from _common import click_latency_ms, peak_memory_gb, sync
 
 
 def _image(size: int = 1024) -> np.ndarray:
@@ -35,30 +36,15 @@ def _image(size: int = 1024) -> np.ndarray:
     return rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _peak_memory_gb(device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 1e9
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-
-
-def run_part(part: str, precision: str, device_name: str, repeats: int, compile_decoder: bool) -> dict:
+def run_part(part: str, precision: str, device_name: str, repeats: int, compile_decoder: bool,
+             sam: str = "vit_b", clip: str = "ViT-B-16") -> dict:
     import torch
 
     import napari_clipsam as nc
 
     torch.manual_seed(0)
     model = nc.load_model(
-        sam="vit_b", clip="ViT-B-16", sam_checkpoint=None, clip_pretrained=None,
+        sam=sam, clip=clip, sam_checkpoint=None, clip_pretrained=None,
         device=device_name, precision=precision,
     )
     device = model.device
@@ -67,16 +53,16 @@ def run_part(part: str, precision: str, device_name: str, repeats: int, compile_
     if part == "vanilla":
         from napari_clipsam._sam import build_sam
 
-        vanilla = build_sam("vit_b").to(device)
+        vanilla = build_sam(sam).to(device)
         sam_input, _ = model.sam_input(image)
         times = []
         with torch.inference_mode():
             for _ in range(repeats + 1):  # the first run warms up kernels and allocators
-                _sync(device)
+                sync(device)
                 start = time.perf_counter()
                 with model.autocast():
                     vanilla.image_encoder(sam_input)
-                _sync(device)
+                sync(device)
                 times.append(time.perf_counter() - start)
             # Baseline for the point latency: segment_anything's own SamPredictor on the
             # embedding just computed (its state set by hand: no second encoder pass).
@@ -87,13 +73,9 @@ def run_part(part: str, precision: str, device_name: str, repeats: int, compile_
             reference.original_size = image.shape[:2]
             reference.input_size = tuple(sam_input.shape[-2:])
             reference.is_image_set = True
-            latencies = []
-            for index in range(21):
-                _sync(device)
-                start = time.perf_counter()
-                reference.predict(np.array([[100 + index * 30, 500]]), np.array([1]), multimask_output=False)
-                _sync(device)
-                latencies.append(time.perf_counter() - start)
+            point_ms = click_latency_ms(
+                lambda x: reference.predict(np.array([[x, 500]]), np.array([1]), multimask_output=False), device
+            )
             # The same encoder with our banded global attention (identical output) and no
             # adapters: separates the memory change's effect on speed from the method's cost.
             from napari_clipsam._attention import use_banded_global_attention
@@ -101,16 +83,16 @@ def run_part(part: str, precision: str, device_name: str, repeats: int, compile_
             use_banded_global_attention(vanilla.image_encoder)
             banded = []
             for _ in range(repeats):
-                _sync(device)
+                sync(device)
                 start = time.perf_counter()
                 with model.autocast():
                     vanilla.image_encoder(sam_input)
-                _sync(device)
+                sync(device)
                 banded.append(time.perf_counter() - start)
         result["encoder_s"] = statistics.median(times[1:])
         result["banded_encoder_s"] = statistics.median(banded)
-        result["point_ms"] = statistics.median(latencies[1:]) * 1000
-        result["peak_gb"] = _peak_memory_gb(device)
+        result["point_ms"] = point_ms
+        result["peak_gb"] = peak_memory_gb(device)
     else:
         guided, stage_times = [], {}
         with torch.inference_mode():
@@ -119,47 +101,37 @@ def run_part(part: str, precision: str, device_name: str, repeats: int, compile_
                 model._text_cache.clear()  # a new concept each run: text cost included
                 predictor.set_image(image)
                 predictor.set_concept(f"nucleus {run}")
-                _sync(device)
+                sync(device)
                 start = time.perf_counter()
                 stage_start, stage = start, None
                 for next_stage in predictor.iter_prepare():
-                    _sync(device)
+                    sync(device)
                     now = time.perf_counter()
                     if stage is not None:
                         stage_times.setdefault(stage, []).append(now - stage_start)
                     stage, stage_start = next_stage, now
-                _sync(device)
+                sync(device)
                 now = time.perf_counter()
                 stage_times.setdefault(stage, []).append(now - stage_start)
                 decode_start = now
                 predictor.predict()
-                _sync(device)
+                sync(device)
                 end = time.perf_counter()
                 stage_times.setdefault("text-only decode", []).append(end - decode_start)
                 guided.append(end - start)
-            latencies = []
-            for index in range(21):
-                _sync(device)
-                start = time.perf_counter()
-                predictor.predict(point_coords=[[100 + index * 30, 500]], point_labels=[1])
-                _sync(device)
-                latencies.append(time.perf_counter() - start)
+            def click(x: int) -> None:
+                predictor.predict(point_coords=[[x, 500]], point_labels=[1])
+
+            point_ms = click_latency_ms(click, device)
             if compile_decoder:
                 start = time.perf_counter()
                 result["compiled"] = model.compile_decoder(warm_up=True)
                 result["compile_s"] = time.perf_counter() - start
-                compiled = []
-                for index in range(21):
-                    _sync(device)
-                    start = time.perf_counter()
-                    predictor.predict(point_coords=[[100 + index * 30, 500]], point_labels=[1])
-                    _sync(device)
-                    compiled.append(time.perf_counter() - start)
-                result["compiled_point_ms"] = statistics.median(compiled[1:]) * 1000
+                result["compiled_point_ms"] = click_latency_ms(click, device)
         result["guided_s"] = statistics.median(guided[1:])
         result["stages_s"] = {k: statistics.median(v[1:] if len(v) > 1 else v) for k, v in stage_times.items()}
-        result["point_ms"] = statistics.median(latencies[1:]) * 1000
-        result["peak_gb"] = _peak_memory_gb(device)
+        result["point_ms"] = point_ms
+        result["peak_gb"] = peak_memory_gb(device)
     return result
 
 
@@ -169,11 +141,14 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"])
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled-decoder measurement")
+    parser.add_argument("--sam", default="vit_b", help="SAM variant (tiny: a smoke test in seconds)")
+    parser.add_argument("--clip", default="ViT-B-16", help="CLIP model")
     parser.add_argument("--part", choices=["vanilla", "guided"], help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.part:
-        print(json.dumps(run_part(args.part, args.precision, args.device, args.repeats, not args.no_compile)))
+        print(json.dumps(run_part(args.part, args.precision, args.device, args.repeats, not args.no_compile,
+                                  args.sam, args.clip)))
         return 0
 
     import torch
@@ -182,6 +157,7 @@ def main(argv=None) -> int:
 
     device = nc.resolve_device(args.device)
     print(f"machine: {torch.get_num_threads()} threads, torch {torch.__version__}, device {device}")
+    print(f"models: SAM {args.sam} + CLIP {args.clip}, random weights")
     resolved_seen = set()
     for precision in args.precisions:
         resolved = nc.resolve_precision(precision, device)
@@ -193,7 +169,7 @@ def main(argv=None) -> int:
         for part in ("vanilla", "guided"):
             output = subprocess.run(
                 [sys.executable, __file__, "--part", part, "--precision", precision,
-                 "--device", args.device, "--repeats", str(args.repeats)]
+                 "--device", args.device, "--repeats", str(args.repeats), "--sam", args.sam, "--clip", args.clip]
                 + (["--no-compile"] if args.no_compile else []),
                 check=True, capture_output=True, text=True,
             ).stdout

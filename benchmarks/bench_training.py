@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shlex
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ import sys
 import time
 
 import numpy as np
+from _common import peak_memory_gb, sync
 
 
 def _sample(size: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -44,22 +44,6 @@ def _sample(size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         image[disc] = rng.normal(200, 10, size=int(disc.sum()))
         labels[disc] = index
     return np.clip(image, 0, 255).astype(np.uint8), labels
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _peak_memory_gb(device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 1e9
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 def run_part(checkpointing: bool, args: argparse.Namespace) -> dict:
@@ -80,17 +64,17 @@ def run_part(checkpointing: bool, args: argparse.Namespace) -> dict:
         mode="text", steps=args.steps + 1, batch_size=1, augment=not args.no_augment,
         gradient_checkpointing=checkpointing, image_size=args.image_size, patience=0, seed=0,
     )
-    loaded_gb = _peak_memory_gb(device)
+    loaded_gb = peak_memory_gb(device)
     job = iter_train(model, dataset, None, config)
     times = []
     while True:
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         try:
             event = next(job)
         except StopIteration:
             break
-        _sync(device)
+        sync(device)
         if event.stage == "training":
             times.append(time.perf_counter() - start)
     return {
@@ -102,7 +86,7 @@ def run_part(checkpointing: bool, args: argparse.Namespace) -> dict:
         "step_s": statistics.median(times[1:]),  # the first step warms up kernels and allocators
         "steps": times,
         "loaded_gb": loaded_gb,
-        "peak_gb": _peak_memory_gb(device),
+        "peak_gb": peak_memory_gb(device),
     }
 
 

@@ -1,0 +1,44 @@
+"""The benchmark scripts run end to end (tiny models): their figures are not checked
+here, only that they are produced, so that the scripts do not rot between GPU runs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(script: str, *args: str) -> str:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--sam", "tiny", "--clip", "tiny", "--device", "cpu", *args],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
+def _figure(output: str, label: str) -> float:
+    match = re.search(rf"{re.escape(label)}\s+([0-9.]+)", output)
+    assert match, f"{label!r} missing from:\n{output}"
+    return float(match.group(1))
+
+
+def test_inference_benchmark_prints_its_figures():
+    output = _run("bench_inference.py", "--no-compile", "--repeats", "1", "--precisions", "fp32")
+    assert "models: SAM tiny + CLIP tiny" in output
+    # Seconds print with two decimals: a tiny encoder may show 0.00.
+    for label in ("vanilla SAM encoder", "CLIP-guided, new image+text", "ratio guided / vanilla"):
+        assert _figure(output, label) >= 0
+    for label in ("point prompt, image set", "vanilla SamPredictor", "peak memory, guided process"):
+        assert _figure(output, label) > 0
+
+
+def test_training_benchmark_prints_its_figures():
+    output = _run("bench_training.py", "--steps", "1", "--image-size", "128")
+    rows = {line.split()[0]: line.split() for line in output.splitlines() if line.startswith(("on ", "off "))}
+    assert set(rows) == {"on", "off"}, output
+    for row in rows.values():
+        assert float(row[1]) > 0 and float(row[2]) > 0  # seconds per step, peak GB
