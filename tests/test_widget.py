@@ -178,6 +178,21 @@ def test_similarity_preview_layer(qtbot, viewer, widget, blobs_image):
     assert tuple(similarity.scale) == (0.5, 0.25)
 
 
+def test_sam_input_size_follows_the_adapters_or_the_choice(qtbot, viewer, widget, tiny_model, blobs_image,
+                                                           monkeypatch):
+    monkeypatch.setattr(tiny_model, "preferred_image_size", 128)  # as if its adapters were trained at 128
+    widget._concept.value = "nucleus"
+    assert widget._sam_input.value == "auto"
+    widget._on_run_clicked()
+    _wait_idle(qtbot, widget)
+    assert widget._predictor.image_size == 128 and widget._predictor.image_embedding.shape[-2:] == (8, 8)
+    widget._sam_input.value = "512"
+    widget._on_run_clicked()
+    _wait_idle(qtbot, widget)
+    assert widget._predictor.image_size == 512 and widget._predictor.image_embedding.shape[-2:] == (32, 32)
+    assert viewer.layers["blobs nucleus"].data.shape == blobs_image.shape
+
+
 def test_errors_are_notified_not_raised(qtbot, viewer, widget, monkeypatch):
     messages = []
     monkeypatch.setattr("napari.utils.notifications.show_error", messages.append)
@@ -209,9 +224,10 @@ def test_settings_persist_between_sessions(viewer, monkeypatch, tmp_path):
     first = ClipSamWidget(viewer)
     first._device.value = "cpu"
     first._mode.value = MODE_MANUAL
+    first._sam_input.value = "512"
     first._remember_concept("mitochondria")
     second = ClipSamWidget(viewer)
-    assert second._device.value == "cpu"
+    assert second._device.value == "cpu" and second._sam_input.value == "512"
     assert second._mode.value == MODE_MANUAL
     assert "mitochondria" in second._recent.choices
     assert NEW_LAYER in second._output.choices

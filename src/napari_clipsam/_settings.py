@@ -21,6 +21,7 @@ class WidgetSettings:
     adapters: str = ""
     device: str = "auto"
     precision: str = "auto"
+    sam_input: str = "auto"
     mode: str = "text"
     recent_concepts: list[str] = field(default_factory=list)
 
