@@ -50,6 +50,15 @@ def test_train_writes_adapters_with_their_metadata(folders, tmp_path, capsys, mo
     nc.load_model(sam="tiny", clip="tiny", sam_checkpoint=None, clip_pretrained=None, device="cpu", adapters=output)
 
 
+def test_train_clip_attention_flag(folders, tmp_path, capsys):
+    output = tmp_path / "co.safetensors"
+    argv = ["train", *folders, "-o", str(output), "--steps", "1", "--val-fraction", "0", "--image-size", "128",
+            "--train-clip-attention", "--clip-lr", "1e-6", *TINY]
+    assert main(argv) == 0
+    assert "CLIP attention trained at lr 1e-06" in capsys.readouterr().out
+    assert json.loads(nc.read_adapters_metadata(output)["config"])["train_clip_attention"] is True
+
+
 def test_existing_output_is_refused_without_overwrite(folders, tmp_path, capsys):
     output = tmp_path / "adapters.safetensors"
     output.write_bytes(b"precious")

@@ -100,6 +100,31 @@ def test_training_changes_only_trainable_parameters(datasets):
     assert any(".clipsam." in n for n in changed) and any(n.startswith("sam.mask_decoder.") for n in changed)
 
 
+def test_co_training_clip_attention_at_its_own_learning_rate(datasets, tmp_path):
+    train_set, _ = datasets
+    model = _model()
+    model.set_clip_attention_trainable(True)
+    names = [n for n, _ in model.trainable_parameters()]
+    attention = {n for n in names if n.startswith("clip.")}
+    assert attention and all(".attn." in n for n in attention)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    output = tmp_path / "co.safetensors"
+    config = TrainingConfig(steps=2, learning_rate=1e-3, clip_learning_rate=1e-3, augment=False)
+    train(model, train_set, None, config, output=output)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert attention & changed  # CLIP's attention learned...
+    assert not {n for n in changed if n.startswith("clip.")} - attention  # ...and nothing else of CLIP
+    assert not {n for n in changed if n.startswith("sam.image_encoder.") and ".clipsam." not in n}
+    # The file carries CLIP's attention and the choice; loading it restores both.
+    reloaded = nc.load_model(sam="tiny", clip="tiny", sam_checkpoint=None, clip_pretrained=None, device="cpu",
+                             precision="fp32", adapters=output)
+    assert reloaded.config.train_clip_attention
+    for name in attention:
+        assert torch.equal(reloaded.get_parameter(name), model.get_parameter(name)), name
+    model.set_clip_attention_trainable(False)
+    assert not [n for n, _ in model.trainable_parameters() if n.startswith("clip.")]
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(datasets):
     train_set, _ = datasets
     grads = []

@@ -106,6 +106,10 @@ def _build_parser() -> argparse.ArgumentParser:
     training.add_argument("--no-augment", action="store_true", help="no flips, rotations, crops, intensity jitter")
     training.add_argument("--no-checkpointing", action="store_true",
                           help="no gradient checkpointing: faster steps, much more memory")
+    training.add_argument("--train-clip-attention", action="store_true",
+                          help="also train CLIP's vision attention, at its own learning rate (--clip-lr)")
+    training.add_argument("--clip-lr", type=float, metavar="LR",
+                          help="learning rate of CLIP's attention with --train-clip-attention (default 1e-7)")
     training.add_argument("--log-every", type=int, default=10, metavar="N",
                           help="print the loss every N steps, or sooner once 5 s have passed (default 10)")
     training.add_argument("--resume", action="store_true", help="continue from the state saved beside --output")
@@ -319,7 +323,7 @@ def _train_command(args: argparse.Namespace) -> int:
         "mode": args.mode, "steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
         "eval_every": args.eval_every, "patience": args.patience, "seed": args.seed,
         "augment": not args.no_augment, "gradient_checkpointing": not args.no_checkpointing,
-        "image_size": args.image_size,
+        "image_size": args.image_size, "clip_learning_rate": args.clip_lr,
     }
     config = TrainingConfig(**{name: value for name, value in given.items() if value is not None})
 
@@ -330,8 +334,12 @@ def _train_command(args: argparse.Namespace) -> int:
         print("no validation samples (setting one aside needs two or more samples of a concept and "
               "--val-fraction above 0): the last state will be saved", flush=True)
     model = _load_model(args)
+    if args.train_clip_attention:
+        model.set_clip_attention_trainable(True)
     print(f"training: {config.steps} steps of {config.batch_size}, {config.mode} mode, lr {config.learning_rate:g}, "
-          f"SAM input {config.image_size or model.image_size}, on {model.device} ({model.precision})", flush=True)
+          f"SAM input {config.image_size or model.image_size}, on {model.device} ({model.precision})"
+          + (f", CLIP attention trained at lr {config.clip_learning_rate:g}" if args.train_clip_attention else ""),
+          flush=True)
 
     started = time.time()
     job = iter_train(model, train_set, val_set or None, config, output=output, resume=args.resume)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import OrderedDict
@@ -156,6 +157,16 @@ class ClipSamModel(nn.Module):
         if self.config.train_clip_attention:
             for attention in self.surgery.attention_modules():
                 attention.requires_grad_(True)
+
+    def set_clip_attention_trainable(self, trainable: bool) -> None:
+        """Choose whether fine-tuning also updates CLIP's vision attention (co-training).
+
+        The choice is part of :attr:`config`, so adapters saved afterwards carry CLIP's
+        attention weights and record it; loading them applies it again.
+        """
+        if trainable != self.config.train_clip_attention:
+            self.config = dataclasses.replace(self.config, train_clip_attention=trainable)
+        self.freeze_base()
 
     def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         return ((name, p) for name, p in self.named_parameters() if p.requires_grad)
