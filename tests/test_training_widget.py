@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -61,6 +63,24 @@ def test_panel_trains_saves_and_hands_over_the_adapters(qtbot, panel, tmp_path):
     assert str(segmentation._adapters.value) == str(output)
 
 
+def test_panel_sam_input_and_clip_co_training_reach_the_saved_file(qtbot, panel, tmp_path):
+    viewer, panel = panel
+    assert panel._sam_input.value == "auto" and panel._training_size(panel._base_model) is None  # tiny: 256 < 512
+    panel._concepts.value = "1=disc, 2=square"
+    panel._steps.value = 1
+    panel._val_fraction.value = 0.0
+    panel._sam_input.value = "512"
+    panel._train_clip.value = True
+    output = tmp_path / "co.safetensors"
+    panel._output.value = str(output)
+    panel._on_train_clicked()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT_MS)
+    metadata = nc.read_adapters_metadata(output)
+    assert metadata["training_image_size"] == "512"
+    assert json.loads(metadata["config"])["train_clip_attention"] is True
+    assert panel._model.preferred_image_size == 512
+
+
 def test_cancelled_training_keeps_the_previous_file(qtbot, panel, tmp_path):
     viewer, panel = panel
     output = tmp_path / "trained.safetensors"
@@ -69,6 +89,7 @@ def test_cancelled_training_keeps_the_previous_file(qtbot, panel, tmp_path):
     panel._concepts.value = "1=disc, 2=square"
     panel._steps.value = 500
     panel._output.value = str(output)
+    panel._overwrite.value = True  # replacing is allowed, but only by a finished run
     panel._on_train_clicked()
     qtbot.waitUntil(lambda: len(panel._plot.losses) >= 2, timeout=TIMEOUT_MS)
     panel.cancel()
@@ -78,7 +99,7 @@ def test_cancelled_training_keeps_the_previous_file(qtbot, panel, tmp_path):
     assert not panel._use_button.enabled
 
 
-def test_bad_input_is_reported_not_raised(qtbot, panel, monkeypatch):
+def test_bad_input_is_reported_not_raised(qtbot, panel, monkeypatch, tmp_path):
     viewer, panel = panel
     messages = []
     monkeypatch.setattr("napari.utils.notifications.show_error", messages.append)
@@ -88,6 +109,14 @@ def test_bad_input_is_reported_not_raised(qtbot, panel, monkeypatch):
     panel._concepts.value = "7=absent"
     panel._on_train_clicked()
     assert "none of the label values" in messages[-1]
+    # An existing adapters file is not replaced unless asked.
+    existing = tmp_path / "mine.safetensors"
+    existing.write_bytes(b"trained for weeks")
+    panel._concepts.value = "1=disc"
+    panel._output.value = str(existing)
+    panel._on_train_clicked()
+    assert "exists" in messages[-1] and "Replace" in messages[-1]
+    assert existing.read_bytes() == b"trained for weeks"
     assert not panel.busy
 
 
