@@ -2,7 +2,9 @@
 
 Writes ``docs/images/widget_text_mode.png`` (text-only mode with the similarity map)
 and ``docs/images/widget_manual_mode.png`` (manual mode: two positive points, one
-negative point and the live preview), which ``docs/widget.md`` shows.
+negative point and the live preview), which ``docs/widget.md`` shows, and
+``docs/images/training_panel.png`` (the training panel after a short run on the
+sample's ground truth), which ``docs/training.md`` shows.
 
 Run it from the repository root; it needs a display (``xvfb-run`` gives one)::
 
@@ -49,7 +51,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--output-dir", type=Path, default=HERE / "images", help="where the PNGs go")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each job")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each job")
+    parser.add_argument("--training-steps", type=int, default=4, help="steps of the training-panel run")
     return parser.parse_args(argv)
 
 
@@ -109,6 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path} ({pixels.shape[1]}x{pixels.shape[0]} px, {path.stat().st_size / 1000:.0f} kB)")
         return path
 
+    def run_and_save(dock_widget, start, what: str, active_layer, name: str) -> None:
+        """Start a job from a dock widget, wait for it, then capture the window."""
+        t0 = time.perf_counter()
+        start()
+        wait_until(lambda: not dock_widget.busy, f"the {what}")
+        print(f"{what}: {time.perf_counter() - t0:.1f} s; status: {dock_widget._status.value}")
+        viewer.layers.selection.active = active_layer
+        save(name)
+
     weights = describe_weights(args.sam_checkpoint, args.clip_pretrained)
 
     # -- the viewer, the sample and the widget
@@ -152,12 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     widget._concept.value = "nucleus"
     widget._instances.value = False  # one label per concept (the widget's default)
     widget._show_similarity.value = True
-    t0 = time.perf_counter()
-    widget._on_run_clicked()
-    wait_until(lambda: not widget.busy, "the text-only segmentation")
-    print(f"text-only run: {time.perf_counter() - t0:.1f} s; status: {widget._status.value}")
-    viewer.layers.selection.active = image
-    save("widget_text_mode.png")
+    run_and_save(widget, widget._on_run_clicked, "text-only run", image, "widget_text_mode.png")
 
     # -- (b) manual mode: two positive points on nuclei, one negative point, live preview
     for layer in list(viewer.layers):
@@ -180,6 +187,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"manual preview: status: {widget._status.value}")
     viewer.layers.selection.active = positive
     save("widget_manual_mode.png")
+
+    # -- (c) the training panel after a few steps on the sample's own ground truth
+    for layer in list(viewer.layers):
+        layer.visible = layer is image
+    truth = viewer.add_labels(ground_truth, name="nuclei (ground truth)")
+    dock.setVisible(False)  # the panel takes the segmentation widget's place
+    dock, panel = viewer.window.add_plugin_dock_widget("napari-clipsam", "Train adapters")
+    process_events()
+    viewer.window._qt_window.resizeDocks([dock], [max(DOCK_WIDTH, panel.native.width() + 10)],
+                                         Qt.Orientation.Horizontal)
+    panel.reset_choices()
+    row = list(panel._pairs)[0]
+    row.image.value, row.labels.value = image, truth
+    panel._concepts.value = "nucleus"
+    panel._steps.value = args.training_steps
+    panel._val_fraction.value = 0.0  # one image: nothing to set aside
+    panel.use_base_model(model)
+    run_and_save(panel, panel._on_train_clicked, "training run", truth, "training_panel.png")
 
     print(f"weights used: {weights}")
     print(f"done in {time.perf_counter() - started:.0f} s")
