@@ -151,6 +151,39 @@ def test_resume_continues_from_the_saved_step(datasets, tmp_path):
     result = train(_model(), train_set, val_set, TrainingConfig(steps=6, eval_every=2, patience=0), output=output, resume=True)
     assert result.steps_run == 6  # 4 restored + 2 new
     assert result.initial is None and result.best is not None
+    # Resuming with another trainable set (CLIP attention on now) is refused, clearly.
+    other = _model()
+    other.set_clip_attention_trainable(True)
+    with pytest.raises(ValueError, match="CLIP attention frozen there, trained now"):
+        train(other, train_set, val_set, TrainingConfig(steps=8), output=output, resume=True)
+
+
+def test_a_predictor_notices_new_weights(datasets, tmp_path):
+    """Features cached before loading or training adapters are never used after it."""
+    train_set, _ = datasets
+    model = _model()
+    predictor = nc.ClipSamPredictor(model)
+    predictor.set_image(train_set[0].image)
+    predictor.set_concept(train_set[0].concept)
+    before = predictor.predict()[2]
+    assert not predictor.pending_stages()  # all cached
+    train(model, train_set, None, TrainingConfig(steps=2, learning_rate=1e-2, augment=False),
+          output=tmp_path / "t.safetensors")
+    assert predictor.pending_stages()  # recomputed with the trained adapters
+    after = predictor.predict()[2]
+    fresh = nc.ClipSamPredictor(model)
+    fresh.set_image(train_set[0].image)
+    fresh.set_concept(train_set[0].concept)
+    np.testing.assert_array_equal(after, fresh.predict()[2])
+    assert not np.array_equal(before, after)
+    # Loading adapters into the model does the same.
+    untrained = _model()
+    untrained_predictor = nc.ClipSamPredictor(untrained)
+    untrained_predictor.set_image(train_set[0].image)
+    untrained_predictor.set_concept(train_set[0].concept)
+    untrained_predictor.predict()
+    untrained.load_adapters(tmp_path / "t.safetensors")
+    np.testing.assert_array_equal(untrained_predictor.predict()[2], after)
 
 
 def test_dataset_from_arrays_makes_one_sample_per_class_present():

@@ -88,6 +88,9 @@ class ClipSamModel(nn.Module):
         # SAM input side the loaded adapters were trained at (None: native); predictors
         # without an explicit image_size run at it.
         self.preferred_image_size: int | None = None
+        # Counts changes to the trainable weights (loading, training): predictors compare
+        # it with the count their cached features were computed at.
+        self.weights_version = 0
         self.freeze_base()
         self.to(device)
         # The decoder's transposed convolutions run about twice as fast in channels-last
@@ -438,6 +441,7 @@ class ClipSamModel(nn.Module):
         with torch.no_grad():
             for name, parameter in expected.items():
                 parameter.copy_(tensors[name].to(parameter.device, parameter.dtype))
+        self.weights_version += 1
         size = metadata.get("training_image_size")
         self.preferred_image_size = int(size) if size and int(size) != self.image_size else None
         return metadata

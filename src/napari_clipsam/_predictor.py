@@ -23,6 +23,7 @@ class ClipSamPredictor:
     CLIP features are computed once per image, text embeddings once per concept (in
     the model), and SAM's image embedding once per (image, concept): setting the same
     image or concept again costs nothing, and a new point costs only the decoder.
+    Loading or training adapters on the model makes the next call recompute them.
     Coordinates are XY pixels of the image given to :meth:`set_image`; boxes XYXY.
     """
 
@@ -59,6 +60,7 @@ class ClipSamPredictor:
         self._forget_features()
 
     def _forget_features(self) -> None:
+        self._weights_version = self.model.weights_version
         self.input_size: tuple[int, int] | None = None
         self._sam_input: torch.Tensor | None = None
         self._clip_patches: torch.Tensor | None = None
@@ -115,6 +117,8 @@ class ClipSamPredictor:
     def pending_stages(self) -> list[str]:
         """The stages the current image and concept still need, in order (cached ones left out)."""
         self._require_image()
+        if self._weights_version != self.model.weights_version:
+            self._forget_features()  # adapters loaded or trained since: every feature is stale
         concept = self.concept
         stages = []
         if self._sam_input is None:

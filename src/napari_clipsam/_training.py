@@ -523,9 +523,18 @@ def iter_train(
         if output is None or not resume_path(output).is_file():
             raise FileNotFoundError(f"No training state to resume at {resume_path(output) if output else '(no output)'}.")
         state = torch.load(resume_path(output), map_location="cpu", weights_only=True)
+        if set(state["trainable"]) != set(trainable):
+            clip_saved = any(name.startswith("clip.") for name in state["trainable"])
+            raise ValueError(
+                f"The training state at {resume_path(output)} was saved for another set of trainable "
+                f"weights (CLIP attention {'trained' if clip_saved else 'frozen'} there, "
+                f"{'trained' if model.config.train_clip_attention else 'frozen'} now, or another base "
+                "model). Resume with the same model and options, or start afresh."
+            )
         with torch.no_grad():
             for name, value in state["trainable"].items():
                 trainable[name].copy_(value)
+        model.weights_version += 1
         optimizer.load_state_dict(state["optimizer"])
         start_step, losses = int(state["step"]), list(state["losses"])
         best_state, best_step = state.get("best_state"), int(state.get("best_step", 0))
@@ -569,6 +578,7 @@ def iter_train(
         with torch.no_grad():
             for name, value in best_state.items():
                 trainable[name].copy_(value)
+        model.weights_version += 1
     else:
         best_step = step + 1
     if output is not None:
@@ -640,6 +650,7 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
         loss.backward()
     torch.nn.utils.clip_grad_norm_([p for _, p in model.trainable_parameters()], max_norm=1.0)
     optimizer.step()
+    model.weights_version += 1
     return float(loss.detach())
 
 
