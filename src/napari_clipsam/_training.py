@@ -531,10 +531,7 @@ def iter_train(
                 f"{'trained' if model.config.train_clip_attention else 'frozen'} now, or another base "
                 "model). Resume with the same model and options, or start afresh."
             )
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                trainable[name].copy_(value)
-        model.weights_version += 1
+        model.assign_trainable(state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         start_step, losses = int(state["step"]), list(state["losses"])
         best_state, best_step = state.get("best_state"), int(state.get("best_step", 0))
@@ -575,10 +572,7 @@ def iter_train(
                 stopped_early = True
                 break
     if best_state is not None and val_set:
-        with torch.no_grad():
-            for name, value in best_state.items():
-                trainable[name].copy_(value)
-        model.weights_version += 1
+        model.assign_trainable(best_state)
     else:
         best_step = step + 1
     if output is not None:
