@@ -34,13 +34,12 @@ avoid_triton_on_cpu_only_machines()  # before the model code is imported: see it
 
 from ._jobs import iter_load_model  # noqa: E402
 from ._training import ConceptDataset, TrainingConfig, TrainProgress, TrainResult, iter_train, parse_concepts  # noqa: E402,E501
+from ._widget import SAM_INPUTS  # noqa: E402  (the sizes the segmentation widget offers)
 
 if TYPE_CHECKING:
     import napari
 
 MODES = {"Semi-automatic (text only)": "text", "Manual (points / box)": "manual"}
-# SAM input side for training; "auto" is 512 on a CPU (several times cheaper a step), SAM's own elsewhere.
-SAM_INPUTS = ["auto", "1024", "768", "512"]
 
 
 class _CurvePlot(QWidget):
@@ -118,6 +117,7 @@ class TrainingWidget(Container):
         self._batch_size = SpinBox(label="Batch size", min=1, max=16, value=1)
         self._val_fraction = FloatSpinBox(label="Validation fraction", min=0.0, max=0.9, step=0.05, value=0.2)
         self._augment = CheckBox(text="Augment (flips, rotations, crops, intensity)", value=True)
+        # "auto" here is 512 on a CPU (a step several times cheaper), SAM's own elsewhere.
         self._sam_input = ComboBox(label="SAM input", choices=SAM_INPUTS, value="auto")
         self._sam_input.tooltip = (
             "Side of the image SAM sees while training, in pixels; segmentation with the saved adapters "
@@ -138,7 +138,8 @@ class TrainingWidget(Container):
         self.extend([
             self._pairs, self._add_pair_button, self._concepts, self._detect_button, self._mode,
             self._steps, self._learning_rate, self._batch_size, self._val_fraction, self._augment,
-            self._sam_input, self._train_clip, self._output, self._overwrite, self._train_button, self._cancel_button, self._status, self._result_label,
+            self._sam_input, self._train_clip, self._output, self._overwrite,
+            self._train_button, self._cancel_button, self._status, self._result_label,
         ])
         self.native.layout().addWidget(self._plot)
         self.append(self._use_button)
