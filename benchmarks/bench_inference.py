@@ -51,7 +51,7 @@ def run_part(part: str, precision: str, device_name: str, repeats: int, compile_
     image = _image()
     result = {"part": part, "precision": model.precision, "device": str(device)}
     if part == "vanilla":
-        from napari_clipsam._sam import build_sam
+        from napari_clipsam.model.build_sam import build_sam
 
         vanilla = build_sam(sam).to(device)
         sam_input, _ = model.sam_input(image)
@@ -78,7 +78,7 @@ def run_part(part: str, precision: str, device_name: str, repeats: int, compile_
             )
             # The same encoder with our banded global attention (identical output) and no
             # adapters: separates the memory change's effect on speed from the method's cost.
-            from napari_clipsam._attention import use_banded_global_attention
+            from napari_clipsam.model.attention import use_banded_global_attention
 
             use_banded_global_attention(vanilla.image_encoder)
             banded = []

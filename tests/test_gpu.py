@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_adapters
 
 import napari_clipsam as nc
+from tests.helpers import randomize_adapters
 
 pytestmark = pytest.mark.gpu
 

@@ -69,7 +69,7 @@ def test_manifest_ships_inside_the_package():
 def test_console_script_points_at_cli():
     scripts = importlib.metadata.entry_points(group="console_scripts")
     (script,) = [entry for entry in scripts if entry.name == DISTRIBUTION]
-    assert script.value == "napari_clipsam._cli:main"
+    assert script.value == "napari_clipsam.cli:main"
     assert callable(script.load())
 
 

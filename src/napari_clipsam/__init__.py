@@ -3,7 +3,11 @@
 Importing this package imports neither Qt nor napari, so scripts and batch jobs run
 without a display. The public names load on first use (PEP 562), which keeps
 ``import napari_clipsam`` light and lets the napari widgets prepare the process
-before torch's stack is imported (see ``_qt_jobs.avoid_triton_on_cpu_only_machines``).
+before torch's stack is imported (see ``_qt.jobs.avoid_triton_on_cpu_only_machines``).
+
+Where things are: ``model/`` (networks and builders), ``weights/`` (files, formats,
+registry), ``inference/`` (predictor and the segmentation pipeline), ``training/``,
+``_qt/`` (napari widgets), ``cli/`` (the ``napari-clipsam`` command), ``errors.py``.
 """
 
 from __future__ import annotations
@@ -16,31 +20,49 @@ try:
 except ImportError:  # not built by hatch-vcs (e.g. run from a bare source tree)
     __version__ = "unknown"
 
-# Public name -> the private module that defines it.
+# Public name -> the module that defines it.
 _PUBLIC = {
-    "ClipSamConfig": "_config",
-    "DEFAULT_CONFIG": "_config",
-    "TEMPLATE_SETS": "_config",
-    "resolve_device": "_device",
-    "resolve_precision": "_device",
-    "to_rgb_uint8": "_image",
-    "AdaptersMismatchError": "_model",
-    "ClipSamModel": "_model",
-    "load_model": "_model",
-    "read_adapters_metadata": "_model",
-    "ClipSamPredictor": "_predictor",
-    "masks_to_instances": "_segment",
-    "segment": "_segment",
-    "ConceptDataset": "_training",
-    "EvaluationReport": "_training",
-    "TrainingConfig": "_training",
-    "TrainProgress": "_training",
-    "TrainResult": "_training",
-    "evaluate": "_training",
-    "iter_evaluate": "_training",
-    "iter_train": "_training",
-    "resume_path": "_training",
-    "train": "_training",
+    "ClipSamConfig": "model.config",
+    "DEFAULT_CONFIG": "model.config",
+    "TEMPLATE_SETS": "model.config",
+    "resolve_device": "model.device",
+    "resolve_precision": "model.device",
+    "ClipSamModel": "model.clipsam",
+    "load_model": "model.build",
+    "list_sam_variants": "model.build_sam",
+    "list_clip_models": "model.clip",
+    "read_adapters_metadata": "weights.adapters_file",
+    "cache_dir": "weights.registry",
+    "list_sam_weights": "weights.registry",
+    "to_rgb_uint8": "inference.image",
+    "ClipSamPredictor": "inference.predictor",
+    "masks_to_instances": "inference.instances",
+    "SegmentOptions": "inference.pipeline",
+    "SegmentResult": "inference.pipeline",
+    "iter_segment": "inference.pipeline",
+    "iter_segment_stack": "inference.pipeline",
+    "segment": "inference.pipeline",
+    "ConceptDataset": "training.data",
+    "EvaluationReport": "training.evaluate",
+    "evaluate": "training.evaluate",
+    "iter_evaluate": "training.evaluate",
+    "TrainingConfig": "training.engine",
+    "TrainProgress": "training.engine",
+    "TrainResult": "training.engine",
+    "iter_train": "training.engine",
+    "resume_path": "training.engine",
+    "train": "training.engine",
+    "Progress": "_jobs",
+    "run": "_jobs",
+    # Errors a script may want to catch (all derive from ClipSamError).
+    "ClipSamError": "errors",
+    "AdaptersMismatchError": "errors",
+    "AmbiguousWeightsError": "errors",
+    "CheckpointMismatchError": "errors",
+    "ChecksumMismatchError": "errors",
+    "MissingDependencyError": "errors",
+    "UnsafeCheckpointError": "errors",
+    "WeightsUnavailableError": "errors",
 }
 
 __all__ = ["__version__", *sorted(_PUBLIC)]
@@ -60,21 +82,29 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerly
-    from ._config import DEFAULT_CONFIG, TEMPLATE_SETS, ClipSamConfig
-    from ._device import resolve_device, resolve_precision
-    from ._image import to_rgb_uint8
-    from ._model import AdaptersMismatchError, ClipSamModel, load_model, read_adapters_metadata
-    from ._predictor import ClipSamPredictor
-    from ._segment import masks_to_instances, segment
-    from ._training import (
-        ConceptDataset,
-        EvaluationReport,
-        TrainingConfig,
-        TrainProgress,
-        TrainResult,
-        evaluate,
-        iter_evaluate,
-        iter_train,
-        resume_path,
-        train,
+    from ._jobs import Progress, run
+    from .errors import (
+        AdaptersMismatchError,
+        AmbiguousWeightsError,
+        CheckpointMismatchError,
+        ChecksumMismatchError,
+        ClipSamError,
+        MissingDependencyError,
+        UnsafeCheckpointError,
+        WeightsUnavailableError,
     )
+    from .inference.image import to_rgb_uint8
+    from .inference.instances import masks_to_instances
+    from .inference.pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack, segment
+    from .inference.predictor import ClipSamPredictor
+    from .model.build import load_model
+    from .model.build_sam import list_sam_variants
+    from .model.clip import list_clip_models
+    from .model.clipsam import ClipSamModel
+    from .model.config import DEFAULT_CONFIG, TEMPLATE_SETS, ClipSamConfig
+    from .model.device import resolve_device, resolve_precision
+    from .training.data import ConceptDataset
+    from .training.engine import TrainingConfig, TrainProgress, TrainResult, iter_train, resume_path, train
+    from .training.evaluate import EvaluationReport, evaluate, iter_evaluate
+    from .weights.adapters_file import read_adapters_metadata
+    from .weights.registry import cache_dir, list_sam_weights

@@ -1,0 +1,225 @@
+"""The one segmentation pipeline: a 2-D image (or a stack of them) in, labels out.
+
+:func:`iter_segment` is the single implementation for one plane; it yields a
+:class:`~napari_clipsam._jobs.Progress` per stage and returns a :class:`SegmentResult`.
+:func:`iter_segment_stack` runs it plane by plane over any leading axes (z, t, ...) and
+keeps object labels distinct across planes. :func:`segment` (scripts), the CLI and the
+napari widget all drain these generators, so the same inputs give the same labels
+everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._jobs import Job, Progress, relay, run
+from .image import MAX_CHANNELS
+from .instances import iter_refine_instances, masks_to_instances, remove_small_labels
+from .prompts import check_prompts
+
+if TYPE_CHECKING:
+    from ..model.clipsam import ClipSamModel
+    from .predictor import ClipSamPredictor
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How SAM's mask becomes labels, and what else to return.
+
+    Attributes:
+        instances: one label per connected object (1..N) instead of one value for the concept.
+        refine: with ``instances``, re-prompt SAM at each object (its box and an interior point).
+        min_area: with ``instances``, drop objects smaller than this many pixels.
+        channel: the channel to use in a multi-channel image (None: all, see ``to_rgb_uint8``).
+        with_similarity: also return the concept's similarity map.
+    """
+
+    instances: bool = False
+    refine: bool = False
+    min_area: int = 0
+    channel: int | None = None
+    with_similarity: bool = False
+
+    def __post_init__(self) -> None:
+        if self.min_area < 0:
+            raise ValueError(f"min_area must be 0 or more pixels, got {self.min_area}.")
+        if (self.refine or self.min_area) and not self.instances:
+            raise ValueError("refine and min_area apply to objects: set instances=True as well.")
+
+
+@dataclass
+class SegmentResult:
+    """What one segmentation of a 2-D image produced.
+
+    Attributes:
+        mask: (H, W) bool mask of SAM's best prediction.
+        labels: (H, W) int32: objects 1..N with ``instances``, else the mask as 0/1.
+        score: SAM's predicted IoU of the mask.
+        points: (N, 2) XY points that prompted SAM (CLIP's in the text-only mode), or None.
+        point_labels: (N,) 1 positive, 0 negative, or None.
+        logits: (256, 256) low-resolution logits, for a follow-up prompt.
+        similarity: (H, W) float32 similarity map in [0, 1] when asked for, else None.
+    """
+
+    mask: np.ndarray
+    labels: np.ndarray
+    score: float
+    points: np.ndarray | None
+    point_labels: np.ndarray | None
+    logits: np.ndarray
+    similarity: np.ndarray | None = None
+
+
+def leading_ndim(shape: tuple[int, ...], rgb: bool | None = None) -> int:
+    """How many axes of an image of ``shape`` come before its 2-D planes (z, t, ...).
+
+    Args:
+        rgb: whether the last axis holds channels; None guesses it as napari does for
+            RGB(A) and as :func:`to_rgb_uint8` reads images: a last axis of at most
+            ``MAX_CHANNELS`` on a 3-D or larger array.
+    """
+    ndim = len(shape)
+    if rgb is None:
+        rgb = ndim >= 3 and shape[-1] <= MAX_CHANNELS
+    planes = ndim - (3 if rgb else 2)
+    if planes < 0:
+        raise ValueError(f"An image of shape {tuple(shape)} has no 2-D plane to segment.")
+    return planes
+
+
+def iter_segment(
+    predictor: ClipSamPredictor,
+    image,
+    concept: str | None,
+    points: np.ndarray | None = None,
+    point_labels: np.ndarray | None = None,
+    box: np.ndarray | None = None,
+    options: SegmentOptions = SegmentOptions(),
+) -> Job[SegmentResult]:
+    """Segment one 2-D image (H, W) or (H, W, C); yields each stage, returns a :class:`SegmentResult`.
+
+    Without points or a box the prompts come from the concept (text-only mode);
+    with them the concept still conditions the encoder (manual mode). Coordinates
+    are XY pixels of ``image``; the box XYXY.
+    """
+    points, point_labels, box = check_prompts(points, point_labels, box)
+    predictor.set_image(image, channel=options.channel)
+    predictor.set_concept(concept)
+    if points is None and box is None and predictor.concept is None:
+        raise ValueError("Nothing to segment: type a concept (e.g. 'nucleus'), or give points or a box.")
+    stages = predictor.pending_stages()
+    total = len(stages) + 1
+    for index, stage in enumerate(predictor.iter_prepare()):
+        yield Progress(stage, index, total)
+    yield Progress("decoding masks", len(stages), total)
+    if points is None and box is None:
+        points, point_labels = predictor.text_prompts()
+    masks, scores, logits = predictor.predict(point_coords=points, point_labels=point_labels, box=box)
+    mask = masks[0]
+    if options.instances:
+        labels = masks_to_instances(mask, min_area=options.min_area)
+        if options.refine:
+            labels = yield from iter_refine_instances(predictor, labels)
+            # Refined objects can shrink below the size; they are dropped, never merged.
+            labels = remove_small_labels(labels, options.min_area)
+    else:
+        labels = mask.astype(np.int32)
+    similarity = predictor.similarity_map() if options.with_similarity and predictor.concept is not None else None
+    return SegmentResult(mask, labels, float(scores[0]), points, point_labels, logits[0], similarity)
+
+
+def iter_segment_stack(
+    predictor: ClipSamPredictor,
+    stack,
+    concept: str | None,
+    points: np.ndarray | None = None,
+    point_labels: np.ndarray | None = None,
+    box: np.ndarray | None = None,
+    options: SegmentOptions = SegmentOptions(),
+    rgb: bool | None = None,
+) -> Job[np.ndarray]:
+    """Segment every 2-D plane of ``stack`` (*leading, H, W[, C]) with :func:`iter_segment`.
+
+    Planes are read one at a time, so numpy, dask and zarr arrays all work without
+    loading the whole stack. The same prompts apply to every plane. A 2-D image is a
+    stack of one plane. Yields per stage of each plane.
+
+    Returns:
+        (*leading, H, W) int32 labels; with ``instances`` every object of every plane has
+        its own value (plane 0's objects first).
+    """
+    shape = tuple(stack.shape)
+    leading = shape[: leading_ndim(shape, rgb)]
+    planes = list(np.ndindex(*leading))
+    spatial = shape[len(leading) : len(leading) + 2]
+    labels = np.zeros((*leading, *spatial), dtype=np.int32)
+    offset = 0
+    for number, index in enumerate(planes):
+        prefix = f"plane {number + 1}/{len(planes)}: " if leading else ""
+        job = iter_segment(predictor, np.asarray(stack[index]), concept, points, point_labels, box, options)
+        result = yield from relay(
+            job, lambda event: Progress(f"{prefix}{event.stage}", number, len(planes)) if leading else event
+        )
+        plane = result.labels
+        if options.instances:
+            plane = np.where(plane > 0, plane + offset, 0)
+            offset = int(plane.max(initial=offset))
+        labels[index] = plane
+    return labels
+
+
+def segment(
+    image,
+    concept: str | None,
+    model: ClipSamModel | None = None,
+    instances: bool = False,
+    refine: bool = False,
+    min_area: int = 0,
+    channel: int | None = None,
+    predictor: ClipSamPredictor | None = None,
+    *,
+    points: np.ndarray | None = None,
+    point_labels: np.ndarray | None = None,
+    box: np.ndarray | None = None,
+    image_size: int | None = None,
+    rgb: bool | None = None,
+) -> np.ndarray:
+    """Segment ``concept`` in an image, or in each plane of a stack, and return labels.
+
+    Args:
+        image: (H, W) or (H, W, C), or a stack (*leading, H, W[, C]); any numeric dtype;
+            numpy, dask or zarr.
+        concept: what to segment, e.g. ``"nucleus"``; None for plain SAM with prompts.
+        model: a model from :func:`load_model`; default: ``load_model()`` (published
+            weights, downloaded on first use).
+        instances: one label per connected object.
+        refine: with ``instances``, re-prompt SAM at each object (box + point).
+        min_area: with ``instances``, drop objects smaller than this many pixels.
+        channel: channel to use for multi-channel images.
+        predictor: re-use a predictor (and its caches) instead of making one.
+        points, point_labels, box: manual prompts (XY pixels, 1/0, XYXY), for every plane.
+        image_size: SAM input side (None: the adapters' training size, else 1024).
+        rgb: whether the last axis holds channels (None: guessed, see :func:`leading_ndim`).
+
+    Returns:
+        int32 labels of the image's spatial shape: 0 background, 1 the concept
+        (semantic) or 1..N (instances, distinct across planes).
+    """
+    if predictor is None:
+        if model is None:
+            from ..model.build import load_model
+
+            model = load_model()
+        from .predictor import ClipSamPredictor
+
+        predictor = ClipSamPredictor(model, image_size=image_size)
+    elif image_size is not None:
+        predictor.image_size = image_size
+    options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel)
+    return run(iter_segment_stack(predictor, image, concept, points, point_labels, box, options, rgb))
+
+
+__all__ = ["SegmentOptions", "SegmentResult", "iter_segment", "iter_segment_stack", "leading_ndim", "segment"]

@@ -1,0 +1,297 @@
+"""Predictor with explicit state: ``set_image`` -> ``set_concept`` -> ``predict``."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..model.clipsam import ClipSamModel
+from .image import to_rgb_uint8
+from .prompts import check_prompts, mask_prompt_from_similarity, resize_map, text_mode_points, to_sam_frame
+
+# Image embeddings kept per concept for the current image (4 MB each for vit_b).
+_EMBEDDINGS_KEPT = 8
+
+
+class ClipSamPredictor:
+    """Segment one image by concept, points and boxes, caching everything reusable.
+
+    CLIP features are computed once per image, text embeddings once per concept (in
+    the model), and SAM's image embedding once per (image, concept): setting the same
+    image or concept again costs nothing, and a new point costs only the decoder.
+    Loading or training adapters on the model makes the next call recompute them.
+    Coordinates are XY pixels of the image given to :meth:`set_image`; boxes XYXY.
+    """
+
+    def __init__(self, model: ClipSamModel, image_size: int | None = None) -> None:
+        """Args:
+            model: from :func:`load_model`.
+            image_size: SAM input side in pixels. None: the size the model's adapters
+                were trained at (``model.preferred_image_size``, from the adapters file),
+                else SAM's own (1024). Smaller is faster on a CPU (see
+                :meth:`ClipSamModel.at_resolution`).
+        """
+        self.model = model
+        self._image_size = image_size
+        self.reset_image()
+        self.concept: str | None = None
+
+    @property
+    def image_size(self) -> int | None:
+        """The SAM input side this predictor runs at (None: SAM's own)."""
+        return self._image_size if self._image_size is not None else self.model.preferred_image_size
+
+    @image_size.setter
+    def image_size(self, value: int | None) -> None:
+        if value != self._image_size:
+            self._image_size = value
+            self._forget_features()  # computed at the old size; the image stays set
+
+    # ------------------------------------------------------------------ state
+    def reset_image(self) -> None:
+        """Forget the image and everything computed from it."""
+        self.image: np.ndarray | None = None
+        self.original_size: tuple[int, int] | None = None
+        self._image_key: str | None = None
+        self._forget_features()
+
+    def _forget_features(self) -> None:
+        self._weights_version = self.model.weights_version
+        self.input_size: tuple[int, int] | None = None
+        self._sam_input: torch.Tensor | None = None
+        self._clip_patches: torch.Tensor | None = None
+        self._prefix: torch.Tensor | None = None
+        self._embeddings: OrderedDict[str | None, torch.Tensor] = OrderedDict()
+        self._similarity: dict[str, torch.Tensor] = {}
+        self._mask_prompts: dict[str, torch.Tensor] = {}
+
+    @property
+    def is_image_set(self) -> bool:
+        return self.image is not None
+
+    def set_image(self, image, channel: int | None = None) -> None:
+        """Set the image to segment: (H, W) or (H, W, C), any numeric dtype.
+
+        See :func:`napari_clipsam.to_rgb_uint8` for the conversion. Setting an image
+        equal to the current one keeps all cached features.
+        """
+        rgb = to_rgb_uint8(image, channel=channel)
+        key = hashlib.blake2b(rgb.tobytes(), digest_size=16)
+        key.update(repr(rgb.shape).encode())
+        digest = key.hexdigest()
+        if digest == self._image_key:
+            return
+        self.reset_image()
+        self.image = rgb
+        self.original_size = rgb.shape[:2]
+        self._image_key = digest
+
+    def set_concept(self, concept: str | None) -> None:
+        """Set the concept that conditions the encoder; None for plain SAM behaviour."""
+        if concept is not None:
+            if not isinstance(concept, str):
+                raise TypeError(f"The concept must be a string or None, got {type(concept).__name__}.")
+            concept = " ".join(concept.split())
+            if not concept:
+                concept = None
+        self.concept = concept
+
+    # ----------------------------------------------------------- computation
+    def _require_image(self) -> None:
+        if self.image is None:
+            raise RuntimeError("Set an image with set_image(...) before predicting.")
+
+    # Names of the stages of :meth:`iter_prepare`.
+    STAGE_IMAGE = "preparing image"
+    STAGE_CLIP = "CLIP image features"
+    STAGE_TEXT = "text embedding"
+    STAGE_PREFIX = "image encoder"
+    STAGE_CONDITIONED = "image encoder (concept)"
+    STAGE_UNCONDITIONED = "image encoder (no concept)"
+
+    def pending_stages(self) -> list[str]:
+        """The stages the current image and concept still need, in order (cached ones left out)."""
+        self._require_image()
+        if self._weights_version != self.model.weights_version:
+            self._forget_features()  # adapters loaded or trained since: every feature is stale
+        concept = self.concept
+        stages = []
+        if self._sam_input is None:
+            stages.append(self.STAGE_IMAGE)
+        if concept is not None and self._clip_patches is None:
+            stages.append(self.STAGE_CLIP)
+        if concept is not None and concept not in self._similarity:
+            stages.append(self.STAGE_TEXT)
+        if concept not in self._embeddings:
+            if self._prefix is None:
+                stages.append(self.STAGE_PREFIX)
+            stages.append(self.STAGE_UNCONDITIONED if concept is None else self.STAGE_CONDITIONED)
+        return stages
+
+    @torch.no_grad()
+    def _run_stage(self, stage: str) -> None:
+        model, concept = self.model, self.concept
+        if stage == self.STAGE_IMAGE:
+            self._sam_input, self.input_size = model.sam_input(self.image)
+        elif stage == self.STAGE_CLIP:
+            _, self._clip_patches = model.clip_features(model.clip_input(self.image))
+        elif stage == self.STAGE_TEXT:
+            text = model.text_embedding(concept)
+            self._similarity[concept] = model.similarity(self._clip_patches, text[None])
+        elif stage == self.STAGE_PREFIX:
+            self._prefix = model.encoder_prefix(self._sam_input)
+        else:
+            conditioning = None
+            if concept is not None:
+                conditioning = model.conditioning(
+                    model.text_embedding(concept), self._clip_patches, self._similarity[concept]
+                )
+            self._embeddings[concept] = model.encoder_suffix(self._prefix, conditioning)
+            while len(self._embeddings) > _EMBEDDINGS_KEPT:
+                self._embeddings.popitem(last=False)
+
+    def iter_prepare(self) -> Iterator[str]:
+        """Compute what the current image and concept need, one named stage at a time.
+
+        Yields the name of each stage before running it, so a caller (the napari
+        widget) can report progress and stop between stages. Cached stages are skipped.
+        """
+        if self.concept in self._embeddings:
+            self._embeddings.move_to_end(self.concept)
+        for stage in self.pending_stages():
+            yield stage
+            with self.model.at_resolution(self.image_size):
+                self._run_stage(stage)
+
+    def prepare(self) -> None:
+        """Run :meth:`iter_prepare` to the end."""
+        for _ in self.iter_prepare():
+            pass
+
+    @property
+    def image_embedding(self) -> torch.Tensor:
+        """SAM's (1, 256, 64, 64) image embedding for the current image and concept."""
+        self.prepare()
+        return self._embeddings[self.concept]
+
+    def _similarity_grid(self) -> torch.Tensor:
+        if self.concept is None:
+            raise RuntimeError("Set a concept with set_concept(...) to get a similarity map.")
+        self.prepare()
+        return self._similarity[self.concept]
+
+    def similarity_map(self) -> np.ndarray:
+        """(H, W) float32 similarity of the image to the concept, in [0, 1]."""
+        grid = self._similarity_grid()
+        return resize_map(grid, self.original_size)[0].clamp(0, 1).cpu().numpy().astype(np.float32)
+
+    def text_prompts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The text-only mode's points: (N, 2) XY image coordinates and (N,) labels (all 1)."""
+        return text_mode_points(self._similarity_grid(), self.original_size, self.model.config)
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        multimask_output: bool = False,
+        mask_input: np.ndarray | None = None,
+        use_similarity_prompt: bool | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict masks for the current image and concept.
+
+        With no points and no box and a concept set, prompts come from CLIP (text-only
+        mode: :meth:`text_prompts`, and the thresholded map as mask prompt). With points
+        and/or a box it is the manual mode; the concept still conditions the encoder
+        and, if configured, the similarity mask prompt stays on. With no concept, it is
+        plain SAM.
+
+        Args:
+            point_coords: (N, 2) XY pixel coordinates.
+            point_labels: (N,) 1 for foreground, 0 for background (default: all 1).
+            box: (4,) XYXY box in pixels.
+            multimask_output: return SAM's three candidate masks instead of one.
+            mask_input: (1, 256, 256) low-resolution logits from a previous call;
+                replaces the similarity mask prompt.
+            use_similarity_prompt: override ``config.similarity_mask_prompt``.
+
+        Returns:
+            masks: (C, H, W) bool at the image's size.
+            scores: (C,) float32 predicted IoU.
+            logits: (C, 256, 256) float32 low-resolution logits (side 4x the embedding grid).
+        """
+        self._require_image()
+        points, labels, box = check_prompts(point_coords, point_labels, box)
+        if points is None and box is None and self.concept is None:
+            raise ValueError(
+                "Nothing to segment: give points or a box, or set a concept with "
+                "set_concept(...) for the text-only mode."
+            )
+        model = self.model
+        with torch.no_grad(), model.at_resolution(self.image_size):
+            if points is None and box is None:
+                points, labels = self.text_prompts()
+            self.prepare()
+            point_prompt, box_prompt = to_sam_frame(
+                points, labels, box, self.original_size, model.image_size, model.device
+            )
+            mask_prompt = None
+            if mask_input is not None:
+                mask_prompt = torch.as_tensor(np.asarray(mask_input), dtype=torch.float32, device=model.device)
+                if mask_prompt.shape[-2:] != model.mask_input_size:
+                    raise ValueError(
+                        f"mask_input must have shape (1, {model.mask_input_size[0]}, "
+                        f"{model.mask_input_size[1]}), got {tuple(mask_prompt.shape)}."
+                    )
+                mask_prompt = mask_prompt.reshape(1, 1, *model.mask_input_size)
+            elif use_similarity_prompt is None or use_similarity_prompt:
+                mask_prompt = self.similarity_mask_prompt(force=bool(use_similarity_prompt))
+            masks, iou, low_res = self.predict_torch(point_prompt, box_prompt, mask_prompt, multimask_output)
+        return masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    def similarity_mask_prompt(self, force: bool = False) -> torch.Tensor | None:
+        """The text-only mode's dense prompt (1, 1, 256, 256): the thresholded map scaled to {0, 255}.
+
+        None without a concept, or when ``config.similarity_mask_prompt`` is off and not ``force``.
+        Call inside :meth:`ClipSamModel.at_resolution` of this predictor's size (as ``predict`` does).
+        """
+        model = self.model
+        if self.concept is None or not (force or model.config.similarity_mask_prompt):
+            return None
+        self.prepare()
+        prompt = self._mask_prompts.get(self.concept)
+        if prompt is None:
+            prompt = mask_prompt_from_similarity(
+                self._similarity[self.concept], model.config.similarity_threshold, self.input_size,
+                model.image_size, model.mask_input_size,
+            )
+            self._mask_prompts[self.concept] = prompt
+        return prompt
+
+    def predict_torch(
+        self,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        mask_prompt: torch.Tensor | None,
+        multimask_output: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode prompts already in SAM's input frame (see :func:`to_sam_frame`), as tensors.
+
+        Args:
+            points: ``(coords (B, N, 2) XY, labels (B, N))`` or None.
+            boxes: (B, 4) XYXY or None.
+            mask_prompt: (B, 1, 256, 256) dense prompt or None.
+
+        Returns:
+            masks (B, C, H, W) bool at the image's size, predicted IoU (B, C), low-resolution
+            logits (B, C, 256, 256). Call inside ``model.at_resolution(self.image_size)``.
+        """
+        model = self.model
+        self.prepare()
+        low_res, iou = model.decode(self._embeddings[self.concept], points, boxes, mask_prompt, multimask_output)
+        masks = model.sam.postprocess_masks(low_res, self.input_size, self.original_size) > model.sam.mask_threshold
+        return masks, iou, low_res

@@ -1,0 +1,122 @@
+"""Building CLIP-guided SAM: find the weights, build the networks, load, attach adapters.
+
+The builder is apart from the networks (``clipsam.py``), as ``build_sam.py`` is in
+segment-anything; files and formats live in ``napari_clipsam.weights``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import AdaptersMismatchError, CheckpointMismatchError
+from .build_sam import build_sam
+from .clip import build_clip, get_tokenizer
+from .clipsam import ClipSamModel
+from .config import ClipSamConfig
+from .device import resolve_device, resolve_precision
+
+ProgressCallback = Callable[[int, "int | None"], None]
+
+
+def load_model(
+    sam: str = "vit_b",
+    clip: str = "ViT-B-16",
+    sam_checkpoint: str | os.PathLike | None = "default",
+    clip_pretrained: str | os.PathLike | None = "default",
+    adapters: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    config: ClipSamConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+) -> ClipSamModel:
+    """Build CLIP-guided SAM and load its weights.
+
+    Args:
+        sam: SAM variant, ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` or ``"tiny"`` (tests).
+        clip: open_clip model name (``"ViT-B-16"``), an ``"hf-hub:"`` name, or ``"tiny"``.
+        sam_checkpoint: ``"default"`` (the official checkpoint of the variant), a
+            registry name such as ``"vit_b_lm"`` (micro-sam), a file path, or None
+            for random weights (no network).
+        clip_pretrained: ``"default"``, an open_clip pretrained tag (``"openai"``), a
+            file path, or None for random weights.
+        adapters: a safetensors file saved by :meth:`ClipSamModel.save_adapters`; its
+            configuration is used.
+        device: ``"auto"`` (CUDA, MPS, CPU), or a torch device name.
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (autocast of the image towers).
+        config: model configuration; defaults to the paper's.
+        cache_dir: where downloaded weights live (default: ``NAPARI_CLIPSAM_CACHE`` or the
+            platform's cache folder).
+        progress: ``progress(bytes_done, bytes_total)`` during downloads.
+    """
+    from ..weights.adapters_file import read_adapters_metadata
+    from ..weights.checkpoints import load_sam_state_dict, load_state_dict_checked
+    from ..weights.registry import resolve_clip_checkpoint, resolve_sam_checkpoint
+
+    if adapters is not None:
+        metadata = read_adapters_metadata(adapters)
+        file_config = ClipSamConfig.from_json(metadata["config"])
+        if config is not None and config != file_config:
+            raise AdaptersMismatchError(
+                f"The adapters {adapters} were trained with configuration "
+                f"{file_config.to_dict()}, which differs from the one given. Leave config=None."
+            )
+        config = file_config
+    config = config or ClipSamConfig()
+    torch_device = resolve_device(device)
+    resolved_precision = resolve_precision(precision, torch_device)
+
+    # Find (or download) every file before building anything, so that a missing
+    # file is reported at once.
+    sam_path = resolve_sam_checkpoint(sam, sam_checkpoint, cache_dir=cache_dir, progress=progress)
+    clip_path, clip_cfg = resolve_clip_checkpoint(clip, clip_pretrained, cache_dir=cache_dir, progress=progress)
+
+    sam_model = build_sam(sam)
+    if sam_path is not None:
+        state_dict = load_sam_state_dict(sam_path)
+        load_state_dict_checked(sam_model, state_dict, what=f"SAM {sam} checkpoint {sam_path}")
+
+    clip_model = build_clip(
+        clip,
+        quick_gelu=bool(clip_cfg.get("quick_gelu", False)),
+        model_cfg=clip_cfg.get("model_cfg"),
+        preprocess_cfg=clip_cfg,
+    )
+    if clip_path is not None:
+        _load_clip_weights(clip_model, clip, clip_path)
+
+    model = ClipSamModel(
+        sam_model,
+        clip_model,
+        get_tokenizer(clip, model_cfg=clip_cfg.get("model_cfg")),
+        config,
+        sam_name=sam,
+        clip_name=clip,
+        device=torch_device,
+        precision=resolved_precision,
+    )
+    if adapters is not None:
+        model.load_adapters(adapters)
+    return model
+
+
+def _load_clip_weights(clip_model: nn.Module, clip_name: str, path: Path) -> None:
+    import open_clip
+
+    from ..weights.checkpoints import load_state_dict_checked
+
+    try:
+        open_clip.load_checkpoint(clip_model, str(path), strict=True, weights_only=True)
+    except RuntimeError as err:
+        # Re-check key by key for a message that lists what does not fit.
+        state_dict = open_clip.factory.load_state_dict(str(path), weights_only=True)
+        load_state_dict_checked(clip_model, state_dict, what=f"CLIP {clip_name} weights {path}")
+        raise CheckpointMismatchError(f"CLIP {clip_name} weights {path} do not fit: {err}") from err
+
+
+__all__ = ["load_model"]

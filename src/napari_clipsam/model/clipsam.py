@@ -1,0 +1,386 @@
+"""The CLIP-guided SAM network: SAM with adapters, and CLIP with surgery features.
+
+Built by :func:`napari_clipsam.load_model` (``model/build.py``); the adapters file
+format is in ``weights/adapters_file.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import AdaptersMismatchError
+from .adapters import Conditioning, attach_adapters, conditioned, first_semantic_block
+from .attention import use_banded_global_attention
+from .config import ClipSamConfig
+from .device import autocast
+from .surgery import SurgeryVisionEncoder, TextEmbedder, similarity_map
+
+
+class ClipSamModel(nn.Module):
+    """SAM with CLIP-guided adapters, and the CLIP model that guides it.
+
+    ``model.sam`` is a ``segment_anything`` ``Sam`` whose encoder blocks carry adapters
+    (``model.sam.image_encoder.blocks[i].clipsam``); ``model.clip`` is the open_clip
+    model. Build it with :func:`load_model`.
+    """
+
+    def __init__(
+        self,
+        sam: nn.Module,
+        clip_model: nn.Module,
+        tokenizer,
+        config: ClipSamConfig,
+        *,
+        sam_name: str,
+        clip_name: str,
+        device: torch.device,
+        precision: str,
+    ) -> None:
+        super().__init__()
+        self.sam = sam
+        self.clip = clip_model
+        self.config = config
+        self.sam_name = sam_name
+        self.clip_name = clip_name
+        self.precision = precision
+        # Kept out of the module tree: the surgery encoder only re-uses clip.visual.
+        object.__setattr__(self, "surgery", SurgeryVisionEncoder(clip_model.visual, config.surgery_blocks))
+        object.__setattr__(self, "adapters", attach_adapters(sam, self.surgery.output_dim, config))
+        # Same attention, a band of queries at a time: bounds the encoder's peak memory.
+        use_banded_global_attention(sam.image_encoder)
+        self.text_embedder = TextEmbedder(clip_model, tokenizer, config.template_list())
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        # SAM input side the loaded adapters were trained at (None: native); predictors
+        # without an explicit image_size run at it.
+        self.preferred_image_size: int | None = None
+        # Counts changes to the trainable weights (loading, training): predictors compare
+        # it with the count their cached features were computed at.
+        self.weights_version = 0
+        self.freeze_base()
+        self.to(device)
+        # The decoder's transposed convolutions run about twice as fast in channels-last
+        # layout on CPU (a point prompt gets ~15 ms cheaper for vit_b); same values.
+        sam.mask_decoder.output_upscaling.to(memory_format=torch.channels_last)
+        self.eval()
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def device(self) -> torch.device:
+        return next(self.sam.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        """Side of SAM's square input, in pixels (1024 for the published models)."""
+        return self.sam.image_encoder.img_size
+
+    @contextmanager
+    def at_resolution(self, size: int | None) -> Iterator[None]:
+        """Run SAM at a square input of ``size`` pixels instead of its native size (1024).
+
+        A smaller input makes the encoder several times cheaper (tokens fall with the
+        square of the size) at some cost in detail; the absolute position embedding is
+        resized to the new grid and the relative ones are resized by SAM itself. Inside
+        the block, :attr:`image_size`, :attr:`mask_input_size` and SAM's own sizes follow
+        ``size``. None, or the current size, changes nothing. Not for concurrent use.
+        """
+        encoder, prompt_encoder = self.sam.image_encoder, self.sam.prompt_encoder
+        if size is None or size == encoder.img_size:
+            yield
+            return
+        patch = encoder.patch_embed.proj.kernel_size[0]
+        if size % patch or size < 4 * patch:
+            raise ValueError(f"The SAM input size must be a multiple of {patch} and at least {4 * patch}, got {size}.")
+        saved = (encoder.img_size, prompt_encoder.input_image_size, prompt_encoder.image_embedding_size,
+                 prompt_encoder.mask_input_size)
+        grid = size // patch
+        encoder.img_size = size
+        prompt_encoder.input_image_size = (size, size)
+        prompt_encoder.image_embedding_size = (grid, grid)
+        prompt_encoder.mask_input_size = (4 * grid, 4 * grid)
+        try:
+            yield
+        finally:
+            (encoder.img_size, prompt_encoder.input_image_size, prompt_encoder.image_embedding_size,
+             prompt_encoder.mask_input_size) = saved
+
+    @property
+    def mask_input_size(self) -> tuple[int, int]:
+        """Size of SAM's low-resolution mask prompt and logits, (256, 256) for published models."""
+        return tuple(self.sam.prompt_encoder.mask_input_size)
+
+    def autocast(self):
+        """Context in which the image towers run at the model's precision."""
+        return autocast(self.device, self.precision)
+
+    def freeze_base(self) -> None:
+        """Freeze SAM's backbone and CLIP; unfreeze adapters, prompt encoder, mask decoder.
+
+        CLIP's vision attention is trainable too when ``config.train_clip_attention``.
+        """
+        self.requires_grad_(False)
+        for adapter in self.adapters:
+            adapter.requires_grad_(True)
+        self.sam.prompt_encoder.requires_grad_(True)
+        self.sam.mask_decoder.requires_grad_(True)
+        if self.config.train_clip_attention:
+            for attention in self.surgery.attention_modules():
+                attention.requires_grad_(True)
+
+    def set_clip_attention_trainable(self, trainable: bool) -> None:
+        """Choose whether fine-tuning also updates CLIP's vision attention (co-training).
+
+        The choice is part of :attr:`config`, so adapters saved afterwards carry CLIP's
+        attention weights and record it; loading them applies it again.
+        """
+        if trainable != self.config.train_clip_attention:
+            self.config = dataclasses.replace(self.config, train_clip_attention=trainable)
+        self.freeze_base()
+
+    def assign_trainable(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy ``tensors`` into the trainable parameters of the same names.
+
+        Every replacement of trainable weights goes through here, so that predictors
+        learn (through :attr:`weights_version`) that their cached features are stale.
+        """
+        parameters = dict(self.trainable_parameters())
+        with torch.no_grad():
+            for name, value in tensors.items():
+                parameter = parameters[name]
+                parameter.copy_(value.to(parameter.device, parameter.dtype))
+        self.weights_version += 1
+
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((name, p) for name, p in self.named_parameters() if p.requires_grad)
+
+    def count_parameters(self) -> dict[str, int]:
+        """Parameter counts by part: adapters, SAM encoder, decoder, CLIP vision attention..."""
+        def total(params: Iterable[nn.Parameter]) -> int:
+            return sum(p.numel() for p in params)
+
+        adapters = total(p for a in self.adapters for p in a.parameters())
+        clip_attention = total(p for attention in self.surgery.attention_modules() for p in attention.parameters())
+        return {
+            "adapters": adapters,
+            "adapters_per_block": [total(a.parameters()) for a in self.adapters],
+            "sam_image_encoder": total(self.sam.image_encoder.parameters()) - adapters,
+            "sam_prompt_encoder": total(self.sam.prompt_encoder.parameters()),
+            "sam_mask_decoder": total(self.sam.mask_decoder.parameters()),
+            "clip_vision": total(self.clip.visual.parameters()),
+            "clip_vision_attention": clip_attention,
+            "trainable": total(p for _, p in self.trainable_parameters()),
+        }
+
+    # ------------------------------------------------------------------- CLIP
+    def text_embedding(self, concept: str) -> torch.Tensor:
+        """(D,) float32 unit text embedding of ``concept`` (template ensemble, empty removed)."""
+        cached = self._text_cache.get(concept)
+        if cached is not None:
+            self._text_cache.move_to_end(concept)
+            return cached
+        embedding = self.text_embedder(concept, self.device)
+        self._text_cache[concept] = embedding
+        while len(self._text_cache) > 256:
+            self._text_cache.popitem(last=False)
+        return embedding
+
+    def clip_input(self, image: np.ndarray) -> torch.Tensor:
+        """(1, 3, S, S) CLIP input from an (H, W, 3) uint8 RGB image, S = config.clip_image_size."""
+        return self.surgery.preprocess(image, self.config.clip_image_size, self.device)
+
+    def clip_features(self, clip_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP CLS (B, D) and surgery patch features (B, g, g, D), float32."""
+        with self.autocast():
+            cls, patches = self.surgery(clip_input)
+        return cls.float(), patches.float()
+
+    @staticmethod
+    def similarity(patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, g, g) min-max normalised patch-text cosine similarity."""
+        return similarity_map(patches, text)
+
+    def conditioning(
+        self,
+        text: torch.Tensor | None,
+        patches: torch.Tensor | None,
+        similarity: torch.Tensor | None,
+    ) -> Conditioning | None:
+        """The signals the configured modalities inject; None when no concept is set."""
+        if text is None:
+            return None
+        if text.ndim == 1:
+            text = text[None]
+        modalities = self.config.modalities
+        return Conditioning(
+            text=text if "text" in modalities else None,
+            patches=patches if "vision" in modalities else None,
+            similarity=similarity if "similarity" in modalities else None,
+        )
+
+    # -------------------------------------------------------------------- SAM
+    def sam_input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """SAM's (1, 3, S, S) normalised, padded input from (H, W, 3) uint8 RGB, and the resized size.
+
+        Resizing is segment_anything's own ``ResizeLongestSide``, so the input equals
+        what ``SamPredictor.set_image`` computes.
+        """
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        resized = ResizeLongestSide(self.image_size).apply_image(image)
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        return self.sam.preprocess(tensor), tuple(resized.shape[:2])
+
+    @property
+    def first_semantic_block(self) -> int:
+        return first_semantic_block(self.adapters)
+
+    @staticmethod
+    def _run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, checkpointing: bool) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        for block in blocks:
+            # Checkpointing keeps only block inputs for backward and recomputes the rest.
+            x = checkpoint(block, x, use_reentrant=False) if checkpointing else block(x)
+        return x
+
+    def encoder_prefix(self, sam_input: torch.Tensor, checkpointing: bool = False) -> torch.Tensor:
+        """Encoder tokens (B, H, W, C) after the blocks that do not depend on the concept."""
+        encoder = self.sam.image_encoder
+        with self.autocast():
+            x = encoder.patch_embed(sam_input)
+            if encoder.pos_embed is not None:
+                position = encoder.pos_embed
+                if position.shape[1:3] != x.shape[1:3]:  # see at_resolution
+                    position = F.interpolate(
+                        position.permute(0, 3, 1, 2), size=x.shape[1:3], mode="bicubic", align_corners=False
+                    ).permute(0, 2, 3, 1)
+                x = x + position
+            x = self._run_blocks(encoder.blocks[: self.first_semantic_block], x, checkpointing)
+        return x
+
+    def encoder_suffix(
+        self, prefix: torch.Tensor, conditioning: Conditioning | None, checkpointing: bool = False
+    ) -> torch.Tensor:
+        """SAM image embedding (B, 256, 64, 64 for published SAM) from :meth:`encoder_prefix`.
+
+        With ``checkpointing`` (training), keep the same conditioning in force around the
+        backward pass too (``conditioned(model.adapters, conditioning)``), since
+        checkpointed blocks are recomputed there.
+        """
+        encoder = self.sam.image_encoder
+        with self.autocast(), conditioned(self.adapters, conditioning):
+            x = self._run_blocks(encoder.blocks[self.first_semantic_block :], prefix, checkpointing)
+            x = encoder.neck(x.permute(0, 3, 1, 2))
+        return x.float()
+
+    def encode_image(
+        self, sam_input: torch.Tensor, conditioning: Conditioning | None, checkpointing: bool = False
+    ) -> torch.Tensor:
+        return self.encoder_suffix(self.encoder_prefix(sam_input, checkpointing), conditioning, checkpointing)
+
+    def decode(
+        self,
+        image_embedding: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        mask_prompt: torch.Tensor | None,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-resolution mask logits (B, C, 256, 256) and predicted IoU (B, C).
+
+        Prompts are in SAM's input frame (after ``ResizeLongestSide``), XY order.
+        """
+        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=mask_prompt)
+        return self.sam.mask_decoder(
+            image_embeddings=image_embedding,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+
+    def compile_decoder(self, warm_up: bool = True) -> bool:
+        """Compile SAM's prompt decoder with ``torch.compile`` for faster clicks (see ``model/compile.py``).
+
+        Returns False, leaving the eager decoder in place, where compilation fails.
+        """
+        from .compile import compile_decoder
+
+        return compile_decoder(self, warm_up)
+
+    # --------------------------------------------------------------- adapters
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything trainable (adapters, prompt encoder, mask decoder, optional CLIP attention)."""
+        return {name: p.detach().cpu().contiguous() for name, p in self.trainable_parameters()}
+
+    def save_adapters(
+        self, path: str | os.PathLike, concepts: Sequence[str] = (), extra_metadata: dict[str, str] | None = None
+    ) -> Path:
+        """Write the trainable weights and what they fit to an adapters file, atomically.
+
+        The file appears only once complete: a crash mid-write leaves any previous
+        file at ``path`` untouched.
+        """
+        from ..weights.adapters_file import adapters_metadata, write_adapters_file
+
+        metadata = adapters_metadata(
+            sam=self.sam_name, clip=self.clip_name, config_json=self.config.to_json(), concepts=concepts,
+            extra=extra_metadata,
+        )
+        return write_adapters_file(path, self.trainable_state_dict(), metadata)
+
+    def load_adapters(self, path: str | os.PathLike) -> dict[str, str]:
+        """Load weights saved by :meth:`save_adapters`; returns the file's metadata.
+
+        Raises:
+            AdaptersMismatchError: the file was made for another base model or configuration.
+        """
+        from ..weights.adapters_file import read_adapters_metadata, read_adapters_tensors
+
+        metadata = read_adapters_metadata(path)
+        problems = []
+        if metadata.get("sam") != self.sam_name:
+            problems.append(f"SAM {metadata.get('sam')!r} in the file, {self.sam_name!r} in the model")
+        if metadata.get("clip") != self.clip_name:
+            problems.append(f"CLIP {metadata.get('clip')!r} in the file, {self.clip_name!r} in the model")
+        file_config = ClipSamConfig.from_json(metadata["config"])
+        if file_config != self.config:
+            problems.append(
+                f"configuration {file_config.to_dict()} in the file, {self.config.to_dict()} in the model"
+            )
+        if problems:
+            raise AdaptersMismatchError(
+                f"Adapters {path} do not fit this model: " + "; ".join(problems)
+                + ". Load them with napari_clipsam.load_model(sam=..., clip=..., adapters=path) "
+                "using the names in the file, which also applies the file's configuration."
+            )
+        tensors = read_adapters_tensors(path)
+        expected = dict(self.trainable_parameters())
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        wrong_shape = [
+            f"{name}: file {tuple(tensors[name].shape)}, model {tuple(expected[name].shape)}"
+            for name in set(tensors) & set(expected)
+            if tensors[name].shape != expected[name].shape
+        ]
+        if missing or unexpected or wrong_shape:
+            raise AdaptersMismatchError(
+                f"Adapters {path} do not match the model's trainable weights: "
+                f"missing {missing[:10]}, unexpected {unexpected[:10]}, shapes {wrong_shape[:10]}."
+            )
+        self.assign_trainable(tensors)
+        size = metadata.get("training_image_size")
+        self.preferred_image_size = int(size) if size and int(size) != self.image_size else None
+        return metadata
+
+
+__all__ = ["ClipSamModel"]

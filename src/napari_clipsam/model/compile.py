@@ -1,0 +1,41 @@
+"""An opt-in ``torch.compile`` of SAM's prompt decoder, for faster clicks."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+
+def compile_decoder(model, warm_up: bool = True) -> bool:
+    """Compile SAM's prompt decoder with ``torch.compile`` for faster clicks.
+
+    On a 2-core CPU this cut the latency of a point prompt by 8 to 32 % in our
+    benchmark runs (docs/benchmarks.md), but compiling takes tens of seconds (once
+    per process), so call it in the background. Shapes are dynamic, so any number
+    of points reuses one compilation; ``warm_up`` runs the point, box and mask-prompt variants once to compile them
+    all now. Parameter names do not change. Returns False, leaving the eager
+    decoder in place, where compilation fails (e.g. no C++ compiler).
+    """
+    decoder = model.sam.mask_decoder
+    decoder.compile(dynamic=True)
+    if not warm_up:
+        return True
+    try:
+        with torch.no_grad():
+            embedding = torch.zeros(
+                1, model.sam.prompt_encoder.embed_dim, *model.sam.prompt_encoder.image_embedding_size,
+                device=model.device,
+            )
+            points = (torch.zeros(1, 2, 2, device=model.device), torch.ones(1, 2, dtype=torch.int, device=model.device))
+            box = torch.tensor([[0.0, 0.0, 8.0, 8.0]], device=model.device)
+            mask = torch.zeros(1, 1, *model.mask_input_size, device=model.device)
+            for prompts in ((points, None, None), (points, box, None), (None, box, None), (points, None, mask)):
+                for multimask in (False, True):
+                    model.decode(embedding, *prompts, multimask_output=multimask)
+    except Exception as err:  # a missing compiler shows up here, at the first call
+        logging.getLogger(__name__).warning("torch.compile of the decoder failed, staying eager: %s", err)
+        decoder._compiled_call_impl = None
+        return False
+    return True
+

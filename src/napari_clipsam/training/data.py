@@ -1,0 +1,176 @@
+"""Training data: (image, concept, mask) samples from arrays, layers or folders."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..inference.image import to_rgb_uint8
+
+_IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".bmp"}
+_LABEL_SUFFIXES = ("_labels", "_label", "_masks", "_mask", "_gt")
+
+
+@dataclass
+class Sample:
+    """One training example: an RGB image, one concept and its binary mask.
+
+    Attributes:
+        image: (H, W, 3) uint8 RGB (see :func:`to_rgb_uint8`).
+        mask: (H, W) bool, True where the concept is.
+        concept: the text naming what the mask shows.
+        source: where the sample came from (file name or layer name), for reports.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    concept: str
+    source: str = ""
+
+
+def _binary_samples(image, labels, concepts: str | Mapping[int, str], source: str, channel: int | None) -> list[Sample]:
+    rgb = to_rgb_uint8(image, channel=channel)
+    labels = np.asarray(labels)
+    if labels.shape != rgb.shape[:2]:
+        raise ValueError(
+            f"{source or 'A sample'}: the label image has shape {labels.shape}, the image {rgb.shape[:2]}; "
+            "they must have the same height and width."
+        )
+    if isinstance(concepts, str):
+        mask = labels > 0
+        return [Sample(rgb, mask, concepts, source)] if mask.any() else []
+    samples = []
+    for value, concept in sorted(concepts.items()):
+        mask = labels == int(value)
+        if mask.any():  # one binary sample per class present
+            samples.append(Sample(rgb, mask, concept, source))
+    return samples
+
+
+def parse_concepts(text: str) -> str | dict[int, str]:
+    """Read a concept specification: ``"nucleus"`` (every non-zero label) or
+    ``"1=nucleus, 2=mitochondria"`` (label value -> concept).
+
+    Raises:
+        ValueError: empty text, a value that is not a positive integer, an empty
+            concept, or a value given twice.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("Name the concept, e.g. 'nucleus', or map label values: '1=nucleus, 2=mitochondria'.")
+    if "=" not in text:
+        return " ".join(text.split())
+    mapping: dict[int, str] = {}
+    for part in text.replace(";", ",").split(","):
+        if not part.strip():
+            continue
+        value, separator, concept = part.partition("=")
+        concept = " ".join(concept.split())
+        if not separator or not value.strip().isdigit() or int(value) < 1 or not concept:
+            raise ValueError(
+                f"Cannot read {part.strip()!r}: write label=concept pairs with positive integer labels, "
+                "e.g. '1=nucleus, 2=mitochondria'."
+            )
+        if int(value) in mapping:
+            raise ValueError(f"Label {int(value)} is given twice in {text!r}.")
+        mapping[int(value)] = concept
+    return mapping
+
+
+class ConceptDataset(Sequence[Sample]):
+    """Binary (image, concept, mask) samples built from images and label images."""
+
+    def __init__(self, samples: Iterable[Sample]) -> None:
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        return self.samples[index]
+
+    @property
+    def concepts(self) -> list[str]:
+        return sorted({sample.concept for sample in self.samples})
+
+    @classmethod
+    def from_arrays(
+        cls,
+        items: Iterable[tuple[np.ndarray, np.ndarray, str | Mapping[int, str]]],
+        channel: int | None = None,
+    ) -> ConceptDataset:
+        """Samples from (image, label image, concept) triples, e.g. napari layers' data.
+
+        The concept is a string (every non-zero label is that concept) or a mapping from
+        label value to concept (a multi-class label image gives one sample per class
+        present).
+        """
+        samples = []
+        for index, (image, labels, concepts) in enumerate(items):
+            samples += _binary_samples(image, labels, concepts, f"item {index}", channel)
+        return cls(samples)
+
+    @classmethod
+    def from_folders(
+        cls,
+        images: str | os.PathLike,
+        labels: str | os.PathLike,
+        concepts: str | Mapping[int, str],
+        channel: int | None = None,
+    ) -> ConceptDataset:
+        """Samples from a folder of images and a folder of label images with matching names.
+
+        A label file matches an image by name, optionally with a suffix such as
+        ``_labels`` or ``_mask`` (``cell1.tif`` and ``cell1_labels.tif``).
+        """
+        from .._io import read_image
+
+        images, labels = Path(images), Path(labels)
+        for folder in (images, labels):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{folder} is not a folder.")
+        label_files = {}
+        for path in sorted(labels.iterdir()):
+            if path.suffix.lower() in _IMAGE_SUFFIXES:
+                stem = path.stem
+                for suffix in _LABEL_SUFFIXES:
+                    if stem.endswith(suffix):
+                        stem = stem[: -len(suffix)]
+                        break
+                label_files[stem] = path
+        samples, unmatched = [], []
+        for path in sorted(images.iterdir()):
+            if path.suffix.lower() not in _IMAGE_SUFFIXES:
+                continue
+            match = label_files.get(path.stem)
+            if match is None:
+                unmatched.append(path.name)
+                continue
+            samples += _binary_samples(read_image(path), read_image(match), concepts, path.name, channel)
+        if not samples:
+            raise ValueError(
+                f"No image in {images} has a matching, non-empty label image in {labels}"
+                + (f" (unmatched: {', '.join(unmatched[:5])})" if unmatched else "")
+                + "."
+            )
+        return cls(samples)
+
+    def split(self, val_fraction: float, seed: int = 0) -> tuple[ConceptDataset, ConceptDataset]:
+        """Split per concept; each concept with at least two samples gets one or more for validation."""
+        rng = np.random.default_rng(seed)
+        train, val = [], []
+        for concept in self.concepts:
+            members = [s for s in self.samples if s.concept == concept]
+            order = rng.permutation(len(members))
+            count = int(round(len(members) * val_fraction))
+            if val_fraction > 0 and len(members) >= 2:
+                count = min(max(count, 1), len(members) - 1)
+            else:
+                count = 0
+            val += [members[i] for i in order[:count]]
+            train += [members[i] for i in order[count:]]
+        return ConceptDataset(train), ConceptDataset(val)

@@ -1,0 +1,129 @@
+"""``napari-clipsam train`` and ``evaluate`` on the tiny model and synthetic two-concept images."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tifffile
+
+import napari_clipsam as nc
+from napari_clipsam.cli import main
+from napari_clipsam.training.engine import resume_path
+from tests.helpers import load_tiny, two_kinds_image
+
+TINY = ["--sam", "tiny", "--clip", "tiny", "--sam-checkpoint", "none", "--clip-pretrained", "none", "--device", "cpu"]
+CONCEPTS = ["--concepts", "1=disc, 2=square"]
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """Three images with discs (label 1) and squares (label 2), and label files named ``*_labels.tif``."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for seed in range(3):
+        image, label_image = two_kinds_image(seed)
+        tifffile.imwrite(images / f"cell{seed}.tif", image)
+        tifffile.imwrite(labels / f"cell{seed}_labels.tif", label_image)
+    return ["--images", str(images), "--labels", str(labels), *CONCEPTS]
+
+
+def test_train_writes_adapters_with_their_metadata(folders, tmp_path, capsys, monkeypatch):
+    from napari_clipsam.cli import _TrainingPrinter
+
+    monkeypatch.setattr(_TrainingPrinter, "seconds", 1e9)  # lines by step count only, however slow the machine
+    output = tmp_path / "out" / "adapters.safetensors"
+    argv = ["train", *folders, "-o", str(output), "--steps", "4", "--eval-every", "4", "--log-every", "2",
+            "--val-fraction", "0.34", "--image-size", "128", *TINY]
+    assert main(argv) == 0
+    metadata = nc.read_adapters_metadata(output)
+    assert json.loads(metadata["concepts"]) == ["disc", "square"]
+    assert (metadata["sam"], metadata["clip"]) == ("tiny", "tiny")
+    assert resume_path(output).is_file()
+    out = capsys.readouterr().out
+    assert "4 training and 2 validation samples" in out and "SAM input 128" in out
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("step ")] == ["1/4", "3/4", "4/4"]
+    assert "validation at step 0:" in out and "validation at step 4:" in out
+    assert "before training" in out and str(output) in out
+    # The file loads back onto the same base model.
+    load_tiny(adapters=output)
+
+
+def test_train_clip_attention_flag(folders, tmp_path, capsys):
+    output = tmp_path / "co.safetensors"
+    argv = ["train", *folders, "-o", str(output), "--steps", "1", "--val-fraction", "0", "--image-size", "128",
+            "--train-clip-attention", "--clip-lr", "1e-6", *TINY]
+    assert main(argv) == 0
+    assert "CLIP attention trained at lr 1e-06" in capsys.readouterr().out
+    assert json.loads(nc.read_adapters_metadata(output)["config"])["train_clip_attention"] is True
+
+
+def test_existing_output_is_refused_without_overwrite(folders, tmp_path, capsys):
+    output = tmp_path / "adapters.safetensors"
+    output.write_bytes(b"precious")
+    argv = ["train", *folders, "-o", str(output), "--steps", "1", "--val-fraction", "0", *TINY]
+    assert main(argv) == 2
+    assert output.read_bytes() == b"precious"
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["train", *folders, "-o", str(tmp_path / "new.safetensors"), "--resume", *TINY]) == 2
+    assert "Nothing to resume" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads(nc.read_adapters_metadata(output)["concepts"]) == ["disc", "square"]
+    assert "no validation samples" in capsys.readouterr().out
+
+
+def test_evaluate_prints_each_concept_and_writes_json(folders, tmp_path, capsys):
+    report = tmp_path / "report.json"
+    assert main(["evaluate", *folders, "--mode", "manual", "--json", str(report), "--image-size", "128", *TINY]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = {line.split()[0]: line.split()[1:] for line in lines if line.split()[:1] in (["disc"], ["square"],
+                                                                                      ["overall"])}
+    assert table["disc"][0] == "3" and table["square"][0] == "3" and table["overall"][0] == "6"
+    saved = json.loads(report.read_text())
+    assert set(saved["per_concept"]) == {"disc", "square"}
+    assert 0 <= saved["iou"] <= 1 and saved["settings"]["mode"] == "manual" and saved["settings"]["image_size"] == 128
+    assert f"{saved['per_concept']['disc']['iou']:.3f}" == table["disc"][1]
+    # An existing report is not replaced without --overwrite.
+    assert main(["evaluate", *folders, "--json", str(report), *TINY]) == 2
+    assert json.loads(report.read_text()) == saved
+
+
+def test_ctrl_c_keeps_the_previous_file_and_exits_130(folders, tmp_path, capsys, monkeypatch):
+    import napari_clipsam.training.engine as training
+
+    output = tmp_path / "adapters.safetensors"
+    output.write_bytes(b"previous adapters")
+    real_step, calls = training._train_step, []
+
+    def interrupted_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_step", interrupted_step)
+    argv = ["train", *folders, "-o", str(output), "--overwrite", "--steps", "10", "--val-fraction", "0", *TINY]
+    assert main(argv) == 130
+    assert output.read_bytes() == b"previous adapters"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted at step 2" in err[0] and "left as it was" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("concepts", "message"),
+    [
+        (["--concepts", "1=disc, x=square"], "Cannot read 'x=square'"),
+        (["--concepts", "disc"], "label=concept pairs"),
+        (["--concepts", "1=disc, 1=square"], "twice"),
+        (["--concept", "1=disc"], "use --concepts"),
+    ],
+)
+def test_bad_concepts_exit_2_with_a_clear_message(concepts, message, tmp_path, capsys):
+    folders = ["--images", str(tmp_path), "--labels", str(tmp_path)]
+    argv = ["train", *folders, *concepts, "-o", str(tmp_path / "a.safetensors")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
