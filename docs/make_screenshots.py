@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     from qtpy.QtWidgets import QApplication
 
     import napari_clipsam
-    from napari_clipsam._sample_data import make_nuclei_sample
     from napari_clipsam._qt.segment_widget import MODE_MANUAL, MODE_TEXT
+    from napari_clipsam._sample_data import make_nuclei_sample
 
     def process_events(seconds: float = 0.3) -> None:
         end = time.perf_counter() + seconds

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_clipsam.model.build_sam import SAM_BUILDERS, build_sam
-from napari_clipsam.weights import registry as weights
 from napari_clipsam.errors import (
     CheckpointMismatchError,
     ChecksumMismatchError,
     UnsafeCheckpointError,
     WeightsUnavailableError,
 )
+from napari_clipsam.model.build_sam import SAM_BUILDERS, build_sam
+from napari_clipsam.weights import registry as weights
 from napari_clipsam.weights.checkpoints import load_sam_state_dict, load_state_dict_checked
 from napari_clipsam.weights.registry import (
     SAM_WEIGHTS,
