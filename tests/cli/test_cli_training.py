@@ -30,7 +30,7 @@ def folders(tmp_path):
 
 
 def test_train_writes_adapters_with_their_metadata(folders, tmp_path, capsys, monkeypatch):
-    from napari_clipsam.cli import _TrainingPrinter
+    from napari_clipsam.cli.train import _TrainingPrinter
 
     monkeypatch.setattr(_TrainingPrinter, "seconds", 1e9)  # lines by step count only, however slow the machine
     output = tmp_path / "out" / "adapters.safetensors"

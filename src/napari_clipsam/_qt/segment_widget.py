@@ -43,7 +43,6 @@ SCOPE_SLICE = "Current slice"
 SCOPE_ALL = "All slices"
 CHANNEL_ALL = "All (RGB)"
 _SAM_VARIANTS = ["vit_b", "vit_l", "vit_h"]
-_RANDOM = "none (random)"
 # SAM input sides offered; "auto" is the size the adapters were trained at, else SAM's own.
 SAM_INPUTS = ["auto", "1024", "768", "512"]
 # Milliseconds to wait after the last prompt edit before decoding.
@@ -51,9 +50,9 @@ DEBOUNCE_MS = 150
 
 
 def _sam_weight_choices() -> list[str]:
-    from ..weights.registry import SAM_WEIGHTS
+    from ..weights.registry import RANDOM_WEIGHTS, SAM_WEIGHTS
 
-    return ["default", *[name for name in SAM_WEIGHTS if name not in _SAM_VARIANTS], _RANDOM]
+    return ["default", *[name for name in SAM_WEIGHTS if name not in _SAM_VARIANTS], RANDOM_WEIGHTS]
 
 
 @dataclass
@@ -206,6 +205,10 @@ class ClipSamWidget(Container):
         self._run_button.text = "Segment" if not manual else "Update mask"
 
     def _save_settings(self, *_: Any) -> None:
+        self._settings_from_controls()
+        save_settings(self._settings)
+
+    def _settings_from_controls(self) -> None:
         settings = self._settings
         settings.sam = self._sam.value
         settings.sam_weights = self._sam_weights.value
@@ -216,7 +219,6 @@ class ClipSamWidget(Container):
         settings.precision = self._precision.value
         settings.sam_input = self._sam_input.value
         settings.mode = "manual" if self._mode.value == MODE_MANUAL else "text"
-        save_settings(settings)
 
     def _remember_concept(self, concept: str) -> None:
         self._settings.remember_concept(concept)
@@ -225,17 +227,8 @@ class ClipSamWidget(Container):
 
     # ------------------------------------------------------------------ model
     def _model_arguments(self) -> dict[str, Any]:
-        weights = self._sam_weights.value
-        clip_pretrained = self._clip_pretrained.value.strip() or "default"
-        return dict(
-            sam=self._sam.value,
-            sam_checkpoint=None if weights == _RANDOM else weights,
-            clip=self._clip.value.strip() or "ViT-B-16",
-            clip_pretrained=None if clip_pretrained.lower() in {"none", _RANDOM} else clip_pretrained,
-            adapters=_path_or_empty(self._adapters.value) or None,
-            device=self._device.value,
-            precision=self._precision.value,
-        )
+        self._settings_from_controls()
+        return self._settings.model_arguments()
 
     def _on_load_clicked(self, *_: Any) -> None:
         self._ensure_model(then=None, force=True)

@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 SETTINGS_ENV = "NAPARI_CLIPSAM_SETTINGS"
 _RECENT_KEPT = 10
@@ -24,6 +25,24 @@ class WidgetSettings:
     sam_input: str = "auto"
     mode: str = "text"
     recent_concepts: list[str] = field(default_factory=list)
+
+    def model_arguments(self) -> dict[str, Any]:
+        """The :func:`napari_clipsam.load_model` keyword arguments these settings describe.
+
+        The one conversion from settings to a model, for both dock widgets: "none"
+        words mean random weights, empty fields their defaults.
+        """
+        from ..weights.registry import parse_weights_choice
+
+        return dict(
+            sam=self.sam,
+            sam_checkpoint=parse_weights_choice(self.sam_weights),
+            clip=self.clip.strip() or WidgetSettings.clip,
+            clip_pretrained=parse_weights_choice(self.clip_pretrained),
+            adapters=self.adapters or None,
+            device=self.device,
+            precision=self.precision,
+        )
 
     def remember_concept(self, concept: str) -> None:
         if concept in self.recent_concepts:

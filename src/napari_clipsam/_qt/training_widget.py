@@ -260,15 +260,11 @@ class TrainingWidget(Container):
         )
 
     def _model_arguments(self) -> dict[str, Any]:
-        """The segmentation widget's model settings (remembered between sessions), for a fresh base model."""
+        """The segmentation widget's model settings (remembered between sessions), without its adapters:
+        training starts from the base model."""
         from .settings import load_settings
 
-        settings = load_settings()
-        return dict(
-            sam=settings.sam, clip=settings.clip,
-            sam_checkpoint=None if settings.sam_weights.startswith("none") else settings.sam_weights,
-            clip_pretrained=settings.clip_pretrained, device=settings.device, precision=settings.precision,
-        )
+        return dict(load_settings().model_arguments(), adapters=None)
 
     def _start_training_after(self, model, *arguments) -> None:
         # The loading worker is still finishing: start training once it has.

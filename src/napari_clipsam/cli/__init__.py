@@ -1,460 +1,53 @@
-"""Command line: ``napari-clipsam segment`` for batches, ``train`` and ``evaluate`` for few-shot
-adaptation, ``weights`` for the cache."""
+"""The ``napari-clipsam`` command: ``segment`` for batches, ``train`` and ``evaluate`` for
+few-shot adaptation, ``weights`` for the cache.
+
+Each command lives in its own module (``segment.py``, ``train.py``, ``weights.py``) and
+imports the model code only when it runs, so ``--help`` and ``weights list`` are quick.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
-
-_NONE_WORDS = {"none", "random"}
+from . import segment, train, weights
+from .common import verbose_parent
 
 
-def _optional(value: str) -> str | None:
-    """'none' (or 'random') on the command line means random weights, i.e. None."""
-    return None if value.lower() in _NONE_WORDS else value
-
-
-def _pairs(text: str, size: int, what: str) -> np.ndarray:
-    try:
-        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be numbers separated by commas, got {text!r}") from None
-    if not values or len(values) % size:
-        raise argparse.ArgumentTypeError(f"{what} needs a multiple of {size} numbers, got {text!r}")
-    return np.asarray(values).reshape(-1, size)
-
-
-def _concepts(text: str, mapping: bool) -> str | dict[int, str]:
-    """``--concept NAME`` (``mapping=False``) or ``--concepts "1=nucleus, 2=mitochondria"``."""
-    from ..training.data import parse_concepts
-
-    try:
-        concepts = parse_concepts(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    if mapping and isinstance(concepts, str):
-        raise argparse.ArgumentTypeError(
-            f"write label=concept pairs, e.g. '1=nucleus, 2=mitochondria', not {text!r}; "
-            "for one concept on every non-zero label use --concept"
-        )
-    if not mapping and not isinstance(concepts, str):
-        raise argparse.ArgumentTypeError(f"{text!r} maps label values to concepts: use --concepts")
-    return concepts
-
-
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    parents = [verbose_parent()]
     parser = argparse.ArgumentParser(
         prog="napari-clipsam",
         description="CLIP-Guided SAM: segment the objects a text concept names.",
+        parents=parents,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and downloads")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    seg = commands.add_parser(
-        "segment",
-        help="segment images (files or a sample) by concept and write label images",
-        description=(
-            "Segment each image by a text concept and write one label image per input. "
-            "A 3-D input whose last axis is longer than 8 is read as a stack of 2-D planes."
-        ),
-    )
-    seg.add_argument("images", nargs="*", type=Path, help="image files (TIFF, PNG, JPEG, ...)")
-    seg.add_argument("--sample", choices=["nuclei", "cell", "coins"], help="use a bundled sample image")
-    seg.add_argument("-c", "--concept", required=True, help="what to segment, e.g. 'nucleus'")
-    seg.add_argument(
-        "-o", "--output", type=Path, required=True,
-        help="output file (one input) or folder (several inputs); .tif, .png or .npy",
-    )
-    seg.add_argument("--instances", action="store_true", help="distinct labels for separate objects")
-    seg.add_argument("--refine", action="store_true", help="with --instances: re-prompt SAM per object")
-    seg.add_argument("--min-area", type=int, default=0, help="with --instances: drop smaller objects (pixels)")
-    seg.add_argument("--points", type=lambda t: _pairs(t, 2, "--points"), help="positive points 'x,y;x,y'")
-    seg.add_argument("--box", type=lambda t: _pairs(t, 4, "--box")[0], help="box 'x0,y0,x1,y1'")
-    seg.add_argument("--channel", type=int, help="channel to use in multi-channel images")
-    seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    _model_arguments(seg)
-
-    train = commands.add_parser(
-        "train",
-        help="fine-tune adapters, prompt encoder and mask decoder on labelled images",
-        description=(
-            "Few-shot training on a folder of images and a folder of label images with matching names. "
-            "A part of the samples is set aside for validation; the best validated state is saved."
-        ),
-    )
-    _data_arguments(train)
-    train.add_argument(
-        "-o", "--output", type=Path, required=True, metavar="FILE", help="adapters file to write (.safetensors)"
-    )
-    training = train.add_argument_group("training")
-    training.add_argument("--steps", type=int, metavar="N", help="optimiser steps (default 200)")
-    training.add_argument("--batch-size", type=int, metavar="N", help="samples per step (default 1)")
-    training.add_argument("--lr", type=float, metavar="X", help="learning rate of adapters and decoder (default 5e-5)")
-    training.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
-                          help="part of each concept's samples kept for validation (default 0.2)")
-    training.add_argument("--eval-every", type=int, metavar="N", help="validate every N steps (default 25)")
-    training.add_argument("--patience", type=int, metavar="N",
-                          help="stop after N validations without improvement; 0 never stops early (default 4)")
-    training.add_argument("--seed", type=int, default=0, metavar="N",
-                          help="for the split, sampling, augmentation and prompts (default 0)")
-    training.add_argument("--no-augment", action="store_true", help="no flips, rotations, crops, intensity jitter")
-    training.add_argument("--no-checkpointing", action="store_true",
-                          help="no gradient checkpointing: faster steps, much more memory")
-    training.add_argument("--train-clip-attention", action="store_true",
-                          help="also train CLIP's vision attention, at its own learning rate (--clip-lr)")
-    training.add_argument("--clip-lr", type=float, metavar="LR",
-                          help="learning rate of CLIP's attention with --train-clip-attention (default 1e-7)")
-    training.add_argument("--log-every", type=int, default=10, metavar="N",
-                          help="print the loss every N steps, or sooner once 5 s have passed (default 10)")
-    training.add_argument("--resume", action="store_true", help="continue from the state saved beside --output")
-    training.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    _model_arguments(train)
-
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="IoU and Dice per concept on labelled images",
-        description="Segment each labelled image as the chosen mode would and score it against its labels.",
-    )
-    _data_arguments(evaluate)
-    evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write the report to this JSON file")
-    evaluate.add_argument("--seed", type=int, default=0, metavar="N", help="for the manual mode's prompts (default 0)")
-    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    _model_arguments(evaluate)
-
-    weights = commands.add_parser("weights", help="list known weights, or download them into the cache")
-    weights.add_argument("action", choices=["list", "fetch"], help="list the registry, or fetch weights")
-    weights.add_argument("names", nargs="*", help="with fetch: SAM registry names, e.g. vit_b vit_b_lm")
-    weights.add_argument("--cache-dir", type=Path, help="weights cache (default: NAPARI_CLIPSAM_CACHE or the platform's)")
+    segment.add_parser(commands, parents)
+    train.add_parsers(commands, parents)
+    weights.add_parser(commands, parents)
     return parser
-
-
-def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data")
-    group.add_argument("--images", type=Path, required=True, metavar="DIR", help="folder of images")
-    group.add_argument(
-        "--labels", type=Path, required=True, metavar="DIR",
-        help="folder of label images with matching names, optionally with a suffix: cell1.tif, cell1_labels.tif",
-    )
-    concepts = group.add_mutually_exclusive_group(required=True)
-    concepts.add_argument(
-        "-c", "--concept", dest="concepts", metavar="NAME", type=lambda text: _concepts(text, mapping=False),
-        help="every non-zero label is this concept, e.g. 'nucleus'",
-    )
-    concepts.add_argument(
-        "--concepts", dest="concepts", metavar="LABEL=NAME,...", type=lambda text: _concepts(text, mapping=True),
-        help="label value -> concept, e.g. '1=nucleus, 2=mitochondria'; one sample per class present",
-    )
-    group.add_argument("--channel", type=int, help="channel to use in multi-channel images")
-    group.add_argument(
-        "--mode", choices=["text", "manual"], default="text",  # = _training.MODES, whose import loads the model code
-        help="the inference mode the model is (to be) used in: text-only, or manual prompts (default text)",
-    )
-
-
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--sam", default="vit_b", help="SAM variant: vit_b, vit_l, vit_h (default vit_b)")
-    group.add_argument(
-        "--sam-checkpoint", type=_optional, default="default",
-        help="'default' (official), a registry name (e.g. vit_b_lm), a file, or 'none' (random)",
-    )
-    group.add_argument("--clip", default="ViT-B-16", help="open_clip model name (default ViT-B-16)")
-    group.add_argument(
-        "--clip-pretrained", type=_optional, default="default",
-        help="'default', an open_clip tag (e.g. openai), a file, or 'none' (random)",
-    )
-    group.add_argument("--adapters", type=Path, help="trained adapters (.safetensors)")
-    group.add_argument(
-        "--image-size", type=int, metavar="N",
-        help="SAM input side in pixels (default: the size --adapters were trained at, else 1024); "
-        "512 is several times faster on a CPU",
-    )
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    group.add_argument("--cache-dir", type=Path, help="weights cache (default: NAPARI_CLIPSAM_CACHE or the platform's)")
-
-
-def _load_model(args: argparse.Namespace):
-    """The model the model options (:func:`_model_arguments`) describe."""
-    from ..model.build import load_model
-
-    return load_model(
-        sam=args.sam, clip=args.clip, sam_checkpoint=args.sam_checkpoint, clip_pretrained=args.clip_pretrained,
-        adapters=args.adapters, device=args.device, precision=args.precision, cache_dir=args.cache_dir,
-        progress=_download_printer() if args.verbose else None,
-    )
-
-
-def _segment_command(args: argparse.Namespace) -> int:
-    from .._io import read_image, write_labels
-    from .._jobs import run
-    from ..inference.pipeline import SegmentOptions, iter_segment_stack
-    from ..inference.predictor import ClipSamPredictor
-
-    inputs: list[tuple[str, np.ndarray | Path]] = [(str(p), p) for p in args.images]
-    if args.sample:
-        from .._sample_data import sample_image
-
-        inputs.append((f"sample {args.sample}", sample_image(args.sample)))
-    if not inputs:
-        raise ValueError("Give image files or --sample.")
-    if len(inputs) == 1 and args.output.suffix:
-        outputs = [args.output]
-    else:
-        if args.output.suffix:
-            raise ValueError(f"Several inputs need an output folder, not the file {args.output}.")
-        outputs = [
-            args.output / (f"{Path(name).stem}_labels.tif" if isinstance(src, Path) else f"{args.sample}_labels.tif")
-            for name, src in inputs
-        ]
-    existing = [str(p) for p in outputs if p.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"Output exists: {', '.join(existing)}. Choose another --output or add --overwrite.")
-    options = SegmentOptions(
-        instances=args.instances, refine=args.refine, min_area=args.min_area, channel=args.channel
-    )
-
-    model = _load_model(args)
-    predictor = ClipSamPredictor(model, image_size=args.image_size)
-    for (name, source), output in zip(inputs, outputs):
-        image = read_image(source) if isinstance(source, Path) else source
-        labels = run(iter_segment_stack(predictor, image, args.concept, args.points, None, args.box, options))
-        write_labels(output, labels)
-        count = int(labels.max()) if args.instances else int((labels > 0).sum())
-        unit = "objects" if args.instances else "pixels"
-        print(f"{name}: {count} {unit} of '{args.concept}' -> {output}")
-    return 0
-
-
-def _dataset(args: argparse.Namespace):
-    from ..training.data import ConceptDataset
-
-    return ConceptDataset.from_folders(args.images, args.labels, args.concepts, channel=args.channel)
-
-
-def _concept_scores(report) -> str:
-    return ", ".join(f"{concept} {scores['iou']:.3f}" for concept, scores in report.per_concept.items())
-
-
-class _TrainingPrinter:
-    """One line per validation; a line for the first and last steps, and for a step once
-    ``every`` steps or 5 s have passed since the last line (slow steps each get one)."""
-
-    seconds = 5.0
-
-    def __init__(self, every: int, mark_best: bool) -> None:
-        self.every = every
-        # A resumed run's best so far is in the saved state, unknown here: no mark then.
-        self.mark_best = mark_best
-        self.best_iou: float | None = None
-        self.last_step = 0
-        self.printed_step: int | None = None
-        self.printed_at = time.monotonic()
-        self.step_seconds: list[float] = []
-
-    def show(self, event, seconds: float) -> None:
-        if event.stage == "training":
-            self.last_step = event.step
-            self.step_seconds.append(seconds)
-            now = time.monotonic()
-            if (self.printed_step is None or event.step == event.total or event.step - self.printed_step >= self.every
-                    or now - self.printed_at >= self.seconds):
-                mean = sum(self.step_seconds) / len(self.step_seconds)
-                print(f"step {event.step:>{len(str(event.total))}}/{event.total}  loss {event.loss:.4f}  "
-                      f"lr {event.learning_rate:.2e}  {mean:.2f} s/step", flush=True)
-                self.printed_step, self.printed_at, self.step_seconds = event.step, now, []
-        elif event.validation is not None:
-            report = event.validation
-            better = self.mark_best and (self.best_iou is None or report.iou > self.best_iou)
-            if better:
-                self.best_iou = report.iou
-            print(f"validation at step {event.step}: IoU {report.iou:.3f} ({_concept_scores(report)})"
-                  + ("  best so far" if better else ""), flush=True)
-
-
-def _train_command(args: argparse.Namespace) -> int:
-    from ..training.engine import TrainingConfig, iter_train, resume_path
-
-    output, state = args.output, resume_path(args.output)
-    if output.suffix.lower() != ".safetensors":
-        raise ValueError(f"The adapters file needs the .safetensors suffix, got {output}.")
-    if args.resume:
-        if not state.is_file():
-            raise FileNotFoundError(
-                f"Nothing to resume: {state} does not exist (training writes it at each validation)."
-            )
-    elif not args.overwrite:
-        existing = [str(p) for p in (output, state) if p.exists()]
-        if existing:
-            raise FileExistsError(
-                f"Output exists: {', '.join(existing)}. Choose another --output, add --overwrite to start "
-                "afresh, or --resume to continue that training."
-            )
-    if not 0 <= args.val_fraction < 1:
-        raise ValueError(f"--val-fraction must be at least 0 and below 1, got {args.val_fraction}.")
-    if args.log_every < 1:
-        raise ValueError(f"--log-every must be at least 1, got {args.log_every}.")
-    given = {
-        "mode": args.mode, "steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
-        "eval_every": args.eval_every, "patience": args.patience, "seed": args.seed,
-        "augment": not args.no_augment, "gradient_checkpointing": not args.no_checkpointing,
-        "image_size": args.image_size, "clip_learning_rate": args.clip_lr,
-    }
-    config = TrainingConfig(**{name: value for name, value in given.items() if value is not None})
-
-    train_set, val_set = _dataset(args).split(args.val_fraction, seed=args.seed)
-    print(f"data: {len(train_set)} training and {len(val_set)} validation samples of "
-          f"{', '.join(train_set.concepts)}", flush=True)
-    if not val_set:
-        print("no validation samples (setting one aside needs two or more samples of a concept and "
-              "--val-fraction above 0): the last state will be saved", flush=True)
-    model = _load_model(args)
-    if args.train_clip_attention:
-        model.set_clip_attention_trainable(True)
-    print(f"training: {config.steps} steps of {config.batch_size}, {config.mode} mode, lr {config.learning_rate:g}, "
-          f"SAM input {config.image_size or model.image_size}, on {model.device} ({model.precision})"
-          + (f", CLIP attention trained at lr {config.clip_learning_rate:g}" if args.train_clip_attention else ""),
-          flush=True)
-
-    started = time.time()
-    job = iter_train(model, train_set, val_set or None, config, output=output, resume=args.resume)
-    printer = _TrainingPrinter(args.log_every, mark_best=not args.resume)
-    try:
-        while True:
-            begin = time.monotonic()
-            try:
-                event = next(job)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            printer.show(event, time.monotonic() - begin)
-    except KeyboardInterrupt:
-        job.close()  # the engine writes nothing when closed
-        kept = f"{output} left as it was" if output.exists() else f"{output} not written"
-        saved = state.is_file() and state.stat().st_mtime >= started
-        print(f"napari-clipsam: training interrupted at step {printer.last_step}; {kept}"
-              + ("; --resume continues from the last validation" if saved else ""), file=sys.stderr)
-        return 130
-    finally:
-        job.close()
-
-    if result.best is not None:
-        before = f"{result.initial.iou:.3f} before training, " if result.initial is not None else ""
-        print(f"validation IoU: {before}best {result.best.iou:.3f} at step {result.best_step} "
-              f"({_concept_scores(result.best)})")
-    else:
-        print(f"no validation: saved the state after step {result.best_step}")
-    if result.stopped_early:
-        print(f"stopped early after {result.steps_run} of {config.steps} steps: "
-              f"{config.patience} validations without improvement")
-    print(f"adapters ({', '.join(train_set.concepts)}): {result.output}")
-    if state.is_file():
-        print(f"resumable state: {state}")
-    return 0
-
-
-def _evaluate_command(args: argparse.Namespace) -> int:
-    import json
-
-    from .._io import write_atomically
-    from .._jobs import run
-    from ..training.evaluate import iter_evaluate
-
-    if args.json is not None and args.json.exists() and not args.overwrite:
-        raise FileExistsError(f"Output exists: {args.json}. Choose another --json or add --overwrite.")
-    dataset = _dataset(args)
-    model = _load_model(args)
-    job = iter_evaluate(model, dataset, args.mode, seed=args.seed, image_size=args.image_size)
-    show_progress = sys.stderr.isatty()
-
-    def show(event) -> None:
-        print(f"\r{event.stage}", end="", file=sys.stderr, flush=True)
-
-    report = run(job, show if show_progress else None)
-    if show_progress:
-        print(file=sys.stderr)
-
-    image_size = args.image_size or model.preferred_image_size or model.image_size
-    print(f"{len(dataset)} samples, {args.mode} mode, SAM input {image_size}, "
-          f"adapters: {args.adapters or 'none (untrained)'}")
-    rows = [(concept, scores["count"], scores["iou"], scores["dice"]) for concept, scores in report.per_concept.items()]
-    rows.append(("overall", len(dataset), report.iou, report.dice))
-    width = max(len("concept"), *(len(row[0]) for row in rows))
-    print(f"{'concept':<{width}}  samples    IoU   Dice")
-    for concept, count, iou, dice in rows:
-        print(f"{concept:<{width}}  {count:>7}  {iou:.3f}  {dice:.3f}")
-    print(f"mean IoU over concepts: {report.mean_concept_iou:.3f}")
-    if args.json is not None:
-        settings = {
-            "images": str(args.images), "labels": str(args.labels), "mode": args.mode, "seed": args.seed,
-            "sam": args.sam, "clip": args.clip, "adapters": str(args.adapters) if args.adapters else None,
-            "image_size": image_size,
-        }
-        text = json.dumps({**report.to_dict(), "settings": settings}, indent=2)
-        write_atomically(args.json, lambda path: Path(path).write_text(text + "\n", encoding="utf-8"))
-        print(f"report: {args.json}")
-    return 0
-
-
-def _download_printer():
-    def report(done: int, total: int | None) -> None:
-        total_text = f"{total / 1e6:.0f} MB" if total else "?"
-        print(f"\rdownloading {done / 1e6:.0f} / {total_text}", end="", file=sys.stderr, flush=True)
-        if total and done >= total:
-            print(file=sys.stderr)
-
-    return report
-
-
-def _weights_command(args: argparse.Namespace) -> int:
-    from ..weights.registry import SAM_WEIGHTS, cache_dir, fetch
-
-    folder = cache_dir(args.cache_dir)
-    if args.action == "list":
-        print(f"cache: {folder}")
-        for name, entry in SAM_WEIGHTS.items():
-            cached = (folder / entry.filename).is_file()
-            print(f"{name:24} {entry.architecture:6} {'cached ' if cached else 'missing'} {entry.url}")
-        print("CLIP weights: open_clip pretrained tags (default 'openai' for ViT-B-16) and hf-hub: names.")
-        return 0
-    unknown = [name for name in args.names if name not in SAM_WEIGHTS]
-    if unknown or not args.names:
-        raise ValueError(f"Name SAM weights to fetch, from: {', '.join(SAM_WEIGHTS)}.")
-    for name in args.names:
-        path = fetch(SAM_WEIGHTS[name], cache_dir=folder, progress=_download_printer())
-        print(f"{name}: {path}")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-clipsam`` console script."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    commands = {
-        "segment": _segment_command,
-        "train": _train_command,
-        "evaluate": _evaluate_command,
-        "weights": _weights_command,
-    }
+    from ..errors import ClipSamError
+
+    args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     try:
-        return commands[args.command](args)
+        return args.run(args)
     except KeyboardInterrupt:
         print(f"napari-clipsam: {args.command} interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError) as err:
+    except (ClipSamError, ValueError, OSError, RuntimeError) as err:
         # Expected failures (bad input, offline, missing files) read as one clear message.
-        if args.verbose:
+        if verbose:
             raise
         print(f"napari-clipsam: error: {err}", file=sys.stderr)
         return 2
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+__all__ = ["build_parser", "main"]

@@ -169,6 +169,26 @@ _HF_HUB_PREFIX = "hf-hub:"
 _HF_CONFIG_NAME = "open_clip_config.json"
 
 
+# What a user may type for "no pretrained weights" (random initialisation, for a try-out).
+RANDOM_WEIGHTS = "none (random)"
+_RANDOM_WORDS = {"none", "random", RANDOM_WEIGHTS}
+
+
+def parse_weights_choice(value: str | os.PathLike | None) -> str | os.PathLike | None:
+    """A weights choice as typed (CLI, widget, settings) -> the ``load_model`` argument.
+
+    ``"none"``, ``"random"`` or ``"none (random)"`` (any case) mean random weights (None);
+    an empty value means ``"default"``; anything else (a registry name, a tag, a path)
+    passes through.
+    """
+    if value is None or isinstance(value, os.PathLike):
+        return value
+    text = value.strip()
+    if text.lower() in _RANDOM_WORDS:
+        return None
+    return text or "default"
+
+
 def list_sam_weights(architecture: str | None = None) -> list[str]:
     """Names of the registered SAM checkpoints, optionally only those of one architecture."""
     return [

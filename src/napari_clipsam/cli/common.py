@@ -1,0 +1,113 @@
+"""What every ``napari-clipsam`` command shares: the model options, loading, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..weights.registry import parse_weights_choice
+
+
+def verbose_parent() -> argparse.ArgumentParser:
+    """``-v/--verbose``, accepted before or after the command's name."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress and downloads"
+    )
+    return parent
+
+
+def model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose and load the model (see :func:`napari_clipsam.load_model`)."""
+    from ..model.build_sam import list_sam_variants
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--sam", default="vit_b", choices=list_sam_variants(), help="SAM variant (default vit_b)")
+    group.add_argument(
+        "--sam-checkpoint", type=parse_weights_choice, default="default",
+        help="'default' (official), a registry name (e.g. vit_b_lm), a file, or 'none' (random)",
+    )
+    group.add_argument(
+        "--clip", default="ViT-B-16",
+        help="open_clip model name, an hf-hub: name, or tiny (default ViT-B-16); "
+        "napari_clipsam.list_clip_models() lists them",
+    )
+    group.add_argument(
+        "--clip-pretrained", type=parse_weights_choice, default="default",
+        help="'default', an open_clip tag (e.g. openai), a file, or 'none' (random)",
+    )
+    group.add_argument("--adapters", type=Path, help="trained adapters (.safetensors)")
+    group.add_argument(
+        "--image-size", type=int, metavar="N",
+        help="SAM input side in pixels (default: the size --adapters were trained at, else 1024); "
+        "512 is several times faster on a CPU",
+    )
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    cache_argument(group)
+
+
+def cache_argument(parser) -> None:
+    parser.add_argument(
+        "--cache-dir", type=Path, help="weights cache (default: NAPARI_CLIPSAM_CACHE or the platform's)"
+    )
+
+
+def load_model(args: argparse.Namespace):
+    """The model the model options (:func:`model_arguments`) describe, with a download bar."""
+    from ..model.build import load_model
+
+    with DownloadBars() as progress:
+        return load_model(
+            sam=args.sam, clip=args.clip, sam_checkpoint=args.sam_checkpoint, clip_pretrained=args.clip_pretrained,
+            adapters=args.adapters, device=args.device, precision=args.precision, cache_dir=args.cache_dir,
+            progress=progress,
+        )
+
+
+class DownloadBars:
+    """A ``progress(bytes_done, bytes_total)`` callback drawing one tqdm bar per file (stderr, terminals only)."""
+
+    def __init__(self) -> None:
+        self._bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close()
+
+    def __call__(self, done: int, total: int | None) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None or done < self._bar.n or (total is not None and self._bar.total != total):
+            self._close()
+            self._bar = tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="downloading", disable=None
+            )
+        self._bar.update(done - self._bar.n)
+        if total is not None and done >= total:
+            self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def job_progress(job, desc: str, unit: str = "step"):
+    """Drain a job, showing its ``Progress`` events as a tqdm bar (stderr, terminals only); returns its result."""
+    from tqdm import tqdm
+
+    from .._jobs import run
+
+    with tqdm(desc=desc, unit=unit, leave=False, disable=None) as bar:
+        def show(event) -> None:
+            total = getattr(event, "total", None)
+            if total is not None and bar.total != total:
+                bar.total = total
+                bar.refresh()
+            bar.n = getattr(event, "done", bar.n)
+            bar.set_postfix_str(event.stage, refresh=True)
+
+        return run(job, show)
