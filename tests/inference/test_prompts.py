@@ -5,12 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from napari_clipsam.inference.prompts import (
-    mask_prompt_from_similarity,
-    points_from_mask,
-    points_from_similarity,
-    similarity_in_sam_frame,
-)
+from napari_clipsam.inference.prompts import points_from_mask, points_from_similarity
+from napari_clipsam.inference.sam_frame import mask_prompt_from_similarity, similarity_in_sam_frame
 
 
 def _two_blob_map(shape=(120, 200)):

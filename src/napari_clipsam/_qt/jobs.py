@@ -1,7 +1,9 @@
 """Running a job generator in napari's thread_worker: progress bar, status, cancel, errors.
 
 Shared by the dock widgets. Results reach ``on_result`` on the main thread, so layers
-are only touched there; a cancelled job never calls it.
+are only touched there; a cancelled job never calls it. Jobs start in the worker
+thread, which prepares the process for torch (:func:`avoid_triton_on_cpu_only_machines`)
+before the job imports the model stack: opening a widget imports no torch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ def avoid_triton_on_cpu_only_machines() -> None:
 
     if not torch.cuda.is_available():
         sys.modules["triton"] = None  # makes `import triton` raise ImportError
+
+
+def _prepared(job: Callable, *args: Any, **kwargs: Any):
+    """``job(*args, **kwargs)``, a generator, run after the process is ready for torch."""
+    avoid_triton_on_cpu_only_machines()
+    return (yield from job(*args, **kwargs))
 
 
 class JobRunner:
@@ -65,7 +73,7 @@ class JobRunner:
         if self._worker is not None:
             raise RuntimeError("A job is already running.")
         # Errors are reported here as notifications; napari would re-raise them otherwise.
-        worker = create_worker(job, *args, _start_thread=False, _ignore_errors=True, **(kwargs or {}))
+        worker = create_worker(_prepared, job, *args, _start_thread=False, _ignore_errors=True, **(kwargs or {}))
         self._worker, self._cancelled = worker, False
         self._on_event, self._after = on_event, after
         self._progress = progress(total=0, desc=title)

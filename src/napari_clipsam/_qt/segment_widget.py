@@ -24,14 +24,12 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from .jobs import JobRunner, avoid_triton_on_cpu_only_machines
-
-avoid_triton_on_cpu_only_machines()  # before the model code is imported: see its docstring
-
-from .._jobs import Progress, iter_load_model  # noqa: E402
-from ..inference.labels import check_label_dtype, plan_label_write  # noqa: E402
-from ..inference.pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack  # noqa: E402
-from .settings import load_settings, save_settings  # noqa: E402
+# Light imports only (numpy, scipy): the model stack is imported by the jobs, in a worker.
+from .._jobs import Progress, iter_load_model
+from ..inference.labels import check_label_dtype, plan_label_write
+from ..inference.pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack
+from .jobs import JobRunner
+from .settings import load_settings, save_settings
 
 if TYPE_CHECKING:
     import napari

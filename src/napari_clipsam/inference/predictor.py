@@ -11,7 +11,8 @@ import torch
 
 from ..model.clipsam import ClipSamModel
 from .image import to_rgb_uint8
-from .prompts import check_prompts, mask_prompt_from_similarity, resize_map, text_mode_points, to_sam_frame
+from .prompts import check_prompts
+from .sam_frame import mask_prompt_from_similarity, resize_map, text_mode_points, to_sam_frame
 
 # Image embeddings kept per concept for the current image (4 MB each for vit_b).
 _EMBEDDINGS_KEPT = 8

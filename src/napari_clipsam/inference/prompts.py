@@ -1,42 +1,54 @@
-"""Prompts derived from the CLIP similarity map (text-only mode) and from masks (training)."""
+"""Prompts in image pixels (numpy): checking user prompts, points from maps and masks.
+
+Their conversion into SAM's input frame, with torch, is in ``sam_frame.py``.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 # Points are chosen on a copy of the map whose longest side is at most this many
 # pixels: ample for five well-spread points, and cheap for large images.
 _POINT_GRID = 256
 
 
-def resize_map(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (B, g, g) maps to (B, H, W)."""
-    return F.interpolate(grid[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+def check_prompts(point_coords, point_labels, box) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Validated prompts: (N, 2) float64 XY points or None, (N,) int64 labels (default all 1), (4,) XYXY box.
 
-
-def similarity_in_sam_frame(grid: torch.Tensor, input_size: tuple[int, int], frame: int) -> torch.Tensor:
-    """Place (B, g, g) similarity maps of the whole image into SAM's padded input frame.
-
-    The image occupies the top-left ``input_size`` of SAM's ``frame x frame`` input
-    (``ResizeLongestSide`` then padding); the padding gets 0.
+    Raises:
+        ValueError: wrong shapes, labels other than 0/1, an empty or inverted box, NaN or inf.
     """
-    resized = resize_map(grid, input_size)
-    return F.pad(resized, (0, frame - input_size[1], 0, frame - input_size[0]))
-
-
-def mask_prompt_from_similarity(
-    grid: torch.Tensor,
-    threshold: float,
-    input_size: tuple[int, int],
-    frame: int,
-    mask_size: tuple[int, int],
-) -> torch.Tensor:
-    """SAM's dense mask prompt (B, 1, h, w): the thresholded map B scaled to {0, 255}."""
-    in_frame = similarity_in_sam_frame(grid, input_size, frame)
-    low_res = F.interpolate(in_frame[:, None], size=mask_size, mode="bilinear", align_corners=False)
-    return (low_res >= threshold).float() * 255.0
+    points = labels = None
+    if point_coords is not None:
+        points = np.asarray(point_coords, dtype=np.float64)
+        if points.size == 0:
+            points = None
+        elif points.ndim != 2 or points.shape[1] != 2:
+            raise ValueError(f"point_coords must have shape (N, 2) in XY order, got {points.shape}.")
+    if points is not None:
+        if point_labels is None:
+            labels = np.ones(len(points), dtype=np.int64)
+        else:
+            labels = np.asarray(point_labels).astype(np.int64).reshape(-1)
+            if labels.shape != (len(points),):
+                raise ValueError(
+                    f"point_labels must have one label per point ({len(points)}), got shape "
+                    f"{np.asarray(point_labels).shape}."
+                )
+            if not np.isin(labels, (0, 1)).all():
+                raise ValueError("point_labels must be 1 (foreground) or 0 (background).")
+    elif point_labels is not None and np.asarray(point_labels).size:
+        raise ValueError("point_labels were given without point_coords.")
+    if box is not None:
+        box = np.asarray(box, dtype=np.float64).reshape(-1)
+        if box.shape != (4,):
+            raise ValueError(f"box must be 4 numbers X0, Y0, X1, Y1, got shape {box.shape}.")
+        if not (box[2] > box[0] and box[3] > box[1]):
+            raise ValueError(f"box must be X0, Y0, X1, Y1 with X1 > X0 and Y1 > Y0, got {box.tolist()}.")
+    for name, values in (("point_coords", points), ("box", box)):
+        if values is not None and not np.isfinite(values).all():
+            raise ValueError(f"{name} contains NaN or infinite values.")
+    return points, labels, box
 
 
 def points_from_similarity(
@@ -101,89 +113,3 @@ def points_from_mask(
     if not coords:
         return np.zeros((0, 2)), np.zeros((0,), dtype=np.int64)
     return np.concatenate(coords), np.concatenate(labels)
-
-
-def text_mode_points(grid: torch.Tensor, image_size: tuple[int, int], config) -> tuple[np.ndarray, np.ndarray]:
-    """The text-only mode's prompts for a (1, g, g) similarity grid of an image of ``image_size``.
-
-    Returns (N, 2) XY points and (N,) labels (all positive). Inference and training
-    both use this, so a model is trained on the prompts it will be given.
-    """
-    similarity = resize_map(grid, image_size)[0].clamp(0, 1).cpu().numpy()
-    points = points_from_similarity(similarity, config.similarity_threshold, config.num_points)
-    return points, np.ones(len(points), dtype=np.int64)
-
-
-def to_sam_frame(
-    points: np.ndarray | None,
-    labels: np.ndarray | None,
-    box: np.ndarray | None,
-    original_size: tuple[int, int],
-    sam_size: int,
-    device: torch.device,
-) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
-    """Image-pixel prompts (checked, see :func:`check_prompts`) in SAM's input frame, as a batch of one.
-
-    The frame is segment_anything's ``ResizeLongestSide(sam_size)`` of an image of
-    ``original_size`` (H, W). Inference and training both convert here.
-
-    Returns:
-        ``((coords (1, N, 2) float32 XY, labels (1, N) int32), box (1, 4) float32 XYXY)``;
-        None where a prompt is absent.
-    """
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    transform = ResizeLongestSide(sam_size)
-    point_prompt = None
-    if points is not None:
-        coords = transform.apply_coords(np.asarray(points, dtype=np.float64), original_size)
-        point_prompt = (
-            torch.as_tensor(coords, dtype=torch.float32, device=device)[None],
-            torch.as_tensor(labels, dtype=torch.int, device=device)[None],
-        )
-    box_prompt = None
-    if box is not None:
-        box_prompt = torch.as_tensor(
-            transform.apply_boxes(np.asarray(box, dtype=np.float64)[None], original_size),
-            dtype=torch.float32, device=device,
-        )
-    return point_prompt, box_prompt
-
-
-def check_prompts(point_coords, point_labels, box) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """Validated prompts: (N, 2) float64 XY points or None, (N,) int64 labels (default all 1), (4,) XYXY box.
-
-    Raises:
-        ValueError: wrong shapes, labels other than 0/1, an empty or inverted box, NaN or inf.
-    """
-    points = labels = None
-    if point_coords is not None:
-        points = np.asarray(point_coords, dtype=np.float64)
-        if points.size == 0:
-            points = None
-        elif points.ndim != 2 or points.shape[1] != 2:
-            raise ValueError(f"point_coords must have shape (N, 2) in XY order, got {points.shape}.")
-    if points is not None:
-        if point_labels is None:
-            labels = np.ones(len(points), dtype=np.int64)
-        else:
-            labels = np.asarray(point_labels).astype(np.int64).reshape(-1)
-            if labels.shape != (len(points),):
-                raise ValueError(
-                    f"point_labels must have one label per point ({len(points)}), got shape "
-                    f"{np.asarray(point_labels).shape}."
-                )
-            if not np.isin(labels, (0, 1)).all():
-                raise ValueError("point_labels must be 1 (foreground) or 0 (background).")
-    elif point_labels is not None and np.asarray(point_labels).size:
-        raise ValueError("point_labels were given without point_coords.")
-    if box is not None:
-        box = np.asarray(box, dtype=np.float64).reshape(-1)
-        if box.shape != (4,):
-            raise ValueError(f"box must be 4 numbers X0, Y0, X1, Y1, got shape {box.shape}.")
-        if not (box[2] > box[0] and box[3] > box[1]):
-            raise ValueError(f"box must be X0, Y0, X1, Y1 with X1 > X0 and Y1 > Y0, got {box.tolist()}.")
-    for name, values in (("point_coords", points), ("box", box)):
-        if values is not None and not np.isfinite(values).all():
-            raise ValueError(f"{name} contains NaN or infinite values.")
-    return points, labels, box

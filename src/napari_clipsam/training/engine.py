@@ -18,7 +18,7 @@ import torch
 
 from .._io import write_atomically
 from .._jobs import Job, relay, run
-from ..inference.prompts import mask_prompt_from_similarity, text_mode_points
+from ..inference.sam_frame import mask_prompt_from_similarity, text_mode_points
 from ..model.adapters import conditioned
 from ..model.clipsam import ClipSamModel
 from .augment import Augmented, augment, photometric

@@ -1,0 +1,89 @@
+"""Prompts in SAM's input frame (torch): the similarity map as mask prompt, the text-only
+mode's points, and the one conversion of image-pixel prompts into SAM's frame.
+
+Inference (the predictor) and training both use these, so a model is trained on the
+prompts it will be given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .prompts import points_from_similarity
+
+
+def resize_map(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, g, g) maps to (B, H, W)."""
+    return F.interpolate(grid[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def similarity_in_sam_frame(grid: torch.Tensor, input_size: tuple[int, int], frame: int) -> torch.Tensor:
+    """Place (B, g, g) similarity maps of the whole image into SAM's padded input frame.
+
+    The image occupies the top-left ``input_size`` of SAM's ``frame x frame`` input
+    (``ResizeLongestSide`` then padding); the padding gets 0.
+    """
+    resized = resize_map(grid, input_size)
+    return F.pad(resized, (0, frame - input_size[1], 0, frame - input_size[0]))
+
+
+def mask_prompt_from_similarity(
+    grid: torch.Tensor,
+    threshold: float,
+    input_size: tuple[int, int],
+    frame: int,
+    mask_size: tuple[int, int],
+) -> torch.Tensor:
+    """SAM's dense mask prompt (B, 1, h, w): the thresholded map B scaled to {0, 255}."""
+    in_frame = similarity_in_sam_frame(grid, input_size, frame)
+    low_res = F.interpolate(in_frame[:, None], size=mask_size, mode="bilinear", align_corners=False)
+    return (low_res >= threshold).float() * 255.0
+
+
+def text_mode_points(grid: torch.Tensor, image_size: tuple[int, int], config) -> tuple[np.ndarray, np.ndarray]:
+    """The text-only mode's prompts for a (1, g, g) similarity grid of an image of ``image_size``.
+
+    Returns (N, 2) XY points and (N,) labels (all positive). Inference and training
+    both use this, so a model is trained on the prompts it will be given.
+    """
+    similarity = resize_map(grid, image_size)[0].clamp(0, 1).cpu().numpy()
+    points = points_from_similarity(similarity, config.similarity_threshold, config.num_points)
+    return points, np.ones(len(points), dtype=np.int64)
+
+
+def to_sam_frame(
+    points: np.ndarray | None,
+    labels: np.ndarray | None,
+    box: np.ndarray | None,
+    original_size: tuple[int, int],
+    sam_size: int,
+    device: torch.device,
+) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
+    """Image-pixel prompts (checked, see :func:`check_prompts`) in SAM's input frame, as a batch of one.
+
+    The frame is segment_anything's ``ResizeLongestSide(sam_size)`` of an image of
+    ``original_size`` (H, W). Inference and training both convert here.
+
+    Returns:
+        ``((coords (1, N, 2) float32 XY, labels (1, N) int32), box (1, 4) float32 XYXY)``;
+        None where a prompt is absent.
+    """
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    transform = ResizeLongestSide(sam_size)
+    point_prompt = None
+    if points is not None:
+        coords = transform.apply_coords(np.asarray(points, dtype=np.float64), original_size)
+        point_prompt = (
+            torch.as_tensor(coords, dtype=torch.float32, device=device)[None],
+            torch.as_tensor(labels, dtype=torch.int, device=device)[None],
+        )
+    box_prompt = None
+    if box is not None:
+        box_prompt = torch.as_tensor(
+            transform.apply_boxes(np.asarray(box, dtype=np.float64)[None], original_size),
+            dtype=torch.float32, device=device,
+        )
+    return point_prompt, box_prompt
