@@ -1,0 +1,128 @@
+"""One segmentation pipeline: segment(), the CLI and the stack route give the same labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from scipy import ndimage
+
+import napari_clipsam as nc
+from napari_clipsam._jobs import run
+from napari_clipsam._sample_data import synthetic_nuclei
+from napari_clipsam.cli import main
+from napari_clipsam.inference.instances import remove_small_labels
+from napari_clipsam.inference.pipeline import SegmentOptions, iter_segment, iter_segment_stack, leading_ndim
+from tests.helpers import load_tiny, randomize_adapters
+
+OPTIONS = dict(instances=True, refine=True, min_area=20)
+
+
+@pytest.fixture(scope="module")
+def nuclei() -> np.ndarray:
+    image, _ = synthetic_nuclei(shape=(160, 160), n_nuclei=14, seed=2)
+    return image
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)  # the CLI below builds the same base model from the same seed
+    model = load_tiny()
+    randomize_adapters(model, seed=3)
+    return model
+
+
+@pytest.fixture(scope="module")
+def reference(model, nuclei) -> np.ndarray:
+    labels = nc.segment(nuclei, "nucleus", model=model, **OPTIONS)
+    # A comparison of empty results would prove nothing.
+    assert labels.max() >= 2, "the test model finds too few objects for a meaningful comparison"
+    return labels
+
+
+def test_instances_are_consecutive_and_at_least_min_area(reference):
+    values, areas = np.unique(reference, return_counts=True)
+    np.testing.assert_array_equal(values, np.arange(reference.max() + 1))
+    assert areas[1:].min() >= OPTIONS["min_area"]
+
+
+def test_refined_touching_objects_stay_apart(model, nuclei):
+    """Refinement never merges objects (segment() once re-labelled connected components after it)."""
+    predictor = nc.ClipSamPredictor(model)
+    result = run(iter_segment(predictor, nuclei, "nucleus", options=SegmentOptions(**OPTIONS)))
+    unrefined = run(iter_segment(predictor, nuclei, "nucleus", options=SegmentOptions(instances=True, min_area=20)))
+    assert unrefined.labels.max() >= 1
+    # Refined objects touch here (fewer connected regions than objects), and keep their labels.
+    _, regions = ndimage.label(result.labels > 0)
+    assert regions < result.labels.max()
+    np.testing.assert_array_equal(remove_small_labels(result.labels, OPTIONS["min_area"]), result.labels)
+
+
+def test_the_cli_gives_the_labels_of_segment(model, nuclei, reference, tmp_path):
+    source, output, adapters = tmp_path / "nuclei.tif", tmp_path / "labels.tif", tmp_path / "adapters.safetensors"
+    tifffile.imwrite(source, nuclei)
+    model.save_adapters(adapters)
+    torch.manual_seed(0)
+    argv = [
+        "segment", str(source), "-c", "nucleus", "-o", str(output), "--instances", "--refine", "--min-area", "20",
+        "--sam", "tiny", "--clip", "tiny", "--sam-checkpoint", "none", "--clip-pretrained", "none",
+        "--adapters", str(adapters), "--device", "cpu", "--precision", "fp32",
+    ]
+    assert main(argv) == 0
+    np.testing.assert_array_equal(tifffile.imread(output), reference)
+
+
+def test_each_plane_of_a_stack_gives_the_labels_of_segment(model, nuclei, reference):
+    stack = np.stack([nuclei, nuclei])
+    labels = nc.segment(stack, "nucleus", model=model, **OPTIONS)
+    assert labels.shape == stack.shape and labels.dtype == np.int32
+    np.testing.assert_array_equal(labels[0], reference)
+    # Plane 1's objects are the same, numbered after plane 0's.
+    np.testing.assert_array_equal(labels[1], np.where(reference > 0, reference + reference.max(), 0))
+
+
+def test_a_lazy_stack_is_read_plane_by_plane(model, nuclei, reference):
+    class Planes:
+        """An array-like that only hands out single planes (as dask/zarr reads would)."""
+
+        shape, dtype, ndim = (2, *nuclei.shape), nuclei.dtype, 3
+        reads: list = []
+
+        def __getitem__(self, index):
+            assert isinstance(index, tuple) and len(index) == 1, f"read more than a plane: {index}"
+            self.reads.append(index)
+            return nuclei
+
+    predictor = nc.ClipSamPredictor(model)
+    stack = Planes()
+    labels = run(iter_segment_stack(predictor, stack, "nucleus", options=SegmentOptions(**OPTIONS)))
+    assert stack.reads == [(0,), (1,)]
+    np.testing.assert_array_equal(labels[0], reference)
+
+
+def test_stack_progress_names_planes_and_semantic_labels_stay_zero_one(model, nuclei):
+    predictor = nc.ClipSamPredictor(model)
+    events = []
+    labels = run(iter_segment_stack(predictor, np.stack([nuclei] * 3), "nucleus"), events.append)
+    assert set(np.unique(labels)) <= {0, 1}
+    assert {event.stage.split(":")[0] for event in events} == {"plane 1/3", "plane 2/3", "plane 3/3"}
+    assert [event.done for event in events] == sorted(event.done for event in events)
+
+
+@pytest.mark.parametrize(
+    ("shape", "rgb", "expected"),
+    [((5, 6), None, 0), ((5, 6, 3), None, 0), ((4, 5, 60), None, 1), ((2, 3, 50, 60, 3), None, 2),
+     ((4, 50, 3), False, 1), ((50, 60, 3), True, 0)],
+)
+def test_leading_ndim(shape, rgb, expected):
+    assert leading_ndim(shape, rgb) == expected
+
+
+def test_bad_options_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match="instances=True"):
+        SegmentOptions(refine=True)
+    with pytest.raises(ValueError, match="0 or more"):
+        SegmentOptions(instances=True, min_area=-1)
+    with pytest.raises(ValueError, match="no 2-D plane"):
+        leading_ndim((7,))
