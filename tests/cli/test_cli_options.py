@@ -1,0 +1,74 @@
+"""Options every command shares: -v anywhere, choices from the registries, progress bars, light start."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_clipsam.cli import build_parser, main
+from napari_clipsam.model.build_sam import list_sam_variants
+
+TINY = ["--sam", "tiny", "--clip", "tiny", "--sam-checkpoint", "none", "--clip-pretrained", "none",
+        "--device", "cpu", "--precision", "fp32"]
+
+
+@pytest.mark.parametrize("argv", [["-v", "weights", "list"], ["weights", "list", "-v"], ["weights", "-v", "list"]])
+def test_verbose_is_accepted_before_and_after_the_command(argv):
+    assert build_parser().parse_args(argv).verbose is True
+
+
+def test_verbose_defaults_to_off():
+    assert getattr(build_parser().parse_args(["weights", "list"]), "verbose", False) is False
+
+
+def test_sam_variants_come_from_the_builders(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["segment", "-c", "x", "-o", "o.tif", "--sam", "vit_x"])
+    err = capsys.readouterr().err
+    for variant in list_sam_variants():
+        assert variant in err
+
+
+@pytest.mark.parametrize("word", ["none", "random", "None", "none (random)"])
+def test_random_weights_words(word):
+    args = build_parser().parse_args(["segment", "-c", "x", "-o", "o.tif", "--sam-checkpoint", word,
+                                      "--clip-pretrained", word])
+    assert args.sam_checkpoint is None and args.clip_pretrained is None
+
+
+def test_refine_without_instances_names_the_fix(tmp_path, capsys):
+    argv = ["segment", "--sample", "coins", "-c", "coin", "-o", str(tmp_path / "l.tif"), "--refine", *TINY]
+    assert main(argv) == 2
+    assert "--instances" in capsys.readouterr().err
+    assert not (tmp_path / "l.tif").exists()
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
+    """tqdm draws only on terminals (disable=None): pretend stderr is one."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    output = tmp_path / "l.npy"
+    assert main(["segment", "--sample", "coins", "-c", "coin", "-o", str(output), *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "sample coins" in err and "decoding masks" in err and "\r" in err
+    assert np.load(output).shape == (303, 384)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["weights", "list"]])
+def test_light_commands_import_no_model_stack(argv, tmp_path):
+    code = (
+        "import json, sys\n"
+        "from napari_clipsam.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(json.dumps([m for m in ('torch', 'open_clip', 'segment_anything', 'timm') if m in sys.modules]))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                               env={"NAPARI_CLIPSAM_CACHE": str(tmp_path), "PATH": ""})
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout.strip().splitlines()[-1]) == []
