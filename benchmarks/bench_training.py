@@ -50,8 +50,9 @@ def run_part(checkpointing: bool, args: argparse.Namespace) -> dict:
     import torch
 
     import napari_clipsam as nc
+    from napari_clipsam.training.config import TrainingConfig
     from napari_clipsam.training.data import ConceptDataset
-    from napari_clipsam.training.engine import TrainingConfig, iter_train
+    from napari_clipsam.training.engine import iter_train
 
     torch.manual_seed(0)
     model = nc.load_model(

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from napari_clipsam._qt.jobs import avoid_triton_on_cpu_only_machines
+
 from .helpers import load_tiny
+
+# Tests load models on the main thread after napari viewers exist; with Mesa's software
+# OpenGL (Xvfb) importing triton then crashes the process (see the function).
+avoid_triton_on_cpu_only_machines()
 
 
 @pytest.fixture(autouse=True)

@@ -43,12 +43,12 @@ _PUBLIC = {
     "iter_segment_stack": "inference.pipeline",
     "segment": "inference.pipeline",
     "ConceptDataset": "training.data",
-    "EvaluationReport": "training.evaluate",
+    "EvaluationReport": "training.results",
     "evaluate": "training.evaluate",
     "iter_evaluate": "training.evaluate",
-    "TrainingConfig": "training.engine",
-    "TrainProgress": "training.engine",
-    "TrainResult": "training.engine",
+    "TrainingConfig": "training.config",
+    "TrainProgress": "training.results",
+    "TrainResult": "training.results",
     "iter_train": "training.engine",
     "resume_path": "training.engine",
     "train": "training.engine",
@@ -103,8 +103,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
     from .model.clipsam import ClipSamModel
     from .model.config import DEFAULT_CONFIG, TEMPLATE_SETS, ClipSamConfig
     from .model.device import resolve_device, resolve_precision
+    from .training.config import TrainingConfig
     from .training.data import ConceptDataset
-    from .training.engine import TrainingConfig, TrainProgress, TrainResult, iter_train, resume_path, train
-    from .training.evaluate import EvaluationReport, evaluate, iter_evaluate
+    from .training.engine import iter_train, resume_path, train
+    from .training.evaluate import evaluate, iter_evaluate
+    from .training.results import EvaluationReport, TrainProgress, TrainResult
     from .weights.adapters_file import read_adapters_metadata
     from .weights.registry import cache_dir, list_sam_weights

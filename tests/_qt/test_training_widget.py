@@ -9,11 +9,17 @@ import pytest
 import torch
 
 import napari_clipsam as nc
+from napari_clipsam._qt.jobs import avoid_triton_on_cpu_only_machines
+from napari_clipsam._qt.plot import SERIES_COLOURS, TrainingPlot
 from napari_clipsam._qt.segment_widget import ClipSamWidget
 from napari_clipsam._qt.training_widget import TrainingWidget
 from tests.helpers import load_tiny, two_kinds_image
 
 TIMEOUT_MS = 120_000
+
+# These tests load models on the main thread after napari has created its OpenGL
+# context, which the panel itself never does; see the function's docstring.
+avoid_triton_on_cpu_only_machines()
 
 
 def _tiny():
@@ -52,7 +58,13 @@ def test_panel_trains_saves_and_hands_over_the_adapters(qtbot, panel, tmp_path):
     assert panel.busy
     qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT_MS)
     assert output.is_file()
-    assert len(panel._plot.losses) == panel._result.steps_run >= 1 and panel._plot.validation
+    # The plot shows this run: every step's loss, and the validation IoU before and after.
+    result, plot = panel._result, panel._plot
+    assert result.steps_run >= 1
+    np.testing.assert_array_equal(plot.loss_line.get_xdata(), np.arange(1, result.steps_run + 1))
+    np.testing.assert_allclose(plot.loss_line.get_ydata(), result.losses)
+    assert plot.iou_points.get_xdata()[0] == 0 and plot.iou_points.get_ydata()[0] == pytest.approx(result.initial.iou)
+    assert result.best.iou in list(plot.iou_points.get_ydata())
     assert "before" in panel._result_label.value and "disc" in panel._result_label.value
     assert panel._use_button.enabled
 
@@ -135,3 +147,100 @@ def test_stack_layers_give_one_sample_per_annotated_slice(make_napari_viewer):
     panel._concepts.value = "object"
     dataset = panel._dataset()
     assert len(dataset) == 2
+
+
+def _rgba(colour) -> tuple:
+    from matplotlib.colors import to_rgba
+
+    return tuple(np.round(to_rgba(colour), 4))
+
+
+def test_plot_draws_the_data_on_labelled_axes_with_the_legend_clear_of_them(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    plot = TrainingPlot(viewer)
+    qtbot.addWidget(plot)
+    plot.resize(360, 240)
+    plot.reset(20)
+    for step, loss in enumerate([1.8, 1.2, 0.9, 0.7], start=1):
+        plot.add_loss(step, loss)
+    plot.add_validation(0, 0.12)
+    plot.add_validation(4, 0.55)
+    plot.draw()
+
+    np.testing.assert_array_equal(plot.loss_line.get_xdata(), [1, 2, 3, 4])
+    np.testing.assert_allclose(plot.loss_line.get_ydata(), [1.8, 1.2, 0.9, 0.7])
+    np.testing.assert_array_equal(plot.iou_points.get_xdata(), [0, 4])
+    np.testing.assert_allclose(plot.iou_points.get_ydata(), [0.12, 0.55])
+    assert plot.loss_axes.get_xlabel() == "step"
+    assert plot.loss_axes.get_ylabel() == "training loss" and plot.iou_axes.get_ylabel() == "validation IoU"
+    assert plot.loss_axes.get_xlim() == (0, 20) and plot.iou_axes.get_ylim() == (0, 1)
+    bottom, top = plot.loss_axes.get_ylim()
+    assert bottom == 0 and top >= 1.8
+    # Both axes carry values.
+    assert [t.get_text() for t in plot.iou_axes.get_yticklabels()][-1] == "1.0"
+    assert all(t.get_text() for t in plot.loss_axes.get_xticklabels())
+    assert [text.get_text() for text in plot.legend.get_texts()] == ["training loss", "validation IoU"]
+    renderer = plot.figure.canvas.get_renderer()
+    assert not plot.legend.get_window_extent(renderer).overlaps(plot.loss_axes.get_window_extent(renderer))
+
+    plot.reset(5)
+    assert not plot.losses and not plot.validation and len(plot.loss_line.get_xdata()) == 0
+
+
+def test_plot_follows_the_viewer_theme(make_napari_viewer, qtbot):
+    from napari.utils.theme import get_theme
+
+    viewer = make_napari_viewer()
+    viewer.theme = "dark"
+    plot = TrainingPlot(viewer)
+    qtbot.addWidget(plot)
+    for name in ("light", "dark"):
+        viewer.theme = name
+        theme = get_theme(name)
+        assert _rgba(plot.figure.get_facecolor()) == _rgba(theme.background.as_hex())
+        assert _rgba(plot.loss_axes.get_facecolor()) == _rgba(theme.background.as_hex())
+        text = _rgba(theme.text.as_hex())
+        assert _rgba(plot.loss_axes.xaxis.label.get_color()) == text
+        assert _rgba(plot.legend.get_texts()[0].get_color()) == text
+        assert _rgba(plot.loss_axes.spines["bottom"].get_edgecolor()) == text
+        assert all(_rgba(t.get_color()) == text for t in plot.loss_axes.get_xticklabels())
+        loss_colour, iou_colour = (_rgba(c) for c in SERIES_COLOURS[theme.type])
+        assert _rgba(plot.loss_line.get_color()) == loss_colour and _rgba(plot.iou_points.get_color()) == iou_colour
+        assert [_rgba(h.get_color()) for h in plot.legend.legend_handles] == [loss_colour, iou_colour]
+        plot.draw()
+    assert get_theme("light").background != get_theme("dark").background  # the test means something
+
+
+def test_opening_the_panel_imports_no_model_code():
+    """The panel opens on napari's GUI thread; torch's stack loads only in its jobs' worker."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import napari\n"
+        "from qtpy.QtWidgets import QApplication\n"
+        "viewer = napari.Viewer(show=False)\n"
+        "dock, panel = viewer.window.add_plugin_dock_widget('napari-clipsam', 'Train adapters')\n"
+        "QApplication.processEvents()\n"
+        "print(type(panel).__name__)\n"
+        "print(sorted(m for m in ('torch', 'open_clip', 'timm', 'segment_anything') if m in sys.modules))\n"
+        "viewer.close()\n"
+    )
+    # The environment carries this run's DISPLAY (xvfb-run) and the tests' settings switch.
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[:2] == ["TrainingWidget", "[]"]
+
+
+def test_a_deleted_plot_no_longer_follows_the_theme(make_napari_viewer, qtbot):
+    from qtpy.QtCore import QEvent
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer()
+    plot = TrainingPlot(viewer)
+    before = len(viewer.events.theme.callbacks)
+    plot.deleteLater()
+    QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    assert len(viewer.events.theme.callbacks) == before - 1
+    viewer.theme = "light"  # would draw on the deleted canvas, were it still connected

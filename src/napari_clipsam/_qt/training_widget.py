@@ -1,8 +1,9 @@
 """The napari training panel: fine-tune the adapters from Image/Labels layer pairs.
 
-A thin layer over :mod:`napari_clipsam._training`: it builds the dataset from the
-chosen layers, runs :func:`iter_train` in napari's ``thread_worker``, draws the loss and
-validation curves, and hands the trained model to the segmentation widget.
+A thin layer over :mod:`napari_clipsam.training`: it builds the dataset from the
+chosen layers, runs :func:`~napari_clipsam.iter_train` in napari's ``thread_worker``,
+plots the loss and validation IoU, and hands the trained model to the segmentation
+widget. Opening it imports no torch (see :mod:`napari_clipsam._qt`).
 """
 
 from __future__ import annotations
@@ -24,65 +25,21 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
-from qtpy.QtCore import QPointF
-from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
-from qtpy.QtWidgets import QWidget
 
-from .jobs import JobRunner, avoid_triton_on_cpu_only_machines
-
-avoid_triton_on_cpu_only_machines()  # before the model code is imported: see its docstring
-
-from .._jobs import iter_load_model  # noqa: E402
-from ..training.data import ConceptDataset, parse_concepts  # noqa: E402
-from ..training.engine import TrainingConfig, TrainProgress, TrainResult, iter_train  # noqa: E402
-from .segment_widget import SAM_INPUTS  # noqa: E402  (the sizes the segmentation widget offers)
+# Light imports only: the training engine (torch) is imported by the job, in a worker.
+from .._jobs import iter_load_model
+from ..training.config import TrainingConfig
+from ..training.data import ConceptDataset, parse_concepts
+from ..training.jobs import train_job
+from ..training.results import TrainProgress, TrainResult
+from .jobs import JobRunner
+from .plot import TrainingPlot
+from .segment_widget import SAM_INPUTS  # the sizes the segmentation widget offers
 
 if TYPE_CHECKING:
     import napari
 
 MODES = {"Semi-automatic (text only)": "text", "Manual (points / box)": "manual"}
-
-
-class _CurvePlot(QWidget):
-    """Training loss (line) and validation IoU (dots), drawn with QPainter: no plotting dependency."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setMinimumHeight(110)
-        self.losses: list[float] = []
-        self.validation: list[tuple[int, float]] = []
-        self.total_steps = 1
-
-    def reset(self, total_steps: int) -> None:
-        self.losses, self.validation, self.total_steps = [], [], max(1, total_steps)
-        self.update()
-
-    def paintEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        width, height, margin = self.width(), self.height(), 6
-        painter.fillRect(self.rect(), QColor(30, 30, 36))
-
-        def x_of(step: float) -> float:
-            return margin + (width - 2 * margin) * step / self.total_steps
-
-        if len(self.losses) > 1:
-            top = max(self.losses)
-            painter.setPen(QPen(QColor(240, 160, 60), 1.5))
-            points = [
-                QPointF(x_of(i + 1), height - margin - (height - 2 * margin) * loss / top)
-                for i, loss in enumerate(self.losses)
-            ]
-            painter.drawPolyline(QPolygonF(points))
-        painter.setPen(QPen(QColor(90, 200, 255), 1))
-        painter.setBrush(QColor(90, 200, 255))
-        for step, iou in self.validation:
-            painter.drawEllipse(QPointF(x_of(step), height - margin - (height - 2 * margin) * iou), 3, 3)
-        painter.setPen(QColor(200, 200, 200))
-        painter.drawText(margin + 2, 14, "loss")
-        painter.setPen(QColor(90, 200, 255))
-        painter.drawText(margin + 40, 14, "validation IoU (0-1)")
-        painter.end()
 
 
 class _PairRow(Container):
@@ -135,7 +92,7 @@ class TrainingWidget(Container):
         self._status.native.setWordWrap(True)
         self._result_label = Label(value="")
         self._result_label.native.setWordWrap(True)
-        self._plot = _CurvePlot()
+        self._plot = TrainingPlot(napari_viewer)
         self.extend([
             self._pairs, self._add_pair_button, self._concepts, self._detect_button, self._mode,
             self._steps, self._learning_rate, self._batch_size, self._val_fraction, self._augment,
@@ -277,7 +234,7 @@ class TrainingWidget(Container):
         self._result = None
         self._use_button.enabled = False
         self._runner.start(
-            "Training", iter_train, args=(model, train_set, val_set, config, output),
+            "Training", train_job, args=(model, train_set, val_set, config, output),
             on_result=self._on_result, on_event=self._on_event,
         )
         self._status.value = (
@@ -296,14 +253,13 @@ class TrainingWidget(Container):
 
     def _on_event(self, event: TrainProgress) -> None:
         if event.stage == "training":
-            self._plot.losses.append(event.loss)
+            self._plot.add_loss(event.step, event.loss)
             self._status.value = f"Step {event.step}/{event.total}: loss {event.loss:.3f}, lr {event.learning_rate:.2e}"
         elif event.validation is not None:
-            self._plot.validation.append((event.step, event.validation.iou))
+            self._plot.add_validation(event.step, event.validation.iou)
             self._status.value = f"Step {event.step}: validation IoU {event.validation.iou:.3f}"
         else:
             self._status.value = event.stage
-        self._plot.update()
 
     def _on_result(self, result: TrainResult) -> None:
         self._result = result

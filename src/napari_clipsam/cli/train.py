@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..training.config import MODES
 from .common import job_progress, load_model, model_arguments
 
 
@@ -81,7 +82,7 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--channel", type=int, help="channel to use in multi-channel images")
     group.add_argument(
-        "--mode", choices=["text", "manual"], default="text",  # = _training.MODES, whose import loads the model code
+        "--mode", choices=MODES, default="text",
         help="the inference mode the model is (to be) used in: text-only, or manual prompts (default text)",
     )
 
@@ -151,7 +152,8 @@ class _TrainingPrinter:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..training.engine import TrainingConfig, iter_train, resume_path
+    from ..training.config import TrainingConfig
+    from ..training.engine import iter_train, resume_path
 
     output, state = args.output, resume_path(args.output)
     if output.suffix.lower() != ".safetensors":

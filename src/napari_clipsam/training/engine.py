@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -18,88 +17,16 @@ import torch
 
 from .._io import write_atomically
 from .._jobs import Job, relay, run
-from ..inference.sam_frame import mask_prompt_from_similarity, text_mode_points
+from ..inference.prompts import check_prompts
+from ..inference.sam_frame import mask_prompt_from_similarity, text_mode_points, to_sam_frame
 from ..model.adapters import conditioned
 from ..model.clipsam import ClipSamModel
 from .augment import Augmented, augment, photometric
+from .config import TrainingConfig
 from .data import Sample
-from .evaluate import MODES, EvaluationReport, iter_evaluate, manual_prompts
+from .evaluate import iter_evaluate, manual_prompts
 from .losses import low_res_target, segmentation_loss
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """How to train. Defaults follow the paper (AdamW, lr 5e-5, weight decay 1e-3).
-
-    Attributes:
-        mode: the inference mode the model will be used in, ``"text"`` or ``"manual"``;
-            training prompts are produced exactly as that mode produces them.
-        steps: optimiser steps at most.
-        batch_size: samples per step.
-        learning_rate: for adapters, prompt encoder and mask decoder.
-        clip_learning_rate: for CLIP's vision attention when the model trains it.
-        weight_decay: for adapters, prompt encoder and mask decoder (none on CLIP).
-        warmup_fraction: linear warm-up over this part of the steps, then cosine decay.
-        eval_every: validate every this many steps (and at the end).
-        patience: stop after this many validations without improvement (0: never).
-        augment: flips, rotations, crops, intensity jitter, blur.
-        gradient_checkpointing: recompute encoder blocks in backward to save memory.
-        image_size: SAM input side for training and validation (None: the model's own,
-            1024). 512 makes a CPU step several times cheaper. The size is recorded in the
-            adapters file and in ``model.preferred_image_size``, so predictors made
-            afterwards segment at it.
-        seed: for sampling, augmentation and prompts.
-    """
-
-    mode: str = "text"
-    steps: int = 200
-    batch_size: int = 1
-    learning_rate: float = 5e-5
-    clip_learning_rate: float = 1e-7
-    weight_decay: float = 1e-3
-    warmup_fraction: float = 0.1
-    eval_every: int = 25
-    patience: int = 4
-    augment: bool = True
-    gradient_checkpointing: bool = True
-    image_size: int | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"Unknown mode {self.mode!r}; use one of {MODES}.")
-        for name in ("steps", "batch_size", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """One event of a training run (the ``stage`` field mirrors :class:`Progress`)."""
-
-    stage: str
-    step: int
-    total: int
-    loss: float | None = None
-    learning_rate: float | None = None
-    validation: EvaluationReport | None = None
-
-    @property
-    def done(self) -> int:
-        return self.step
-
-
-@dataclass
-class TrainResult:
-    """The outcome: validation IoU before and after, the loss history, where the adapters went."""
-
-    initial: EvaluationReport | None
-    best: EvaluationReport | None
-    best_step: int
-    steps_run: int
-    stopped_early: bool
-    losses: list[float] = field(default_factory=list)
-    output: Path | None = None
+from .results import EvaluationReport, TrainProgress, TrainResult
 
 
 def _learning_rate_factor(step: int, total: int, warmup_fraction: float) -> float:
@@ -308,12 +235,13 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
 
 
 def _training_prompts(model: ClipSamModel, view: Augmented, similarity: torch.Tensor, input_size, config, rng):
-    """Prompts in SAM's input frame, made exactly as the chosen inference mode makes them."""
-    from segment_anything.utils.transforms import ResizeLongestSide
+    """Prompts in SAM's input frame, made exactly as the chosen inference mode makes them.
 
-    device = model.device
+    The same functions as :meth:`ClipSamPredictor.predict`: the text mode's points and
+    mask prompt from the similarity map, the manual mode's clicks checked as the
+    predictor checks a user's, one conversion into SAM's frame.
+    """
     original_size = view.mask.shape
-    transform = ResizeLongestSide(model.image_size)
     mask_prompt = None
     if model.config.similarity_mask_prompt:
         mask_prompt = mask_prompt_from_similarity(
@@ -323,17 +251,9 @@ def _training_prompts(model: ClipSamModel, view: Augmented, similarity: torch.Te
         coords, labels = text_mode_points(similarity.detach(), original_size, model.config)
         box = None
     else:
-        coords, labels, box = manual_prompts(view.mask, rng)
-    points = None
-    if coords is not None:
-        points = (
-            torch.as_tensor(transform.apply_coords(coords, original_size), dtype=torch.float32, device=device)[None],
-            torch.as_tensor(labels, dtype=torch.int, device=device)[None],
-        )
-    boxes = None
-    if box is not None:
-        boxes = torch.as_tensor(transform.apply_boxes(box[None], original_size), dtype=torch.float32, device=device)
+        coords, labels, box = check_prompts(*manual_prompts(view.mask, rng))
+    points, boxes = to_sam_frame(coords, labels, box, original_size, model.image_size, model.device)
     return points, boxes, mask_prompt
 
 
-__all__ = ["TrainProgress", "TrainResult", "TrainingConfig", "iter_train", "resume_path", "train"]
+__all__ = ["iter_train", "resume_path", "train"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -11,28 +10,9 @@ from .._jobs import Job, Progress, run
 from ..inference.predictor import ClipSamPredictor
 from ..inference.prompts import points_from_mask
 from ..model.clipsam import ClipSamModel
+from .config import MODES
 from .data import Sample
-
-MODES = ("text", "manual")
-
-
-@dataclass
-class EvaluationReport:
-    """IoU and Dice per concept (mean over samples) and overall.
-
-    Attributes:
-        per_concept: concept -> {"iou", "dice", "count"}.
-        iou: mean IoU over all samples; dice likewise.
-        mean_concept_iou: mean over concepts of their mean IoU.
-    """
-
-    per_concept: dict[str, dict[str, float]]
-    iou: float
-    dice: float
-    mean_concept_iou: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .results import EvaluationReport
 
 
 def _iou_dice(prediction: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

@@ -15,16 +15,60 @@ def low_res_target(mask: np.ndarray, input_size: tuple[int, int], frame: int, si
     return (F.interpolate(tensor, size=size, mode="area") > 0.5).float()
 
 
-def segmentation_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """BCE + Dice on the mask logits, plus MSE of SAM's IoU prediction against the true IoU."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of 1 - Dice of sigmoid(logits) and the target, per sample; +1 smoothed."""
     probability = torch.sigmoid(logits)
     dims = tuple(range(1, logits.ndim))
-    dice = 1 - (2 * (probability * target).sum(dims) + 1) / (probability.sum(dims) + target.sum(dims) + 1)
+    dice = (2 * (probability * target).sum(dims) + 1) / (probability.sum(dims) + target.sum(dims) + 1)
+    return (1 - dice).mean()
+
+
+def soft_iou_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``1 - sum(p*g) / sum(p + g - p*g)`` with ``p = sigmoid(logits)``, per sample.
+
+    The paper's "IoU" term (BCE + Dice + IoU, its Table 9). Soft IoU is a function of
+    soft Dice D, ``D / (2 - D)``, whose slope grows from 1/2 to 2 as the overlap
+    improves: it presses harder than Dice on the last errors of a nearly right mask.
+    """
+    probability = torch.sigmoid(logits)
+    dims = tuple(range(1, logits.ndim))
+    intersection = (probability * target).sum(dims)
+    union = (probability + target - probability * target).sum(dims)
+    # sigmoid is never 0, so the union is positive unless every logit underflows.
+    return (1 - intersection / union.clamp_min(1e-6)).mean()
+
+
+def iou_prediction_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error of SAM's IoU-prediction head against the IoU of the thresholded mask.
+
+    SAM ranks and reports masks by this head; training it keeps those scores honest.
+    Its gradient reaches the head only, never the mask logits.
+    """
+    dims = tuple(range(1, logits.ndim))
     with torch.no_grad():
         hard = (logits > 0).float()
         union = ((hard + target) > 0).float().sum(dims)
         true_iou = torch.where(union > 0, (hard * target).sum(dims) / union.clamp_min(1), torch.ones_like(union))
-    iou = F.mse_loss(predicted_iou.reshape(-1).float(), true_iou.reshape(-1))
-    total = bce + dice.mean() + iou
-    return {"loss": total, "bce": bce.detach(), "dice": dice.mean().detach(), "iou": iou.detach()}
+    return F.mse_loss(predicted_iou.reshape(-1).float(), true_iou.reshape(-1))
+
+
+def segmentation_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """BCE + Dice + soft IoU on the mask logits (the paper's loss), plus the IoU head's regression.
+
+    Args:
+        logits: (B, 1, h, w) SAM's low-resolution mask logits.
+        predicted_iou: (B, 1) SAM's IoU prediction.
+        target: (B, 1, h, w) 0/1 ground truth (see :func:`low_res_target`).
+
+    Returns:
+        ``"loss"``, the sum of the terms, to minimise; and each term, detached:
+        ``"bce"``, ``"dice"``, ``"soft_iou"``, ``"iou_prediction"``.
+    """
+    terms = {
+        "bce": F.binary_cross_entropy_with_logits(logits, target),
+        "dice": dice_loss(logits, target),
+        "soft_iou": soft_iou_loss(logits, target),
+        "iou_prediction": iou_prediction_loss(logits, predicted_iou, target),
+    }
+    total = torch.stack(list(terms.values())).sum()
+    return {"loss": total, **{name: term.detach() for name, term in terms.items()}}

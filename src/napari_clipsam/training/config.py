@@ -1,0 +1,57 @@
+"""How to train: :class:`TrainingConfig` and the inference modes training can target.
+
+No torch here: the napari panel builds its configuration on the GUI thread, and the
+model code is imported only by the job, in a worker thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODES = ("text", "manual")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How to train. Defaults follow the paper (AdamW, lr 5e-5, weight decay 1e-3).
+
+    Attributes:
+        mode: the inference mode the model will be used in, ``"text"`` or ``"manual"``;
+            training prompts are produced exactly as that mode produces them.
+        steps: optimiser steps at most.
+        batch_size: samples per step.
+        learning_rate: for adapters, prompt encoder and mask decoder.
+        clip_learning_rate: for CLIP's vision attention when the model trains it.
+        weight_decay: for adapters, prompt encoder and mask decoder (none on CLIP).
+        warmup_fraction: linear warm-up over this part of the steps, then cosine decay.
+        eval_every: validate every this many steps (and at the end).
+        patience: stop after this many validations without improvement (0: never).
+        augment: flips, rotations, crops, intensity jitter, blur.
+        gradient_checkpointing: recompute encoder blocks in backward to save memory.
+        image_size: SAM input side for training and validation (None: the model's own,
+            1024). 512 makes a CPU step several times cheaper. The size is recorded in the
+            adapters file and in ``model.preferred_image_size``, so predictors made
+            afterwards segment at it.
+        seed: for sampling, augmentation and prompts.
+    """
+
+    mode: str = "text"
+    steps: int = 200
+    batch_size: int = 1
+    learning_rate: float = 5e-5
+    clip_learning_rate: float = 1e-7
+    weight_decay: float = 1e-3
+    warmup_fraction: float = 0.1
+    eval_every: int = 25
+    patience: int = 4
+    augment: bool = True
+    gradient_checkpointing: bool = True
+    image_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"Unknown mode {self.mode!r}; use one of {MODES}.")
+        for name in ("steps", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
