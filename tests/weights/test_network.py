@@ -1,6 +1,7 @@
 """Real downloads of the published weights: deselected by default (``pytest -m network``).
 
-These need internet access and about 1 GB of downloads into a temporary cache.
+These need internet access and about 1 GB of downloads into a temporary cache (the first
+test only asks each host whether its files are there).
 """
 
 from __future__ import annotations
@@ -11,9 +12,19 @@ import torch
 
 import napari_clipsam as nc
 from napari_clipsam.weights.checkpoints import load_sam_state_dict
-from napari_clipsam.weights.registry import SAM_WEIGHTS, fetch
+from napari_clipsam.weights.registry import DEFAULT_CLIP_WEIGHTS, SAM_WEIGHTS, clip_file, fetch
 
 pytestmark = pytest.mark.network
+
+
+def test_every_url_the_offline_message_names_is_there(tmp_path):
+    import requests
+
+    files = [clip_file(model, tag, repo_id, tmp_path) for model, (tag, repo_id) in DEFAULT_CLIP_WEIGHTS.items()]
+    urls = [entry.url for entry in SAM_WEIGHTS.values()] + [file.url for file in files]
+    for url in urls:
+        response = requests.head(url, allow_redirects=True, timeout=30)
+        assert response.status_code == 200, url
 
 
 def test_official_vit_b_checkpoint_downloads_verifies_and_loads(tmp_path):

@@ -1,131 +1,75 @@
-"""Weights registry, download cache and safe loading; every test stays off the network."""
+"""The weights registry, downloads (pooch, huggingface_hub) and the offline message; every test
+stays on this machine (a local server stands in for the hosts and the Hub)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import http.server
+import json
 import re
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 
-from napari_clipsam.errors import (
-    CheckpointMismatchError,
-    ChecksumMismatchError,
-    UnsafeCheckpointError,
-    WeightsUnavailableError,
-)
+import napari_clipsam as nc
+from napari_clipsam.errors import ChecksumMismatchError, WeightsUnavailableError
 from napari_clipsam.model.build_sam import SAM_BUILDERS, build_sam
-from napari_clipsam.weights import registry as weights
-from napari_clipsam.weights.checkpoints import load_sam_state_dict, load_state_dict_checked
+from napari_clipsam.weights import download, registry
+from napari_clipsam.weights.checkpoints import load_sam_state_dict
 from napari_clipsam.weights.registry import (
+    DEFAULT_CLIP_PRETRAINED,
+    DEFAULT_CLIP_WEIGHTS,
     SAM_WEIGHTS,
     WeightsEntry,
     cache_dir,
     fetch,
+    hub_repo_id,
     list_sam_weights,
+    parse_weights_choice,
     resolve_clip_checkpoint,
     resolve_sam_checkpoint,
+    resolve_weights,
     weights_path,
 )
 
-# Offline failures must be quick; generous for a slow, shared 2-core machine.
+from .conftest import COMMIT
+
+# Failing offline takes well under a second; huggingface_hub's retries would take ~25 s per file.
 OFFLINE_SECONDS = 20
-
-
-# ---------------------------------------------------------------------------------
-# Fixtures
+MIB = 1 << 20
+OPENAI_REPO = "timm/vit_base_patch16_clip_224.openai"
 
 
 @pytest.fixture(scope="module")
-def tiny_state_dict() -> dict[str, torch.Tensor]:
+def checkpoint_bytes(tmp_path_factory) -> bytes:
+    """A tiny SAM's state dict as torch.save writes it."""
     torch.manual_seed(0)
-    return {key: value.clone() for key, value in build_sam("tiny").state_dict().items()}
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint_bytes(tiny_state_dict, tmp_path_factory) -> bytes:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save(tiny_state_dict, path)
+    torch.save(build_sam("tiny").state_dict(), path)
     return path.read_bytes()
 
 
-class _Server:
-    """A local HTTP server: ``files`` maps URL paths to bytes; ``truncate`` cuts bodies short."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests: list[str] = []
-        self.truncate = False
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.requests.append(self.path)
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if server.truncate else body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def server():
-    running = _Server()
-    yield running
-    running.close()
-
-
-def _entry(url: str, content: bytes | None, filename: str = "tiny_sam.pth") -> WeightsEntry:
-    return WeightsEntry(
-        name="tiny_test",
-        url=url,
-        sha256=None if content is None else hashlib.sha256(content).hexdigest(),
-        filename=filename,
-        architecture="tiny",
-        description="tiny SAM for tests",
-    )
-
-
-@pytest.fixture
-def block_network(monkeypatch):
-    """Every socket connection fails at once, except to this machine (the test server)."""
-    real_connect = socket.socket.connect
-
-    def connect(self, address):
-        host = address[0] if isinstance(address, tuple) else ""
-        if host in ("127.0.0.1", "::1", "localhost"):
-            return real_connect(self, address)
-        raise OSError(101, "Network is unreachable (blocked by the test)")
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+def _entry(url: str, content: bytes | None, filename: str = "tiny_sam.pth", xxh128: bool = False) -> WeightsEntry:
+    if content is None:
+        known_hash = None
+    else:
+        known_hash = f"xxh128:{xxhash.xxh128(content).hexdigest()}" if xxh128 else f"sha256:{hashlib.sha256(content).hexdigest()}"
+    return WeightsEntry("tiny_test", url, known_hash, filename, "tiny", "tiny SAM for tests")
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith((".part", ".tmp")))
+    return sorted(path.name for path in folder.iterdir() if not path.name.endswith((".pth", ".verified")))
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("a download was attempted")
+
+
+def _hub_path(repo_id: str, filename: str) -> str:
+    return f"/{repo_id}/resolve/main/{filename}"
 
 
 # ---------------------------------------------------------------------------------
@@ -133,24 +77,27 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def test_registry_entries_are_complete():
-    assert {"vit_b", "vit_l", "vit_h", "vit_b_lm", "vit_l_lm", "vit_b_em_organelles"} <= set(
-        SAM_WEIGHTS
-    )
+    assert {"vit_b", "vit_l", "vit_h", "vit_b_lm", "vit_l_lm", "vit_b_em_organelles"} <= set(SAM_WEIGHTS)
     filenames = [entry.filename for entry in SAM_WEIGHTS.values()]
     assert len(set(filenames)) == len(filenames), "two entries would share a cache file"
     for name, entry in SAM_WEIGHTS.items():
-        assert entry.name == name
-        assert entry.url.startswith("https://"), entry.url
+        assert entry.name == name and entry.url.startswith("https://")
         assert entry.architecture in SAM_BUILDERS and entry.architecture != "tiny"
         assert entry.filename and "/" not in entry.filename
-        if entry.sha256 is None:
-            # Documented: micro-sam publishes only xxh128 digests for its files.
-            assert entry.xxh128 is not None and re.fullmatch(r"[0-9a-f]{32}", entry.xxh128)
-        else:
-            assert re.fullmatch(r"[0-9a-f]{64}", entry.sha256), name
-    assert SAM_WEIGHTS["vit_b"].sha256.startswith("ec2df627")  # "01ec64" is its file tag
+        # Documented: micro-sam publishes only xxh128 digests for its files.
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}|xxh128:[0-9a-f]{32}", entry.known_hash), name
+    assert SAM_WEIGHTS["vit_b"].known_hash.startswith("sha256:ec2df627")  # "01ec64" is its file tag
+    assert SAM_WEIGHTS["vit_b_lm"].known_hash == "xxh128:fe9252a29f3f4ea53c15a06de471e186"
     assert list_sam_weights("vit_l") == ["vit_l", "vit_l_lm", "vit_l_em_organelles"]
     assert set(list_sam_weights()) == set(SAM_WEIGHTS)
+
+
+def test_default_clip_weights_are_those_open_clip_names():
+    import open_clip
+
+    for model, (tag, repo_id) in DEFAULT_CLIP_WEIGHTS.items():
+        assert DEFAULT_CLIP_PRETRAINED[model] == tag
+        assert open_clip.get_pretrained_cfg(model, tag)["hf_hub"].strip("/") == repo_id
 
 
 def test_cache_dir_precedence(monkeypatch, tmp_path):
@@ -162,145 +109,112 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("NAPARI_CLIPSAM_CACHE")
     default = cache_dir()
     assert default == Path(platformdirs.user_cache_dir("napari-clipsam"))
-    package_folder = Path(weights.__file__).resolve().parents[1]
-    assert package_folder not in default.resolve().parents
+    assert Path(registry.__file__).resolve().parents[1] not in default.resolve().parents
     assert weights_path(SAM_WEIGHTS["vit_b"], tmp_path) == tmp_path / "sam" / "sam_vit_b_01ec64.pth"
 
 
+def test_names_as_typed():
+    assert [parse_weights_choice(text) for text in ("None", " random ", "none (random)")] == [None] * 3
+    assert parse_weights_choice("") == "default" and parse_weights_choice(" vit_b_lm ") == "vit_b_lm"
+    assert parse_weights_choice(Path("x.pth")) == Path("x.pth")
+    assert hub_repo_id("hf-hub:org/repo") == "org/repo"
+    assert hub_repo_id("ViT-B-16") is None
+
+
 # ---------------------------------------------------------------------------------
-# Download
+# SAM downloads (pooch)
 
 
-def test_fetch_downloads_verifies_and_reuses(
-    server, tmp_path, tiny_checkpoint_bytes, tiny_state_dict
-):
-    server.files["/tiny.pth"] = tiny_checkpoint_bytes
-    entry = _entry(server.url("/tiny.pth"), tiny_checkpoint_bytes)
+def test_fetch_downloads_verifies_reports_progress_and_reuses(host, tmp_path, monkeypatch):
+    payload = bytes(range(256)) * (10 * 1024) + b"tail"  # 2.5 MiB: several progress steps
+    host.files["/big.pth"] = payload
+    entry = _entry(host.url("/big.pth"), payload)
     calls: list[tuple[int, int | None]] = []
 
     path = fetch(entry, cache_dir=tmp_path, progress=lambda *args: calls.append(args))
 
-    assert path == tmp_path / "sam" / "tiny_sam.pth"
-    assert path.read_bytes() == tiny_checkpoint_bytes
-    assert server.requests == ["/tiny.pth"]
-    done = [d for d, _ in calls]
-    assert done[0] == 0 and done[-1] == len(tiny_checkpoint_bytes)
-    assert done == sorted(done) and len(set(done)) == len(done)
-    assert all(total == len(tiny_checkpoint_bytes) for _, total in calls)
+    assert path == tmp_path / "sam" / "tiny_sam.pth" and path.read_bytes() == payload
+    assert host.downloads() == ["/big.pth"]
+    assert calls == [(MIB, len(payload)), (2 * MIB, len(payload)), (len(payload), len(payload))]
     assert _leftovers(path.parent) == []
 
-    # A second fetch uses the cache: no request, and no re-hashing thanks to the sidecar.
-    def no_hashing(*args):
-        raise AssertionError("the verified file was hashed again")
-
-    original_digest = weights._file_digest
-    weights._file_digest = no_hashing
-    try:
-        assert fetch(entry, cache_dir=tmp_path) == path
-    finally:
-        weights._file_digest = original_digest
-    assert server.requests == ["/tiny.pth"]
-
-    loaded = load_sam_state_dict(path)
-    assert loaded.keys() == tiny_state_dict.keys()
+    # Found again without a request, and without hashing it again (a stamp vouches for it).
+    monkeypatch.setattr("pooch.hashes.hash_matches", _never)
+    monkeypatch.setattr("pooch.retrieve", _never)
+    assert fetch(entry, cache_dir=tmp_path) == path
+    assert host.downloads() == ["/big.pth"]
 
 
-def test_fetch_rehashes_a_changed_file_and_replaces_it(server, tmp_path, tiny_checkpoint_bytes):
-    server.files["/tiny.pth"] = tiny_checkpoint_bytes
-    entry = _entry(server.url("/tiny.pth"), tiny_checkpoint_bytes)
+def test_xxh128_hashes_are_checked(host, tmp_path, checkpoint_bytes):
+    host.files["/lm.pt"] = checkpoint_bytes
+    path = fetch(_entry(host.url("/lm.pt"), checkpoint_bytes, xxh128=True), cache_dir=tmp_path)
+    assert load_sam_state_dict(path).keys() == build_sam("tiny").state_dict().keys()
+    with pytest.raises(ChecksumMismatchError, match="XXH128"):
+        fetch(_entry(host.url("/lm.pt"), b"other", filename="other.pt", xxh128=True), cache_dir=tmp_path)
+
+
+def test_a_changed_file_is_hashed_again_and_replaced(host, tmp_path, checkpoint_bytes):
+    host.files["/tiny.pth"] = checkpoint_bytes
+    entry = _entry(host.url("/tiny.pth"), checkpoint_bytes)
     path = fetch(entry, cache_dir=tmp_path)
-    path.write_bytes(b"damaged")  # size and mtime change: the sidecar no longer vouches
+    path.write_bytes(b"damaged")  # size and modification time change: the stamp no longer vouches
 
     assert fetch(entry, cache_dir=tmp_path) == path
-    assert path.read_bytes() == tiny_checkpoint_bytes
-    assert len(server.requests) == 2
+    assert path.read_bytes() == checkpoint_bytes
+    assert len(host.downloads()) == 2
 
 
-def test_hand_placed_file_is_used_without_download(server, tmp_path, tiny_checkpoint_bytes):
-    entry = _entry(server.url("/never-served.pth"), tiny_checkpoint_bytes)
+def test_a_file_saved_by_hand_is_used_without_download(host, tmp_path, checkpoint_bytes):
+    entry = _entry(host.url("/never-served.pth"), checkpoint_bytes)
     destination = weights_path(entry, tmp_path)
     destination.parent.mkdir(parents=True)
-    destination.write_bytes(tiny_checkpoint_bytes)
+    destination.write_bytes(checkpoint_bytes)
 
     assert fetch(entry, cache_dir=tmp_path) == destination
-    assert server.requests == []
+    assert host.requests == []
 
 
-def test_wrong_hash_raises_and_leaves_nothing(server, tmp_path, tiny_checkpoint_bytes):
-    server.files["/tiny.pth"] = tiny_checkpoint_bytes
-    entry = _entry(server.url("/tiny.pth"), b"other content")
+def test_a_corrupt_download_is_refused_and_leaves_nothing(host, tmp_path, checkpoint_bytes):
+    host.files["/tiny.pth"] = checkpoint_bytes
+    entry = _entry(host.url("/tiny.pth"), b"other content")
     with pytest.raises(ChecksumMismatchError) as info:
         fetch(entry, cache_dir=tmp_path)
     message = str(info.value)
-    assert entry.sha256 in message
-    assert hashlib.sha256(tiny_checkpoint_bytes).hexdigest() in message
-    folder = tmp_path / "sam"
-    assert list(folder.iterdir()) == []
+    assert entry.known_hash in message and hashlib.sha256(checkpoint_bytes).hexdigest() in message
+    assert str(tmp_path / "sam" / "tiny_sam.pth") in message
+    assert list((tmp_path / "sam").iterdir()) == []
 
 
-def test_failed_downloads_never_replace_an_existing_file(server, tmp_path, tiny_checkpoint_bytes):
-    existing = b"the file that is already there"
+def test_failed_downloads_never_replace_an_existing_file(host, tmp_path, checkpoint_bytes):
     destination = weights_path(_entry("unused", None), tmp_path)
     destination.parent.mkdir(parents=True)
-    destination.write_bytes(existing)
+    destination.write_bytes(b"the file that is already there")
 
-    # The registry expects other content: a corrupt download must not replace the file.
-    server.files["/tiny.pth"] = b"corrupt bytes"
+    host.files["/tiny.pth"] = b"corrupt bytes"
     with pytest.raises(ChecksumMismatchError):
-        fetch(_entry(server.url("/tiny.pth"), tiny_checkpoint_bytes), cache_dir=tmp_path)
-    assert destination.read_bytes() == existing
+        fetch(_entry(host.url("/tiny.pth"), checkpoint_bytes), cache_dir=tmp_path)
+    assert destination.read_bytes() == b"the file that is already there"
 
-    # A download that breaks off: the file stays, and the message says it was kept.
-    server.files["/tiny.pth"] = tiny_checkpoint_bytes
-    server.truncate = True
-    with pytest.raises(WeightsUnavailableError) as info:
-        fetch(_entry(server.url("/tiny.pth"), tiny_checkpoint_bytes), cache_dir=tmp_path)
-    assert "wrong checksum" in str(info.value)
-    assert destination.read_bytes() == existing
+    host.files["/tiny.pth"], host.truncate = checkpoint_bytes, True
+    with pytest.raises(WeightsUnavailableError, match="left as it is"):
+        fetch(_entry(host.url("/tiny.pth"), checkpoint_bytes), cache_dir=tmp_path)
+    assert destination.read_bytes() == b"the file that is already there"
     assert _leftovers(destination.parent) == []
 
 
-def test_unverifiable_entry_downloads_with_a_warning(server, tmp_path, caplog):
-    server.files["/x.pth"] = b"payload"
-    entry = _entry(server.url("/x.pth"), None)
-    with caplog.at_level("WARNING", logger="napari_clipsam.weights.registry"):
-        path = fetch(entry, cache_dir=tmp_path)
-    assert path.read_bytes() == b"payload"
-    assert "without verification" in caplog.text
+def test_http_error_is_weights_unavailable(host, tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="404") as info:
+        fetch(_entry(host.url("/missing.pth"), b"x"), cache_dir=tmp_path)
+    assert not isinstance(info.value, ChecksumMismatchError)
 
 
-def test_http_error_is_weights_unavailable(server, tmp_path):
-    entry = _entry(server.url("/missing.pth"), b"x")
-    with pytest.raises(WeightsUnavailableError, match="HTTP 404"):
-        fetch(entry, cache_dir=tmp_path)
-
-
-def test_offline_fetch_fails_fast_with_instructions(tmp_path, block_network):
-    entry = SAM_WEIGHTS["vit_b"]
+def test_a_host_that_refuses_fails_fast_without_trying_to_download(tmp_path, block_network, monkeypatch):
+    monkeypatch.setattr("pooch.retrieve", _never)
     start = time.monotonic()
-    with pytest.raises(WeightsUnavailableError) as info:
-        fetch(entry, cache_dir=tmp_path, timeout=5)
+    # Port 9 (discard) on this machine refuses connections.
+    with pytest.raises(WeightsUnavailableError, match="no connection to 127.0.0.1:9"):
+        fetch(_entry("http://127.0.0.1:9/tiny.pth", b"x"), cache_dir=tmp_path)
     assert time.monotonic() - start < OFFLINE_SECONDS
-    message = str(info.value)
-    assert entry.filename in message
-    assert entry.url in message
-    assert str(tmp_path / "sam" / entry.filename) in message
-    assert entry.sha256 in message
-    assert isinstance(info.value, OSError)
-    assert not (tmp_path / "sam" / entry.filename).exists()
-
-
-def test_unreachable_port_fails_fast(tmp_path):
-    # Port 9 (discard) on this machine refuses connections: no network needed.
-    entry = _entry("http://127.0.0.1:9/tiny.pth", b"x")
-    start = time.monotonic()
-    with pytest.raises(WeightsUnavailableError, match="no connection"):
-        fetch(entry, cache_dir=tmp_path, timeout=5)
-    assert time.monotonic() - start < OFFLINE_SECONDS
-
-
-# ---------------------------------------------------------------------------------
-# Resolving SAM checkpoints
 
 
 def test_resolve_sam_checkpoint(tmp_path, block_network):
@@ -309,18 +223,12 @@ def test_resolve_sam_checkpoint(tmp_path, block_network):
         resolve_sam_checkpoint("tiny", "default")
     with pytest.raises(ValueError, match="vit_l"):
         resolve_sam_checkpoint("vit_b", "vit_l_lm")
-
     file = tmp_path / "mine.pth"
     file.write_bytes(b"x")
-    assert resolve_sam_checkpoint("tiny", str(file)) == file
-    assert resolve_sam_checkpoint("tiny", file) == file
-
+    assert resolve_sam_checkpoint("tiny", str(file)) == file == resolve_sam_checkpoint("tiny", file)
     with pytest.raises(FileNotFoundError) as info:
         resolve_sam_checkpoint("vit_b", tmp_path / "nope.pth")
-    assert str(tmp_path / "nope.pth") in str(info.value)
-    assert "vit_b_em_organelles" in str(info.value)
-
-    # "default" means the official file of the variant (offline here: the error says which).
+    assert str(tmp_path / "nope.pth") in str(info.value) and "vit_b_em_organelles" in str(info.value)
     with pytest.raises(WeightsUnavailableError, match=re.escape("sam_vit_l_0b3195.pth")):
         resolve_sam_checkpoint("vit_l", "default", cache_dir=tmp_path)
     with pytest.raises(WeightsUnavailableError, match=re.escape("micro_sam_vit_b_lm.pt")):
@@ -328,265 +236,126 @@ def test_resolve_sam_checkpoint(tmp_path, block_network):
 
 
 # ---------------------------------------------------------------------------------
-# Loading
+# CLIP weights (huggingface_hub, against the local server as the Hub)
 
 
-def test_micro_sam_wrapped_checkpoint_round_trips(tmp_path, tiny_state_dict):
-    wrapped = {
-        "model_state": {f"sam.{key}": value for key, value in tiny_state_dict.items()},
-        "optimizer_state": {"state": {}, "param_groups": [{"lr": 1e-5}]},
-        "epoch": 12,
-        "train_loss": 0.25,
-    }
-    path = tmp_path / "micro_sam_style.pt"
-    torch.save(wrapped, path)
+def test_clip_weights_download_from_the_hub_with_progress(hub, tmp_path, monkeypatch):
+    payload = b"w" * 3000
+    hub.files[_hub_path(OPENAI_REPO, "open_clip_model.safetensors")] = payload
+    calls = []
 
-    loaded = load_sam_state_dict(path)
+    path, cfg = resolve_clip_checkpoint("ViT-B-16", "default", tmp_path, progress=lambda *args: calls.append(args))
 
-    assert loaded.keys() == tiny_state_dict.keys()
-    assert all(torch.equal(loaded[key], tiny_state_dict[key]) for key in loaded)
-    torch.manual_seed(1)
-    model = build_sam("tiny")
-    load_state_dict_checked(model, loaded, what="tiny checkpoint")
-    loaded_now = model.state_dict()
-    assert all(torch.equal(loaded_now[key], value) for key, value in tiny_state_dict.items())
+    snapshot = tmp_path / "clip" / f"models--{OPENAI_REPO.replace('/', '--')}" / "snapshots" / COMMIT
+    assert path == snapshot / "open_clip_model.safetensors" and path.read_bytes() == payload
+    assert calls == [(0, 3000), (3000, 3000)]
+    assert cfg["quick_gelu"] is True and cfg["hf_hub"].startswith(OPENAI_REPO)
+    cfg["quick_gelu"] = False  # a copy: open_clip's registry is untouched
 
-
-def test_lightning_and_data_parallel_wrappers_are_unwrapped(tmp_path, tiny_state_dict):
-    path = tmp_path / "lightning.ckpt"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in tiny_state_dict.items()}}, path)
-    assert load_sam_state_dict(path).keys() == tiny_state_dict.keys()
+    # Found in the Hub cache next time, with no request at all.
+    requests = len(hub.requests)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", _never)
+    again, fresh_cfg = resolve_clip_checkpoint("ViT-B-16", "openai", tmp_path)
+    assert again == path and fresh_cfg["quick_gelu"] is True and len(hub.requests) == requests
 
 
-def test_safetensors_checkpoint_loads(tmp_path, tiny_state_dict):
-    from safetensors.torch import save_file
-
-    path = tmp_path / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in tiny_state_dict.items()}, str(path))
-    loaded = load_sam_state_dict(path)
-    assert all(torch.equal(loaded[key], tiny_state_dict[key]) for key in tiny_state_dict)
-
-
-def _create_marker(path: str) -> None:
-    Path(path).write_text("code from the checkpoint ran")
+def test_clip_pytorch_file_is_taken_where_the_repository_has_no_safetensors(hub, tmp_path):
+    repo_id = "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"
+    hub.files[_hub_path(repo_id, "open_clip_pytorch_model.bin")] = b"bin"
+    path, cfg = resolve_clip_checkpoint("ViT-B-16", "laion2b_s34b_b88k", tmp_path)
+    assert path.name == "open_clip_pytorch_model.bin" and path.read_bytes() == b"bin"
+    assert cfg["quick_gelu"] is False
 
 
-class _Payload:
-    """Unpickling this object calls _create_marker(path)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (_create_marker, (self.path,))
-
-
-def test_pickled_code_is_refused_and_never_runs(tmp_path, tiny_state_dict):
-    marker = tmp_path / "marker.txt"
-    path = tmp_path / "evil.pth"
-    torch.save({"model_state": dict(tiny_state_dict), "extra": _Payload(marker)}, path)
-
-    with pytest.raises(UnsafeCheckpointError, match="pickled Python objects") as info:
-        load_sam_state_dict(path)
-    assert "safety" in str(info.value)
-    assert not marker.exists()
-
-    # The payload is live: a plain unpickling would have run it.
-    control = tmp_path / "control.txt"
-    control_path = tmp_path / "control.pth"
-    torch.save({"extra": _Payload(control)}, control_path)
-    torch.load(control_path, weights_only=False)
-    assert control.exists()
+def test_clip_file_saved_by_hand_is_found(tmp_path, block_network, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", _never)
+    folder = tmp_path / "clip" / "ViT-B-16_openai"
+    folder.mkdir(parents=True)
+    (folder / "open_clip_pytorch_model.bin").write_bytes(b"x")
+    path, cfg = resolve_clip_checkpoint("ViT-B-16", "default", cache_dir=tmp_path)
+    assert path == folder / "open_clip_pytorch_model.bin" and cfg["quick_gelu"] is True
 
 
-def test_unreadable_file_gives_a_clear_error(tmp_path):
-    path = tmp_path / "garbage.pth"
-    path.write_bytes(b"this is not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
-        load_sam_state_dict(path)
-
-
-def test_wrong_architecture_lists_mismatches(tiny_state_dict):
-    model = build_sam("vit_b")
-    with pytest.raises(CheckpointMismatchError) as info:
-        load_state_dict_checked(model, tiny_state_dict, what="SAM vit_b checkpoint /x/tiny.pth")
-    message = str(info.value)
-    assert "SAM vit_b checkpoint /x/tiny.pth" in message
-    assert "Missing keys" in message
-    assert re.search(r"\.\.\. and \d+ more", message)
-    patch_embed = "image_encoder.patch_embed.proj.weight"
-    assert f"{patch_embed}: model (768, 3, 16, 16), file (32, 3, 16, 16)" in message
-    assert "embed dim 32" in message
-
-
-def test_mismatch_hint_names_the_variant(tiny_state_dict):
-    model = build_sam("tiny")
-    state = dict(tiny_state_dict)
-    state["image_encoder.patch_embed.proj.weight"] = torch.zeros(1024, 3, 16, 16)
-    state["extra.weight"] = torch.zeros(1)
-    with pytest.raises(CheckpointMismatchError) as info:
-        load_state_dict_checked(model, state, what="SAM checkpoint")
-    message = str(info.value)
-    assert "looks like a vit_l checkpoint" in message
-    assert "Unexpected keys (1):\n  extra.weight" in message
-
-
-def test_ignored_prefixes_need_not_be_in_the_file(tiny_state_dict):
-    model = build_sam("tiny")
-    model.image_encoder.blocks[0].clipsam_adapter = torch.nn.Linear(2, 2)
-    with pytest.raises(CheckpointMismatchError, match=re.escape("clipsam_adapter.weight")):
-        load_state_dict_checked(model, tiny_state_dict, what="SAM tiny checkpoint")
-    adapter_before = model.image_encoder.blocks[0].clipsam_adapter.weight.clone()
-
-    load_state_dict_checked(
-        model, tiny_state_dict, what="SAM tiny checkpoint", ignore_prefixes=(".clipsam_",)
-    )
-
-    assert torch.equal(model.image_encoder.blocks[0].clipsam_adapter.weight, adapter_before)
-    key = "mask_decoder.iou_token.weight"
-    assert torch.equal(model.state_dict()[key], tiny_state_dict[key])
-
-
-# ---------------------------------------------------------------------------------
-# CLIP weights
-
-
-def test_clip_none_and_file_and_unknown_tag(tmp_path):
+def test_clip_none_file_and_unknown_tag(tmp_path):
     assert resolve_clip_checkpoint("ViT-B-16", None) == (None, {})
-    file = tmp_path / "clip.bin"
+    file = tmp_path / "weights.bin"
     file.write_bytes(b"x")
-    assert resolve_clip_checkpoint("ViT-B-16", str(file)) == (file, {})
-    with pytest.raises(ValueError, match="openai") as info:
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": True}}))
+    assert resolve_clip_checkpoint("ViT-B-16", str(file)) == (file, {"quick_gelu": True})
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope.bin"))):
+        resolve_clip_checkpoint("ViT-B-16", tmp_path / "nope.bin")
+    with pytest.raises(ValueError, match="no_such_tag") as info:
         resolve_clip_checkpoint("ViT-B-16", "no_such_tag")
     assert "laion2b_s34b_b88k" in str(info.value)
     with pytest.raises(ValueError, match="tiny"):
         resolve_clip_checkpoint("tiny", "default")
 
 
-def test_clip_hand_placed_file_is_found(tmp_path, block_network):
-    folder = tmp_path / "clip" / "ViT-B-16_openai"
-    folder.mkdir(parents=True)
-    (folder / "open_clip_pytorch_model.bin").write_bytes(b"x")
-    path, cfg = resolve_clip_checkpoint("ViT-B-16", "default", cache_dir=tmp_path)
-    assert path == folder / "open_clip_pytorch_model.bin"
-    assert cfg["quick_gelu"] is True
-    cfg["quick_gelu"] = False  # a copy: open_clip's registry is untouched
-    _, fresh_cfg = resolve_clip_checkpoint("ViT-B-16", "openai", cache_dir=tmp_path)
-    assert fresh_cfg["quick_gelu"] is True
-
-
-def _assert_clip_unavailable(info, tmp_path: Path, folder: str) -> None:
-    message = str(info.value)
-    assert "timm/vit_base_patch16_clip_224.openai" in message
-    assert "open_clip_model.safetensors" in message
-    assert str(tmp_path / "clip" / folder / "open_clip_model.safetensors") in message
-    # open_clip's OpenAI URL embeds the original file's sha256; it is kept for reference.
-    assert "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f" in message
-
-
-def test_clip_offline_mode_fails_fast(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.monotonic()
-    with pytest.raises(WeightsUnavailableError, match="offline") as info:
-        resolve_clip_checkpoint("ViT-B-16", "default", cache_dir=tmp_path)
-    assert time.monotonic() - start < OFFLINE_SECONDS
-    _assert_clip_unavailable(info, tmp_path, "ViT-B-16_openai")
-
-
-def test_clip_blocked_network_fails_fast(tmp_path, monkeypatch, block_network):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-    start = time.monotonic()
-    with pytest.raises(WeightsUnavailableError, match="no connection") as info:
-        resolve_clip_checkpoint("ViT-B-16", "openai", cache_dir=tmp_path)
-    assert time.monotonic() - start < OFFLINE_SECONDS
-    _assert_clip_unavailable(info, tmp_path, "ViT-B-16_openai")
-
-
-def test_clip_hf_hub_model_offline_names_the_repository(tmp_path, block_network):
-    name = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
-    start = time.monotonic()
-    with pytest.raises(WeightsUnavailableError) as info:
-        resolve_clip_checkpoint(name, "default", cache_dir=tmp_path)
-    assert time.monotonic() - start < OFFLINE_SECONDS
-    message = str(info.value)
-    assert "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224" in message
-    folder = tmp_path / "clip" / "hf-hub_microsoft_BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
-    assert str(folder / "open_clip_config.json") in message
-
-
-def test_clip_hf_hub_model_hand_placed(tmp_path, block_network):
-    import json
-
+def test_hf_hub_model_saved_by_hand(tmp_path, block_network):
     folder = tmp_path / "clip" / "hf-hub_org_model"
     folder.mkdir(parents=True)
     (folder / "open_clip_model.safetensors").write_bytes(b"x")
-    config = {
-        "model_cfg": {"embed_dim": 512, "quick_gelu": True},
-        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
-    }
+    config = {"model_cfg": {"embed_dim": 512, "quick_gelu": True}, "preprocess_cfg": {"mean": [0.5] * 3}}
     (folder / "open_clip_config.json").write_text(json.dumps(config))
 
     path, cfg = resolve_clip_checkpoint("hf-hub:org/model", "default", cache_dir=tmp_path)
-
     assert path == folder / "open_clip_model.safetensors"
-    assert cfg["quick_gelu"] is True
-    assert cfg["mean"] == [0.5, 0.5, 0.5]
-    assert cfg["model_cfg"]["embed_dim"] == 512
+    assert cfg["quick_gelu"] is True and cfg["mean"] == [0.5] * 3 and cfg["model_cfg"]["embed_dim"] == 512
+    # Random weights still need the configuration (the architecture), but no weights file.
+    (folder / "open_clip_model.safetensors").unlink()
+    assert resolve_clip_checkpoint("hf-hub:org/model", None, cache_dir=tmp_path)[1] == cfg
+    with pytest.raises(ValueError, match="Hugging Face Hub repository"):
+        resolve_clip_checkpoint("hf-hub:org/model", "openai", cache_dir=tmp_path)
 
 
-def test_clip_earlier_hub_download_is_used_offline(tmp_path, block_network):
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "clip" / "models--timm--vit_base_patch16_clip_224.openai"
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    (snapshot / "open_clip_model.safetensors").write_bytes(b"x")
-
-    path, cfg = resolve_clip_checkpoint("ViT-B-16", "default", cache_dir=tmp_path)
-
-    assert path == snapshot / "open_clip_model.safetensors"
-    assert cfg["hf_hub"] == "timm/vit_base_patch16_clip_224.openai/"
+# ---------------------------------------------------------------------------------
+# Offline: one error that lists every missing file
 
 
-def test_clip_download_goes_through_open_clip_and_reports_progress(tmp_path, monkeypatch):
-    import open_clip.pretrained
-
-    downloaded = tmp_path / "downloaded.safetensors"
-    downloaded.write_bytes(b"12345")
-    seen = {}
-
-    def fake_download(cfg, cache_dir=None, **kwargs):
-        seen.update(cfg=cfg, cache_dir=cache_dir)
-        return str(downloaded)
-
-    monkeypatch.setattr(weights, "_unreachable_reason", lambda url, timeout=5.0: None)
-    monkeypatch.setattr(weights, "_hf_offline", lambda: False)
-    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", fake_download)
-    calls = []
-
-    path, _ = resolve_clip_checkpoint(
-        "ViT-B-16", "openai", cache_dir=tmp_path, progress=lambda *args: calls.append(args)
-    )
-
-    assert path == downloaded
-    assert seen["cache_dir"] == str(tmp_path / "clip")
-    assert seen["cfg"]["hf_hub"] == "timm/vit_base_patch16_clip_224.openai/"
-    assert calls == [(0, None), (5, 5)]
+def test_offline_load_model_lists_every_file_at_once_and_fast(tmp_path, block_network, monkeypatch):
+    monkeypatch.setattr("pooch.retrieve", _never)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", _never)
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as info:
+        nc.load_model(cache_dir=tmp_path, device="cpu")
+    assert time.monotonic() - start < OFFLINE_SECONDS
+    message = str(info.value)
+    sam = SAM_WEIGHTS["vit_b"]
+    for text in (
+        sam.url, str(tmp_path / "sam" / sam.filename), sam.known_hash,
+        f"https://huggingface.co/{OPENAI_REPO}/resolve/main/open_clip_model.safetensors",
+        str(tmp_path / "clip" / "ViT-B-16_openai" / "open_clip_model.safetensors"), "none pinned",
+        "sam_checkpoint=None, clip_pretrained=None", "--sam-checkpoint none --clip-pretrained none",
+        '"none (random)"', "NAPARI_CLIPSAM_CACHE",
+    ):
+        assert text in message
+    assert message.count("no connection") == 2
+    assert not (tmp_path / "sam" / sam.filename).exists()
 
 
-def test_clip_download_failure_is_weights_unavailable(tmp_path, monkeypatch):
-    import open_clip.pretrained
+def test_hub_offline_mode_is_honoured_and_the_rest_still_downloads(hub, tmp_path, checkpoint_bytes, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", _never)
+    hub.files["/tiny.pth"] = checkpoint_bytes
+    entry = dataclasses.replace(_entry(hub.url("/tiny.pth"), checkpoint_bytes), architecture="vit_b")
+    monkeypatch.setitem(SAM_WEIGHTS, "vit_b", entry)
 
-    def failing_download(cfg, cache_dir=None, **kwargs):
-        raise RuntimeError("the hub said no")
+    with pytest.raises(WeightsUnavailableError, match="HF_HUB_OFFLINE") as info:
+        resolve_weights("vit_b", "default", "ViT-B-16", "default", cache_dir=tmp_path)
 
-    monkeypatch.setattr(weights, "_unreachable_reason", lambda url, timeout=5.0: None)
-    monkeypatch.setattr(weights, "_hf_offline", lambda: False)
-    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", failing_download)
+    assert "SAM checkpoint" not in str(info.value)  # the SAM file did download
+    assert (tmp_path / "sam" / "tiny_sam.pth").read_bytes() == checkpoint_bytes
+    assert hub.downloads() == ["/tiny.pth"]
 
-    with pytest.raises(WeightsUnavailableError, match="the hub said no") as info:
-        resolve_clip_checkpoint("ViT-B-16", "openai", cache_dir=tmp_path)
-    assert isinstance(info.value.__cause__, RuntimeError)
-    _assert_clip_unavailable(info, tmp_path, "ViT-B-16_openai")
+
+def test_every_failure_is_listed_with_its_own_reason(hub, tmp_path):
+    name = "hf-hub:org/model"
+    hub.files[_hub_path("org/model", "open_clip_config.json")] = json.dumps({"model_cfg": {}}).encode()
+    with pytest.raises(WeightsUnavailableError) as info:
+        resolve_weights("vit_b", "default", name, "default", cache_dir=tmp_path)
+    message = str(info.value)
+    assert "SAM checkpoint 'vit_b': no connection to dl.fbaipublicfiles.com" in message
+    assert re.search(r"CLIP hf-hub:org/model weights: the download failed \(\w+: 404", message)
+    assert str(tmp_path / "clip" / "hf-hub_org_model" / "open_clip_model.safetensors") in message
+    assert "configuration" not in message  # that one downloaded
+    assert download.find_on_disk(registry.clip_file(name, None, "org/model", tmp_path, config=True)) is not None

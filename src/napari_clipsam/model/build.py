@@ -7,20 +7,19 @@ segment-anything; files and formats live in ``napari_clipsam.weights``.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import AdaptersMismatchError, CheckpointMismatchError
+from ..weights.download import ProgressCallback
 from .build_sam import build_sam
-from .clip import build_clip, get_tokenizer
+from .clip import build_clip, clip_file_cfg, get_tokenizer
 from .clipsam import ClipSamModel
 from .config import ClipSamConfig
 from .device import resolve_device, resolve_precision
-
-ProgressCallback = Callable[[int, "int | None"], None]
 
 
 def load_model(
@@ -53,10 +52,15 @@ def load_model(
         cache_dir: where downloaded weights live (default: ``NAPARI_CLIPSAM_CACHE`` or the
             platform's cache folder).
         progress: ``progress(bytes_done, bytes_total)`` during downloads.
+
+    Raises:
+        WeightsUnavailableError: weights are neither on disk nor downloadable; the message
+            lists every missing file with its URL, the path to save it as and its hash.
+        AmbiguousWeightsError: a CLIP weights file fits a QuickGELU and a GELU network alike.
     """
     from ..weights.adapters_file import read_adapters_metadata
     from ..weights.checkpoints import load_sam_state_dict, load_state_dict_checked
-    from ..weights.registry import resolve_clip_checkpoint, resolve_sam_checkpoint
+    from ..weights.registry import resolve_weights
 
     if adapters is not None:
         metadata = read_adapters_metadata(adapters)
@@ -71,10 +75,12 @@ def load_model(
     torch_device = resolve_device(device)
     resolved_precision = resolve_precision(precision, torch_device)
 
-    # Find (or download) every file before building anything, so that a missing
-    # file is reported at once.
-    sam_path = resolve_sam_checkpoint(sam, sam_checkpoint, cache_dir=cache_dir, progress=progress)
-    clip_path, clip_cfg = resolve_clip_checkpoint(clip, clip_pretrained, cache_dir=cache_dir, progress=progress)
+    # Every file is found (or downloaded) before anything is built: one error lists all
+    # that are missing, and a CLIP file of unclear network fails before any download.
+    sam_path, clip_path, clip_cfg = resolve_weights(
+        sam, sam_checkpoint, clip, clip_pretrained, cache_dir=cache_dir, progress=progress,
+        clip_file_cfg=partial(clip_file_cfg, cache_dir=cache_dir),
+    )
 
     sam_model = build_sam(sam)
     if sam_path is not None:
@@ -108,12 +114,14 @@ def load_model(
 def _load_clip_weights(clip_model: nn.Module, clip_name: str, path: Path) -> None:
     import open_clip
 
-    from ..weights.checkpoints import load_state_dict_checked
+    from ..weights.checkpoints import load_state_dict_checked, read_checkpoint
 
     try:
         open_clip.load_checkpoint(clip_model, str(path), strict=True, weights_only=True)
-    except RuntimeError as err:
-        # Re-check key by key for a message that lists what does not fit.
+    except Exception as err:
+        # Read the file again for a message that says what is wrong: pickled code
+        # (UnsafeCheckpointError), a damaged file, or the keys and shapes that do not fit.
+        read_checkpoint(path)
         state_dict = open_clip.factory.load_state_dict(str(path), weights_only=True)
         load_state_dict_checked(clip_model, state_dict, what=f"CLIP {clip_name} weights {path}")
         raise CheckpointMismatchError(f"CLIP {clip_name} weights {path} do not fit: {err}") from err

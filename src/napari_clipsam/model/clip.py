@@ -11,14 +11,13 @@ from typing import Any
 import open_clip
 from torch import nn
 
-from ..errors import MissingDependencyError
+from ..errors import AmbiguousWeightsError, MissingDependencyError
+from ..weights.registry import HUB_CONFIG_NAME, clip_folder, hub_repo_id, resolve_clip_checkpoint
 
 # Our name for the small test architecture, and the name it is registered under in
 # open_clip's model-config registry (so that it is built by open_clip's own factory).
 TINY_CLIP = "tiny"
 _TINY_OPEN_CLIP_NAME = "clipsam-tiny"
-_HF_HUB_PREFIX = "hf-hub:"
-_HF_CONFIG_NAME = "open_clip_config.json"
 
 
 def _open_clip_name(name: str) -> str:
@@ -50,18 +49,34 @@ def _require_transformers(name: str, text_cfg: dict[str, Any]) -> None:
         ) from err
 
 
-def _hub_model_config(open_clip_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(model_cfg, preprocess_cfg)`` from an ``hf-hub:`` repository's open_clip_config.json.
+def clip_file_cfg(name: str, path: Path, cache_dir=None) -> dict[str, Any]:
+    """The pretrained cfg that builds the network CLIP weights at ``path``, with no config beside, need.
 
-    Fetches only that small file: open_clip's own ``create_model`` would also download
-    the weights for an ``hf-hub:`` name, even with ``load_weights=False``.
+    The file's folder may name its tag (``<cache>/clip/<model>_<tag>/``): that tag's cfg.
+    Otherwise ``{"quick_gelu": ...}`` as the name decides: ``-quickgelu`` names, and names whose
+    known pretrained tags all agree (names without tags, such as ``"tiny"``, keep their config's).
+
+    Raises:
+        AmbiguousWeightsError: the name's tags disagree (ViT-B-16: OpenAI's weights need QuickGELU,
+            LAION's GELU), so the file could be for either network.
     """
-    from open_clip.pretrained import download_pretrained_from_hf
-
-    repo_id = open_clip_name[len(_HF_HUB_PREFIX) :]
-    path = download_pretrained_from_hf(repo_id, filename=_HF_CONFIG_NAME)
-    config = json.loads(Path(path).read_text(encoding="utf-8"))
-    return config.get("model_cfg", config), config.get("preprocess_cfg", {})
+    cfgs = {tag: open_clip.get_pretrained_cfg(name, tag) for tag in open_clip.list_pretrained_tags_by_model(name)}
+    quick = {tag: bool(cfg.get("quick_gelu")) for tag, cfg in cfgs.items()}
+    for tag, cfg in cfgs.items():
+        if Path(path).parent == clip_folder(name, tag, cache_dir):
+            return {**cfg, "quick_gelu": quick[tag]}
+    if name.endswith("-quickgelu") or len(set(quick.values())) <= 1:
+        return {"quick_gelu": name.endswith("-quickgelu") or any(quick.values())}
+    variant, example = f"{name}-quickgelu", next(tag for tag, is_quick in quick.items() if is_quick)
+    by_name = f"pass clip={variant!r} for OpenAI's weights (QuickGELU); " if variant in open_clip.list_models() else ""
+    raise AmbiguousWeightsError(
+        f"The CLIP weights {path} could be for either {name} network: open_clip builds {name} with QuickGELU for "
+        f"the tags {', '.join(t for t, q in quick.items() if q)} and with GELU for the tags "
+        f"{', '.join(t for t, q in quick.items() if not q)}, and nothing tells which the file is. Say it: {by_name}"
+        f"or put the model repository's {HUB_CONFIG_NAME} beside the file; or move the file into its tag's folder, "
+        f"such as {clip_folder(name, example, cache_dir)} for {example!r}, and pass the tag "
+        f"(clip_pretrained={example!r})."
+    )
 
 
 def _create_open_clip(open_clip_name: str, quick_gelu: bool) -> nn.Module:
@@ -93,7 +108,7 @@ def build_clip(
         model_cfg: the model's open_clip config (the ``model_cfg`` of an
             ``open_clip_config.json``) if already in hand; the model is then built from
             it with no network call. Without it an ``hf-hub:`` name fetches its
-            ``open_clip_config.json`` (never the weights).
+            ``open_clip_config.json`` into the weights cache (never the weights).
         preprocess_cfg: image preprocessing of the weights to be loaded (``mean``,
             ``std``, ...; other keys are ignored), as ``resolve_clip_checkpoint``'s cfg
             gives it; it becomes ``model.visual.image_mean``/``image_std``. Without it,
@@ -107,9 +122,11 @@ def build_clip(
     (from the Hugging Face cache, or the network).
     """
     open_clip_name = _open_clip_name(name)
-    if model_cfg is None and open_clip_name.startswith(_HF_HUB_PREFIX):
-        model_cfg, hub_preprocess_cfg = _hub_model_config(open_clip_name)
-        preprocess_cfg = {**hub_preprocess_cfg, **(preprocess_cfg or {})}
+    if model_cfg is None and hub_repo_id(name):
+        # Only the repository's open_clip_config.json: open_clip's own create_model would
+        # download the weights too, even with load_weights=False.
+        _, hub_cfg = resolve_clip_checkpoint(name, None)
+        model_cfg, preprocess_cfg = hub_cfg["model_cfg"], {**hub_cfg, **(preprocess_cfg or {})}
     if model_cfg is None:
         if not open_clip_name.startswith("local-dir:") and open_clip_name not in open_clip.list_models():
             raise ValueError(
@@ -122,7 +139,7 @@ def build_clip(
         # open_clip's public route for a config in hand is a 'local-dir:' folder; with
         # no weights file in it and load_weights=False nothing is read but the config.
         with tempfile.TemporaryDirectory(prefix="napari-clipsam-") as folder:
-            config_path = Path(folder) / _HF_CONFIG_NAME
+            config_path = Path(folder) / HUB_CONFIG_NAME
             config_path.write_text(json.dumps({"model_cfg": model_cfg}), encoding="utf-8")
             model = _create_open_clip(f"local-dir:{folder}", quick_gelu)
     if preprocess_cfg:
@@ -141,7 +158,9 @@ def get_tokenizer(name: str, model_cfg: dict[str, Any] | None = None):
     a Hugging Face tokenizer still reads its files through ``transformers``.
     """
     open_clip_name = _open_clip_name(name)
-    if model_cfg is not None and open_clip_name.startswith(_HF_HUB_PREFIX):
+    if model_cfg is None and hub_repo_id(name):
+        model_cfg = resolve_clip_checkpoint(name, None)[1]["model_cfg"]  # the config only, into our cache
+    if model_cfg is not None and hub_repo_id(name):
         text_cfg = model_cfg.get("text_cfg", {})
         context_length = text_cfg.get("context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH)
         kwargs = text_cfg.get("tokenizer_kwargs") or {}

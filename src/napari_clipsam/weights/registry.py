@@ -1,38 +1,18 @@
-"""Pretrained weights: a registry with checksums, a download cache, and safe loading.
+"""Which weight files a model needs, where they come from, and where they are kept.
 
-Where files live (``<cache>`` is :func:`cache_dir`: the ``cache_dir`` argument, else
-the ``NAPARI_CLIPSAM_CACHE`` environment variable, else the platform's user cache
-folder for ``napari-clipsam``):
-
-- SAM checkpoints: ``<cache>/sam/<entry.filename>``, e.g.
-  ``<cache>/sam/sam_vit_b_01ec64.pth``. A file put there by hand is used when its
-  checksum matches.
-- CLIP weights placed by hand: ``<cache>/clip/<model>_<tag>/`` (``/`` and ``:`` in the
-  name become ``_``), holding ``open_clip_model.safetensors`` or
-  ``open_clip_pytorch_model.bin`` from the model's Hugging Face Hub repository, plus
-  ``open_clip_config.json`` for ``hf-hub:`` models. Downloads made by open_clip /
-  huggingface_hub go to the Hub cache layout under ``<cache>/clip``.
-
-Every network failure surfaces as :class:`WeightsUnavailableError` (an ``OSError``)
-whose message says which file is missing, where it comes from and where to place it
-by hand. Checkpoints are read with ``torch.load(..., weights_only=True)`` or
-safetensors, so a file can never run code when it is loaded.
+``<cache>`` is :func:`cache_dir`. A file saved by hand where a :class:`WeightsUnavailableError`
+says is used as it is (a SAM file once its hash matches): SAM checkpoints in ``<cache>/sam/``,
+CLIP weights as ``<cache>/clip/<model>_<tag>/open_clip_model.safetensors`` (``hf-hub:`` models:
+``<cache>/clip/hf-hub_<org>_<repo>/`` with their ``open_clip_config.json``). Hub downloads go to
+the Hub cache layout under ``<cache>/clip``. Importing this loads neither torch nor open_clip.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
-import logging
 import os
 import re
-import socket
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,134 +20,69 @@ from typing import Any
 import platformdirs
 
 from ..errors import ChecksumMismatchError, WeightsUnavailableError
-
-logger = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[int, "int | None"], None]
+from .download import ProgressCallback, WeightsFile, hub_endpoint, obtain
 
 CACHE_ENV_VAR = "NAPARI_CLIPSAM_CACHE"
-_APP_NAME = "napari-clipsam"
-_CHUNK_BYTES = 1 << 20
-_USER_AGENT = "napari-clipsam"
 
 
 @dataclass(frozen=True)
 class WeightsEntry:
-    """One downloadable SAM checkpoint.
+    """One downloadable SAM checkpoint, kept as ``<cache>/sam/<filename>``.
 
-    Attributes:
-        name: registry name, e.g. ``"vit_b_lm"``.
-        url: where the file is downloaded from.
-        sha256: hex digest of the file, or None where none is published (the file is
-            then verified by ``xxh128`` if possible, else used unverified).
-        filename: file name in the cache (unique across the registry).
-        architecture: the SAM variant the weights fit (``"vit_b"``, ``"vit_l"``, ``"vit_h"``).
-        description: one line for humans.
-        xxh128: the xxHash-128 hex digest published by the weights' authors, checked
-            when the ``xxhash`` package is installed.
+    ``known_hash`` is its published hash in pooch's notation (``"sha256:<hex>"``, ``"xxh128:<hex>"``),
+    or None; ``architecture`` the SAM variant it fits (``"vit_b"``, ``"vit_l"``, ``"vit_h"``).
     """
 
     name: str
     url: str
-    sha256: str | None
+    known_hash: str | None
     filename: str
     architecture: str
     description: str
-    xxh128: str | None = None
 
 
-# Official SAM checkpoints (facebookresearch/segment-anything README). The sha256
-# digests are those micro-sam's registry pins for the same URLs
-# (computational-cell-analytics/micro-sam, micro_sam/util.py, ``models()``).
-#
-# micro-sam's light-microscopy (LM) and electron-microscopy organelle (EM) generalist
-# models: the BioImage.IO records their current micro-sam release downloads
-# (diplomatic-bug, idealistic-rat, noisy-ox, humorous-crab, version 1.2). micro-sam
-# publishes only xxHash-128 digests for these files, no sha256, so sha256 is None:
-# the file is verified with xxh128 when the optional ``xxhash`` package is present,
-# otherwise it is used unverified (with a warning). Loading stays safe either way,
-# as checkpoints are read with weights_only=True.
+# Meta's checkpoints (segment-anything README; sha256 as micro-sam's registry pins them), then
+# micro-sam's light- and electron-microscopy generalists (release 1.2 on BioImage.IO), for
+# which micro-sam publishes xxh128 hashes only.
+_META = "https://dl.fbaipublicfiles.com/segment_anything"
 _BIOIMAGE_IO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
-
-_ENTRIES = (
-    WeightsEntry(
-        name="vit_b",
-        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        filename="sam_vit_b_01ec64.pth",
-        architecture="vit_b",
-        description="Segment Anything ViT-B, official checkpoint (375 MB)",
-    ),
-    WeightsEntry(
-        name="vit_l",
-        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        filename="sam_vit_l_0b3195.pth",
-        architecture="vit_l",
-        description="Segment Anything ViT-L, official checkpoint (1.2 GB)",
-    ),
-    WeightsEntry(
-        name="vit_h",
-        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        filename="sam_vit_h_4b8939.pth",
-        architecture="vit_h",
-        description="Segment Anything ViT-H, official checkpoint (2.4 GB)",
-    ),
-    WeightsEntry(
-        name="vit_b_lm",
-        url=f"{_BIOIMAGE_IO}/diplomatic-bug/1.2/files/vit_b.pt",
-        sha256=None,
-        filename="micro_sam_vit_b_lm.pt",
-        architecture="vit_b",
-        description="micro-sam light-microscopy generalist, ViT-B (cells and nuclei)",
-        xxh128="fe9252a29f3f4ea53c15a06de471e186",
-    ),
-    WeightsEntry(
-        name="vit_l_lm",
-        url=f"{_BIOIMAGE_IO}/idealistic-rat/1.2/files/vit_l.pt",
-        sha256=None,
-        filename="micro_sam_vit_l_lm.pt",
-        architecture="vit_l",
-        description="micro-sam light-microscopy generalist, ViT-L (cells and nuclei)",
-        xxh128="017f20677997d628426dec80a8018f9d",
-    ),
-    WeightsEntry(
-        name="vit_b_em_organelles",
-        url=f"{_BIOIMAGE_IO}/noisy-ox/1.2/files/vit_b.pt",
-        sha256=None,
-        filename="micro_sam_vit_b_em_organelles.pt",
-        architecture="vit_b",
-        description="micro-sam electron-microscopy organelle generalist, ViT-B",
-        xxh128="f3bf2ed83d691456bae2c3f9a05fb438",
-    ),
-    WeightsEntry(
-        name="vit_l_em_organelles",
-        url=f"{_BIOIMAGE_IO}/humorous-crab/1.2/files/vit_l.pt",
-        sha256=None,
-        filename="micro_sam_vit_l_em_organelles.pt",
-        architecture="vit_l",
-        description="micro-sam electron-microscopy organelle generalist, ViT-L",
-        xxh128="810b084b6e51acdbf760a993d8619f2d",
-    ),
-)
-
-SAM_WEIGHTS: dict[str, WeightsEntry] = {entry.name: entry for entry in _ENTRIES}
+_LM, _EM = "micro-sam light-microscopy generalist", "micro-sam electron-microscopy organelle generalist"
+SAM_WEIGHTS: dict[str, WeightsEntry] = {entry.name: entry for entry in (
+    WeightsEntry("vit_b", f"{_META}/sam_vit_b_01ec64.pth",
+                 "sha256:ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+                 "sam_vit_b_01ec64.pth", "vit_b", "Segment Anything ViT-B, official checkpoint (375 MB)"),
+    WeightsEntry("vit_l", f"{_META}/sam_vit_l_0b3195.pth",
+                 "sha256:3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+                 "sam_vit_l_0b3195.pth", "vit_l", "Segment Anything ViT-L, official checkpoint (1.2 GB)"),
+    WeightsEntry("vit_h", f"{_META}/sam_vit_h_4b8939.pth",
+                 "sha256:a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+                 "sam_vit_h_4b8939.pth", "vit_h", "Segment Anything ViT-H, official checkpoint (2.6 GB)"),
+    WeightsEntry("vit_b_lm", f"{_BIOIMAGE_IO}/diplomatic-bug/1.2/files/vit_b.pt", "xxh128:fe9252a29f3f4ea53c15a06de471e186",
+                 "micro_sam_vit_b_lm.pt", "vit_b", f"{_LM}, ViT-B (cells and nuclei)"),
+    WeightsEntry("vit_l_lm", f"{_BIOIMAGE_IO}/idealistic-rat/1.2/files/vit_l.pt", "xxh128:017f20677997d628426dec80a8018f9d",
+                 "micro_sam_vit_l_lm.pt", "vit_l", f"{_LM}, ViT-L (cells and nuclei)"),
+    WeightsEntry("vit_b_em_organelles", f"{_BIOIMAGE_IO}/noisy-ox/1.2/files/vit_b.pt",
+                 "xxh128:f3bf2ed83d691456bae2c3f9a05fb438", "micro_sam_vit_b_em_organelles.pt", "vit_b", f"{_EM}, ViT-B"),
+    WeightsEntry("vit_l_em_organelles", f"{_BIOIMAGE_IO}/humorous-crab/1.2/files/vit_l.pt",
+                 "xxh128:810b084b6e51acdbf760a993d8619f2d", "micro_sam_vit_l_em_organelles.pt", "vit_l", f"{_EM}, ViT-L"),
+)}
 
 # The checkpoint "default" means for each SAM variant (the "tiny" test variant has none).
 DEFAULT_SAM_WEIGHTS: dict[str, str] = {"vit_b": "vit_b", "vit_l": "vit_l", "vit_h": "vit_h"}
 
-# The pretrained tag "default" means for open_clip architectures (the paper: OpenAI's).
-DEFAULT_CLIP_PRETRAINED: dict[str, str] = {
-    "ViT-B-16": "openai",
-    "ViT-B-32": "openai",
-    "ViT-L-14": "openai",
-    "ViT-L-14-336": "openai",
+# The tag "default" means for open_clip architectures (the paper's: OpenAI's), and the Hub
+# repository open_clip takes it from, written out so that listing them needs no open_clip.
+DEFAULT_CLIP_WEIGHTS: dict[str, tuple[str, str]] = {
+    "ViT-B-16": ("openai", "timm/vit_base_patch16_clip_224.openai"),
+    "ViT-B-32": ("openai", "timm/vit_base_patch32_clip_224.openai"),
+    "ViT-L-14": ("openai", "timm/vit_large_patch14_clip_224.openai"),
+    "ViT-L-14-336": ("openai", "timm/vit_large_patch14_clip_336.openai"),
 }
+DEFAULT_CLIP_PRETRAINED: dict[str, str] = {name: tag for name, (tag, _) in DEFAULT_CLIP_WEIGHTS.items()}
 
-_HF_HUB_PREFIX = "hf-hub:"
-_HF_CONFIG_NAME = "open_clip_config.json"
-
+HF_HUB_PREFIX = "hf-hub:"
+HUB_CONFIG_NAME = "open_clip_config.json"
+_HUB_WEIGHTS_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # safetensors preferred
 
 # What a user may type for "no pretrained weights" (random initialisation, for a try-out).
 RANDOM_WEIGHTS = "none (random)"
@@ -177,668 +92,259 @@ _RANDOM_WORDS = {"none", "random", RANDOM_WEIGHTS}
 def parse_weights_choice(value: str | os.PathLike | None) -> str | os.PathLike | None:
     """A weights choice as typed (CLI, widget, settings) -> the ``load_model`` argument.
 
-    ``"none"``, ``"random"`` or ``"none (random)"`` (any case) mean random weights (None);
-    an empty value means ``"default"``; anything else (a registry name, a tag, a path)
-    passes through.
+    ``"none"``, ``"random"`` or ``"none (random)"`` (any case) mean random weights (None); an
+    empty value means ``"default"``; anything else (a registry name, a tag, a path) passes.
     """
     if value is None or isinstance(value, os.PathLike):
         return value
     text = value.strip()
-    if text.lower() in _RANDOM_WORDS:
-        return None
-    return text or "default"
+    return None if text.lower() in _RANDOM_WORDS else text or "default"
+
+
+def hub_repo_id(clip_name: str) -> str | None:
+    """The Hugging Face Hub repository of an ``hf-hub:org/repo`` CLIP name; None for other names."""
+    return clip_name[len(HF_HUB_PREFIX):] if clip_name.startswith(HF_HUB_PREFIX) else None
 
 
 def list_sam_weights(architecture: str | None = None) -> list[str]:
     """Names of the registered SAM checkpoints, optionally only those of one architecture."""
-    return [
-        name
-        for name, entry in SAM_WEIGHTS.items()
-        if architecture is None or entry.architecture == architecture
-    ]
+    return [name for name, entry in SAM_WEIGHTS.items() if architecture in (None, entry.architecture)]
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """Folder for weights: ``override``, else ``$NAPARI_CLIPSAM_CACHE``, else the user cache."""
-    if override is not None and str(override) != "":
-        return Path(override).expanduser()
-    from_env = os.environ.get(CACHE_ENV_VAR, "")
-    if from_env:
-        return Path(from_env).expanduser()
-    return Path(platformdirs.user_cache_dir(_APP_NAME))
+    chosen = str(override or "") or os.environ.get(CACHE_ENV_VAR, "")
+    return Path(chosen).expanduser() if chosen else Path(platformdirs.user_cache_dir("napari-clipsam"))
+
+
+_root = cache_dir  # for the functions whose cache_dir parameter hides this function
 
 
 def weights_path(entry: WeightsEntry, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where ``entry`` is kept in the cache, and where it can be placed by hand."""
-    return _cache_root(cache_dir) / "sam" / entry.filename
+    """Where ``entry`` is kept in the cache, and where it can be saved by hand."""
+    return _root(cache_dir) / "sam" / entry.filename
 
 
-def _cache_root(override: str | os.PathLike | None) -> Path:
-    # Functions whose parameter is named cache_dir (the name callers use) cannot call
-    # the function of that name.
-    return cache_dir(override)
+def sam_file(entry: WeightsEntry, cache_dir: str | os.PathLike | None = None) -> WeightsFile:
+    """The file of a registered SAM checkpoint."""
+    return WeightsFile(f"SAM checkpoint {entry.name!r}", weights_path(entry, cache_dir), entry.url, entry.known_hash)
 
 
-# ---------------------------------------------------------------------------------
-# Checksums
+def clip_folder(clip_name: str, tag: str | None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder for CLIP weights saved by hand: ``<cache>/clip/<model>_<tag>``."""
+    return _root(cache_dir) / "clip" / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{clip_name}_{tag or ''}").strip("_")
 
 
-def _xxhash_module():
-    try:
-        import xxhash
-    except ImportError:
-        return None
-    return xxhash
-
-
-def _checksum_spec(entry: WeightsEntry) -> tuple[str, str] | None:
-    """(algorithm, expected hex digest) to verify ``entry`` with, or None if it cannot be."""
-    if entry.sha256:
-        return "sha256", entry.sha256.lower()
-    if entry.xxh128 and _xxhash_module() is not None:
-        return "xxh128", entry.xxh128.lower()
-    return None
-
-
-def _new_hasher(algorithm: str):
-    if algorithm == "xxh128":
-        return _xxhash_module().xxh128()
-    return hashlib.new(algorithm)
-
-
-def _file_digest(path: Path, algorithm: str) -> str:
-    hasher = _new_hasher(algorithm)
-    with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK_BYTES):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def _sidecar_path(path: Path) -> Path:
-    return path.with_name(path.name + ".verified.json")
-
-
-def _stat_key(path: Path) -> dict[str, int]:
-    stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _read_sidecar(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(_sidecar_path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _write_sidecar(path: Path, algorithm: str, digest: str) -> None:
-    record = {**_stat_key(path), "algorithm": algorithm, "digest": digest}
-    sidecar = _sidecar_path(path)
-    try:
-        _atomic_write_text(sidecar, json.dumps(record))
-    except OSError as err:
-        # Only a speed-up: without it the file is hashed again next time.
-        logger.info("Could not record the checksum of %s: %s", path, err)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    from .._io import write_atomically
-
-    write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
-
-
-def _cached_file_state(entry: WeightsEntry, path: Path) -> tuple[str, str | None]:
-    """Check the file at ``path`` for ``entry``.
-
-    Returns:
-        ``("verified", None)``, ``("unverified", None)`` (no checksum usable),
-        ``("missing", None)`` or ``("mismatch", actual_digest)``.
-    """
-    if not path.is_file():
-        return "missing", None
-    spec = _checksum_spec(entry)
-    if spec is None:
-        return "unverified", None
-    algorithm, expected = spec
-    # Hashing a 2.4 GB checkpoint takes seconds; a sidecar records a past success
-    # for this very file (same size and modification time) so loads stay fast.
-    record = _read_sidecar(path)
-    if (
-        isinstance(record, dict)
-        and record.get("algorithm") == algorithm
-        and record.get("digest") == expected
-        and {key: record.get(key) for key in ("size", "mtime_ns")} == _stat_key(path)
-    ):
-        return "verified", None
-    logger.info("Verifying the %s checksum of %s", algorithm, path)
-    actual = _file_digest(path, algorithm)
-    if actual != expected:
-        return "mismatch", actual
-    _write_sidecar(path, algorithm, actual)
-    return "verified", None
-
-
-def _describe_checksum(entry: WeightsEntry) -> str:
-    if entry.sha256:
-        return f"Its sha256 must be {entry.sha256}."
-    if entry.xxh128:
-        return (
-            f"No sha256 is published for it; its xxh128 is {entry.xxh128} (checked when "
-            "the xxhash package is installed, otherwise the file is used unverified)."
-        )
-    return "No checksum is published for it; it is used unverified."
-
-
-# ---------------------------------------------------------------------------------
-# Download
-
-
-def _unavailable_message(entry: WeightsEntry, destination: Path, reason: str) -> str:
-    return (
-        f"The SAM weights {entry.name!r} ({entry.filename}) are not available: {reason}\n"
-        f"Download {entry.url}\n"
-        f"and save it as\n    {destination}\n"
-        f"{_describe_checksum(entry)} "
-        f"(Set {CACHE_ENV_VAR} to keep weights in another folder.)"
-    )
-
-
-def fetch(
-    entry: WeightsEntry,
-    cache_dir: str | os.PathLike | None = None,
-    progress: ProgressCallback | None = None,
-    timeout: float = 30,
-) -> Path:
-    """Path of ``entry``'s file in the cache, downloading and verifying it if needed.
+def clip_file(clip_name: str, tag: str | None, hub: str, cache_dir=None, config: bool = False) -> WeightsFile:
+    """CLIP weights (with ``config``: the model's open_clip_config.json) from the Hub.
 
     Args:
-        progress: called as ``progress(bytes_done, bytes_total)`` while downloading;
-            ``bytes_total`` is None when the server does not say.
-        timeout: seconds a connection or a read may stall before the download fails.
-
-    Raises:
-        WeightsUnavailableError: the download failed (its message says where to put
-            the file by hand).
-        ChecksumMismatchError: the downloaded file's checksum is wrong.
+        hub: ``"org/repo"``, or ``"org/repo/file"`` as open_clip's pretrained cfg names it.
     """
-    destination = weights_path(entry, cache_dir)
-    state, actual = _cached_file_state(entry, destination)
-    if state == "verified":
-        return destination
-    if state == "unverified":
-        logger.warning(
-            "Using %s unverified: no checksum can be checked for %r.", destination, entry.name
-        )
-        return destination
-    if state == "mismatch":
-        algorithm, expected = _checksum_spec(entry)
-        logger.warning(
-            "%s has %s %s, expected %s; downloading it again.",
-            destination,
-            algorithm,
-            actual,
-            expected,
-        )
+    from huggingface_hub import hf_hub_url
 
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        _download(entry, destination, progress, timeout)
-    except WeightsUnavailableError as err:
-        if state == "mismatch":
-            raise type(err)(
-                f"{err}\nThe file already at {destination} has the wrong checksum; "
-                "it was left as it is."
-            ) from err.__cause__
-        raise
-    return destination
-
-
-def _download(
-    entry: WeightsEntry, destination: Path, progress: ProgressCallback | None, timeout: float
-) -> None:
-    spec = _checksum_spec(entry)
-    hasher = _new_hasher(spec[0]) if spec else None
-    handle, temporary_name = tempfile.mkstemp(
-        dir=destination.parent, prefix=destination.name + ".", suffix=".part"
+    parts = hub.strip("/").split("/")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    names = (HUB_CONFIG_NAME,) if config else (filename,) if filename else _HUB_WEIGHTS_NAMES
+    what = "configuration" if config else f"weights {tag!r}" if tag else "weights"
+    return WeightsFile(
+        f"CLIP {clip_name} {what}", clip_folder(clip_name, tag, cache_dir) / names[0],
+        hf_hub_url(repo_id, names[0], endpoint=hub_endpoint()), None, (repo_id, _root(cache_dir) / "clip"), names[1:],
     )
-    temporary = Path(temporary_name)
-    try:
-        with os.fdopen(handle, "wb") as output:
-            done, total = _stream_to(entry, destination, output, hasher, progress, timeout)
-        if total is not None and done != total:
-            raise WeightsUnavailableError(
-                _unavailable_message(
-                    entry, destination, f"the download stopped after {done} of {total} bytes."
-                )
-            )
-        if spec is not None:
-            algorithm, expected = spec
-            actual = hasher.hexdigest()
-            if actual != expected:
-                raise ChecksumMismatchError(
-                    f"The download of {entry.name!r} from {entry.url} is corrupt: its {algorithm} "
-                    f"is {actual}, expected {expected}. The file was discarded; try again, or "
-                    f"download it by hand and save it as\n    {destination}"
-                )
-        else:
-            logger.warning(
-                "%s downloaded without verification: no checksum can be checked for %r.",
-                destination,
-                entry.name,
-            )
-        os.replace(temporary, destination)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    if spec is not None:
-        _write_sidecar(destination, spec[0], spec[1])
-    logger.info("Downloaded %s to %s", entry.url, destination)
 
 
-def _stream_to(entry, destination, output, hasher, progress, timeout) -> tuple[int, int | None]:
-    """Copy ``entry.url`` into ``output``; network failures become WeightsUnavailableError."""
+@dataclass
+class _Plan:
+    """What one weights choice needs: files to obtain, and how their paths become the result."""
 
-    def unavailable(reason: str) -> WeightsUnavailableError:
-        return WeightsUnavailableError(_unavailable_message(entry, destination, reason))
-
-    request = urllib.request.Request(entry.url, headers={"User-Agent": _USER_AGENT})
-    logger.info("Downloading %s from %s", entry.filename, entry.url)
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        raise unavailable(f"the server answered HTTP {err.code} {err.reason}.") from err
-    except urllib.error.URLError as err:
-        raise unavailable(f"no connection ({err.reason}).") from err
-    except (OSError, http.client.HTTPException) as err:
-        raise unavailable(f"no connection ({type(err).__name__}: {err}).") from err
-    with response:
-        length = response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else None
-        done = 0
-        if progress is not None:
-            progress(0, total)
-        while True:
-            try:
-                chunk = response.read(_CHUNK_BYTES)
-            except (OSError, http.client.HTTPException) as err:
-                # Timeouts, resets and short reads; errors writing the local file are
-                # not caught here, they are no network failure.
-                raise unavailable(
-                    f"the download broke off after {done} bytes ({type(err).__name__}: {err})."
-                ) from err
-            if not chunk:
-                break
-            output.write(chunk)
-            if hasher is not None:
-                hasher.update(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
-    return done, total
+    files: list[WeightsFile]
+    finish: Callable[[list[Path]], Any] = lambda paths: paths[0]
 
 
-# ---------------------------------------------------------------------------------
-# SAM checkpoints
+def _plan_sam(variant: str, checkpoint: str | os.PathLike | None, root: Path) -> _Plan:
+    """The plan of a SAM choice: a registered checkpoint's file, a file path, or nothing (random)."""
+    if checkpoint is None:
+        return _Plan([], lambda paths: None)
+    name = DEFAULT_SAM_WEIGHTS.get(variant) if checkpoint == "default" else checkpoint
+    if name is None:
+        raise ValueError(f"SAM variant {variant!r} has no published checkpoint; pass checkpoint=None "
+                         "for random weights or the path of a checkpoint file.")
+    if name in SAM_WEIGHTS:
+        entry = SAM_WEIGHTS[name]
+        if entry.architecture != variant:
+            raise ValueError(f"The SAM checkpoint {name!r} is for {entry.architecture}, not {variant}. Choose the "
+                             f"{entry.architecture} variant, or for {variant}: {', '.join(list_sam_weights(variant))}.")
+        return _Plan([sam_file(entry, root)])
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"No SAM checkpoint file at {path}, and {str(checkpoint)!r} is not a registered name. "
+                                f"Registered names: {', '.join(SAM_WEIGHTS)}; or pass 'default' or None.")
+    return _Plan([], lambda paths: path)
+
+
+def _plan_clip(clip_name: str, pretrained: str | os.PathLike | None, root: Path, file_cfg=None) -> _Plan:
+    """The plan of a CLIP choice: a tag's Hub file, an ``hf-hub:`` model's config (and weights), or a path."""
+    repo_id = hub_repo_id(clip_name)
+    name = clip_name if repo_id else clip_name.replace("/", "-")  # as open_clip does
+    path = None if pretrained in (None, "default") else Path(pretrained).expanduser()
+    if path is not None and not path.is_file():
+        if isinstance(pretrained, os.PathLike) or os.sep in str(pretrained) or path.suffix:
+            raise FileNotFoundError(f"No CLIP weights file at {path}.")
+        path = None  # a pretrained tag
+    beside = path.with_name(HUB_CONFIG_NAME) if path is not None else None
+    if repo_id:
+        if beside is not None and beside.is_file():
+            return _Plan([], lambda paths: (path, _cfg_from_config(beside, True)))
+        if path is None and pretrained not in (None, "default"):
+            raise ValueError(f"{clip_name} takes its weights from its Hugging Face Hub repository: pass "
+                             f"pretrained='default', a file path or None, not {pretrained!r}.")
+        # The configuration says the architecture, even of random weights.
+        files = [clip_file(name, None, repo_id, root, config=True)]
+        files += [clip_file(name, None, repo_id, root)] if pretrained == "default" else []
+        return _Plan(files, lambda paths: (paths[1] if len(paths) > 1 else path, _cfg_from_config(paths[0], True)))
+    if path is not None:
+        cfg = _cfg_from_config(beside, False) if beside.is_file() else file_cfg(name, path) if file_cfg else {}
+        return _Plan([], lambda paths: (path, cfg))
+    if pretrained is None:
+        return _Plan([], lambda paths: (None, {}))
+    import open_clip
+
+    tag = DEFAULT_CLIP_PRETRAINED.get(name) if pretrained == "default" else str(pretrained)
+    cfg = dict(open_clip.get_pretrained_cfg(name, tag)) if tag else {}  # a copy: open_clip's stays as it is
+    if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none known to open_clip"
+        what = f"Unknown pretrained tag {tag!r}" if tag else "No default pretrained weights are defined"
+        raise ValueError(f"{what} for CLIP {clip_name!r}; pass an open_clip tag ({tags}), a file path, or None.")
+    cfg["quick_gelu"] = bool(cfg.get("quick_gelu"))
+    return _Plan([clip_file(name, tag, cfg["hf_hub"], root)], lambda paths: (paths[0], cfg))
+
+
+def _cfg_from_config(config_path: Path, keep_model_cfg: bool) -> dict[str, Any]:
+    """Preprocessing and QuickGELU (with ``keep_model_cfg``, the architecture) from an open_clip_config.json."""
+    config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    model_cfg = config.get("model_cfg", config)
+    cfg = {**config.get("preprocess_cfg", {}), "quick_gelu": bool(model_cfg.get("quick_gelu", False))}
+    return {**cfg, "model_cfg": model_cfg} if keep_model_cfg else cfg
+
+
+def _obtain_all(plans: Sequence[_Plan], progress: ProgressCallback | None, timeout: float = 30) -> list[Any]:
+    """Each plan's result, its files found or downloaded; one error lists every file that failed."""
+    paths, failures = obtain([file for plan in plans for file in plan.files], progress, timeout)
+    if failures:
+        errors = [error for _, _, error in failures if error is not None]
+        kind = ChecksumMismatchError if any(isinstance(e, ChecksumMismatchError) for e in errors) else None
+        raise (kind or WeightsUnavailableError)(_unavailable_message(failures)) from (errors or [None])[0]
+    results = []
+    for plan in plans:
+        results.append(plan.finish(paths[:len(plan.files)]))
+        paths = paths[len(plan.files):]
+    return results
+
+
+def _unavailable_message(failures) -> str:
+    lines = ["Weights are missing: these files are not on this computer and could not be downloaded. Download "
+             "each and save it at the path given (that path is looked at first, before any download):"]
+    for file, reason, _ in failures:
+        lines += [f"- {file.label}: {reason}", f"    download: {file.url}", f"    save as:  {file.path}"]
+        if file.also_accepted:
+            lines.append(f"    (or, from the same place: {', '.join(file.also_accepted)} in that folder)")
+        lines.append(f"    hash:     {file.known_hash}" if file.known_hash else
+                     "    hash:     none pinned by napari-clipsam (the Hub's page of the file shows its sha256)")
+    lines.append(
+        f"Set {CACHE_ENV_VAR} (or pass cache_dir) to keep weights elsewhere. To try the model out with random "
+        "weights instead (no download; its masks then mean nothing): in Python load_model(..., sam_checkpoint=None, "
+        "clip_pretrained=None); on the command line --sam-checkpoint none --clip-pretrained none; in the widget "
+        f'"{RANDOM_WEIGHTS}" as SAM weights and "none" as CLIP weights.'
+    )
+    return "\n".join(lines)
+
+
+def resolve_weights(
+    sam: str, sam_checkpoint: str | os.PathLike | None, clip: str, clip_pretrained: str | os.PathLike | None,
+    cache_dir: str | os.PathLike | None = None, progress: ProgressCallback | None = None,
+    clip_file_cfg: Callable[[str, Path], dict[str, Any]] | None = None,
+) -> tuple[Path | None, Path | None, dict[str, Any]]:
+    """:func:`resolve_sam_checkpoint` and :func:`resolve_clip_checkpoint` at once.
+
+    Every file is looked for on disk before any download; one error lists every file that failed.
+
+    Args:
+        clip_file_cfg: ``(clip_name, path) -> cfg`` for a CLIP file that comes without a config
+            (the model code knows which network it needs); called before any download.
+
+    Returns:
+        ``(sam_path, clip_path, clip_cfg)``.
+    """
+    root = _root(cache_dir)
+    plans = [_plan_sam(sam, sam_checkpoint, root), _plan_clip(clip, clip_pretrained, root, clip_file_cfg)]
+    sam_path, (clip_path, clip_cfg) = _obtain_all(plans, progress)
+    return sam_path, clip_path, clip_cfg
 
 
 def resolve_sam_checkpoint(
-    variant: str,
-    checkpoint: str | os.PathLike | None,
-    cache_dir: str | os.PathLike | None = None,
+    variant: str, checkpoint: str | os.PathLike | None, cache_dir: str | os.PathLike | None = None,
     progress: ProgressCallback | None = None,
 ) -> Path | None:
     """The file to load into a SAM of ``variant`` (downloaded if needed); None for random weights.
 
     Args:
-        checkpoint: None (random weights), ``"default"`` (the official checkpoint of
-            ``variant``), a registry name (see :func:`list_sam_weights`) or a file path.
+        checkpoint: None (random weights), ``"default"`` (the official checkpoint of ``variant``),
+            a registry name (see :func:`list_sam_weights`) or a file path.
     """
-    if checkpoint is None:
-        return None
-    if isinstance(checkpoint, str) and checkpoint == "default":
-        if variant not in DEFAULT_SAM_WEIGHTS:
-            raise ValueError(
-                f"SAM variant {variant!r} has no published checkpoint; pass checkpoint=None "
-                "for random weights or the path of a checkpoint file."
-            )
-        return fetch(SAM_WEIGHTS[DEFAULT_SAM_WEIGHTS[variant]], cache_dir, progress)
-    if isinstance(checkpoint, str) and checkpoint in SAM_WEIGHTS:
-        entry = SAM_WEIGHTS[checkpoint]
-        if entry.architecture != variant:
-            raise ValueError(
-                f"The SAM checkpoint {checkpoint!r} is for {entry.architecture}, not {variant}. "
-                f"Choose the {entry.architecture} variant, or one of "
-                f"{', '.join(list_sam_weights(variant)) or 'no registered checkpoints'} "
-                f"for {variant}."
-            )
-        return fetch(entry, cache_dir, progress)
-    path = Path(checkpoint).expanduser()
-    if path.is_file():
-        return path
-    raise FileNotFoundError(
-        f"No SAM checkpoint file at {path}, and {str(checkpoint)!r} is not a registered name. "
-        f"Registered names: {', '.join(SAM_WEIGHTS)}; or pass 'default' or None."
-    )
-
-
-# ---------------------------------------------------------------------------------
-# CLIP weights (open_clip pretrained tags and Hugging Face Hub repositories)
-
-
-def _clip_slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
-
-
-def _clip_manual_dir(clip_name: str, tag: str | None, root: Path) -> Path:
-    folder = _clip_slug(clip_name) if tag is None else f"{_clip_slug(clip_name)}_{_clip_slug(tag)}"
-    return root / "clip" / folder
-
-
-def _weight_file_candidates(filename: str) -> list[str]:
-    """File names to look for, safetensors first, as open_clip's Hub download does."""
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
-    filename = filename or HF_WEIGHTS_NAME
-    if filename == HF_WEIGHTS_NAME:
-        return [HF_SAFE_WEIGHTS_NAME, filename]
-    if filename.endswith((".bin", ".pth")):
-        return [filename[:-4] + ".safetensors", filename]
-    return [filename]
-
-
-def _hf_offline() -> bool:
-    """Whether the user asked huggingface_hub to stay offline (read, never set)."""
-    try:
-        from huggingface_hub import constants
-
-        if constants.HF_HUB_OFFLINE:
-            return True
-    except ImportError:
-        pass
-    # huggingface_hub reads the variable once at import; honour a later setting too.
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _hf_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def _unreachable_reason(url: str, timeout: float = 5.0) -> str | None:
-    """Why ``url``'s host (or the proxy in front of it) cannot be reached; None if it can.
-
-    huggingface_hub retries a failed request for about 25 s per file and prints each
-    retry, so a quick TCP connection test decides first whether trying makes sense.
-    """
-    parts = urllib.parse.urlsplit(url)
-    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    if not host:
-        return f"{url} has no host"
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        if proxy_parts.hostname:
-            host, port = proxy_parts.hostname, proxy_parts.port or 80
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as err:
-        return f"cannot connect to {host}:{port} ({err})"
-
-
-def _openai_sha256(url: str) -> str | None:
-    # open_clip's OpenAI URLs carry the file's sha256 as the folder name.
-    if "openaipublic" in url:
-        candidate = url.rstrip("/").split("/")[-2]
-        if re.fullmatch(r"[0-9a-f]{64}", candidate):
-            return candidate
-    return None
+    return _obtain_all([_plan_sam(variant, checkpoint, _root(cache_dir))], progress)[0]
 
 
 def resolve_clip_checkpoint(
-    clip_name: str,
-    pretrained: str | os.PathLike | None,
-    cache_dir: str | os.PathLike | None = None,
+    clip_name: str, pretrained: str | os.PathLike | None, cache_dir: str | os.PathLike | None = None,
     progress: ProgressCallback | None = None,
 ) -> tuple[Path | None, dict[str, Any]]:
-    """The weights file for CLIP ``clip_name`` and open_clip's pretrained config for it.
-
-    Looks, in this order, for a file placed by hand under ``<cache>/clip/``, for an
-    earlier download in the Hub cache under ``<cache>/clip``, then downloads with
-    open_clip.
+    """The weights file of CLIP ``clip_name`` (downloaded if needed) and what builds its network.
 
     Args:
         clip_name: an open_clip architecture (``"ViT-B-16"``) or ``"hf-hub:org/repo"``.
-        pretrained: None (random weights), ``"default"`` (see
-            ``DEFAULT_CLIP_PRETRAINED``; for ``hf-hub:`` names the repository's weights),
-            an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b88k"``) or a
-            file path.
-        progress: called with ``(0, None)`` before a download and ``(size, size)``
-            after it; open_clip downloads in one call, so there is nothing in between.
+        pretrained: None (random weights), ``"default"`` (see ``DEFAULT_CLIP_PRETRAINED``; for
+            ``hf-hub:`` names the repository's weights), an open_clip tag, or a file path.
 
     Returns:
-        ``(path, cfg)``: ``cfg`` is open_clip's pretrained config (``cfg.get("quick_gelu")``,
-        ``mean``, ``std``, ...); for ``hf-hub:`` names it also holds ``model_cfg`` and
-        ``config_file`` from the repository's ``open_clip_config.json``. ``(None, {})``
-        when ``pretrained`` is None; ``(path, {})`` for a file path.
-
-    Raises:
-        WeightsUnavailableError: the weights could not be downloaded; the message names
-            the source and the exact path where the file can be placed by hand.
+        ``(path, cfg)``: open_clip's pretrained cfg (``quick_gelu``, ``mean``, ``std``) where known;
+        for ``hf-hub:`` names also ``model_cfg`` (their config is fetched even for random weights).
     """
-    if pretrained is None:
-        return None, {}
-    root = _cache_root(cache_dir)
-    is_hub_name = clip_name.startswith(_HF_HUB_PREFIX)
-    name = clip_name if is_hub_name else clip_name.replace("/", "-")  # as open_clip does
-    if isinstance(pretrained, str) and pretrained == "default":
-        if is_hub_name:
-            return _resolve_hf_hub_model(name, root, progress)
-        if name not in DEFAULT_CLIP_PRETRAINED:
-            raise ValueError(
-                f"No default pretrained weights are defined for CLIP {clip_name!r}; pass an "
-                f"open_clip pretrained tag ({_tags_text(name)}), a file path, or None."
-            )
-        return _resolve_clip_tag(name, DEFAULT_CLIP_PRETRAINED[name], root, progress)
-    path = Path(pretrained).expanduser()
-    if path.is_file():
-        return path, {}
-    if isinstance(pretrained, str) and not is_hub_name:
-        import open_clip
-
-        if open_clip.get_pretrained_cfg(name, pretrained):
-            return _resolve_clip_tag(name, pretrained, root, progress)
-    if isinstance(pretrained, os.PathLike) or os.sep in str(pretrained) or path.suffix:
-        raise FileNotFoundError(f"No CLIP weights file at {path}.")
-    if is_hub_name:
-        raise ValueError(
-            f"{clip_name} takes its weights from its Hugging Face Hub repository: pass "
-            f"pretrained='default', a file path or None, not {pretrained!r}."
-        )
-    raise ValueError(
-        f"Unknown pretrained tag {pretrained!r} for CLIP {clip_name!r}, and no such file. "
-        f"Tags: {_tags_text(name)}."
-    )
+    return _obtain_all([_plan_clip(clip_name, pretrained, _root(cache_dir))], progress)[0]
 
 
-def _tags_text(name: str) -> str:
-    import open_clip
+def fetch(
+    entry: WeightsEntry, cache_dir: str | os.PathLike | None = None, progress: ProgressCallback | None = None,
+    timeout: float = 30,
+) -> Path:
+    """Path of ``entry``'s file in the cache, downloaded and checked if needed.
 
-    tags = open_clip.list_pretrained_tags_by_model(name)
-    return ", ".join(tags) if tags else "none known to open_clip"
-
-
-@dataclass(frozen=True)
-class _ClipFile:
-    """One CLIP file: where it comes from and where a user may place it by hand."""
-
-    label: str
-    source: str
-    manual_dir: Path
-    names: tuple[str, ...]  # accepted file names, the preferred first
-    repo_id: str | None  # Hugging Face Hub repository, None for a plain URL
-    reachable_url: str  # whose host must answer for a download to make sense
-    note: str = ""
-
-    def find_local(self, root: Path) -> Path | None:
-        """The file placed by hand, else the one in the Hub cache; looks only on disk."""
-        for name in self.names:
-            if (self.manual_dir / name).is_file():
-                logger.info("Using the CLIP file placed by hand: %s", self.manual_dir / name)
-                return self.manual_dir / name
-        if self.repo_id is None:
-            return None
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            return None
-        for name in self.names:
-            found = try_to_load_from_cache(self.repo_id, name, cache_dir=str(root / "clip"))
-            if isinstance(found, str) and os.path.isfile(found):
-                return Path(found)
-        return None
-
-    def unavailable(self, reason: str) -> WeightsUnavailableError:
-        others = ""
-        if len(self.names) > 1:
-            others = f"\n({', '.join(self.names[1:])} from the same source is accepted there too.)"
-        return WeightsUnavailableError(
-            f"The {self.label} are not available: {reason}\n"
-            f"Download {self.names[0]} from {self.source}\n"
-            f"and save it as\n    {self.manual_dir / self.names[0]}{others}{self.note}\n"
-            f"(Set {CACHE_ENV_VAR} to keep weights in another folder.)"
-        )
-
-    def obtain(
-        self, root: Path, download: Callable[[], str], progress: ProgressCallback | None
-    ) -> Path:
-        """The file on disk, else ``download()``'s; failures become WeightsUnavailableError."""
-        local = self.find_local(root)
-        if local is not None:
-            return local
-        if self.repo_id is not None and _hf_offline():
-            raise self.unavailable("Hugging Face Hub offline mode is on (HF_HUB_OFFLINE).")
-        reason = _unreachable_reason(self.reachable_url)
-        if reason is not None:
-            raise self.unavailable(f"no connection ({reason}).")
-        if progress is not None:
-            progress(0, None)
-        logger.info("Downloading the %s from %s", self.label, self.source)
-        try:
-            path = Path(download())
-        except Exception as err:
-            raise self.unavailable(f"the download failed ({type(err).__name__}: {err}).") from err
-        if progress is not None:
-            size = path.stat().st_size
-            progress(size, size)
-        return path
+    Args:
+        progress: called as ``progress(bytes_done, bytes_total)`` while downloading.
+        timeout: seconds a connection or a read may stall before the download fails.
+    """
+    return _obtain_all([_Plan([sam_file(entry, cache_dir)])], progress, timeout)[0]
 
 
-def _hub_source(repo_id: str) -> str:
-    return f"the Hugging Face Hub repository {repo_id} (https://huggingface.co/{repo_id})"
+def fetch_weights(
+    names: Sequence[str], cache_dir: str | os.PathLike | None = None, progress: ProgressCallback | None = None
+) -> list[Path | None]:
+    """Each named weights file, found or downloaded; one error lists every file that failed.
 
-
-def _resolve_clip_tag(
-    name: str, tag: str, root: Path, progress: ProgressCallback | None
-) -> tuple[Path, dict[str, Any]]:
-    import open_clip
-    from open_clip.pretrained import download_pretrained
-
-    # A copy: the caller must not be able to edit open_clip's registry.
-    cfg = dict(open_clip.get_pretrained_cfg(name, tag))
-    hub, url = cfg.get("hf_hub", ""), cfg.get("url", "")
-    label = f"CLIP {name} weights {tag!r}"
-    manual_dir = _clip_manual_dir(name, tag, root)
-    if hub:
-        # open_clip prefers the Hub copy when both exist, and so do we: OpenAI's own
-        # URL serves a TorchScript archive, not a plain state dict.
-        repo_id, filename = os.path.split(hub)
-        note = ""
-        if url:
-            sha = _openai_sha256(url)
-            note = (
-                f"\n(The original release, {url}"
-                + (f", sha256 {sha}" if sha else "")
-                + ", has another format and is not loaded by napari-clipsam.)"
-            )
-        file = _ClipFile(
-            label,
-            _hub_source(repo_id),
-            manual_dir,
-            tuple(_weight_file_candidates(filename)),
-            repo_id,
-            _hf_endpoint(),
-            note,
-        )
-    else:
-        # open_clip keeps URL downloads as <cache>/clip/<file name>.
-        filename = os.path.basename(url)
-        downloaded = root / "clip" / filename
-        if downloaded.is_file():
-            return downloaded, cfg
-        file = _ClipFile(label, url, manual_dir, (filename,), None, url)
-    hub_cache = str(root / "clip")
-    path = file.obtain(root, lambda: download_pretrained(cfg, cache_dir=hub_cache), progress)
-    return path, cfg
-
-
-def _resolve_hf_hub_model(
-    clip_name: str, root: Path, progress: ProgressCallback | None
-) -> tuple[Path, dict[str, Any]]:
-    from open_clip.pretrained import download_pretrained_from_hf
-
-    repo_id = clip_name[len(_HF_HUB_PREFIX) :]
-    manual_dir = _clip_manual_dir(clip_name, None, root)
-    hub_cache = str(root / "clip")
-    config_file = _ClipFile(
-        f"CLIP {clip_name} configuration",
-        _hub_source(repo_id),
-        manual_dir,
-        (_HF_CONFIG_NAME,),
-        repo_id,
-        _hf_endpoint(),
-    )
-    config_path = config_file.obtain(
-        root,
-        lambda: download_pretrained_from_hf(repo_id, filename=_HF_CONFIG_NAME, cache_dir=hub_cache),
-        None,
-    )
-    weights_file = _ClipFile(
-        f"CLIP {clip_name} weights",
-        _hub_source(repo_id),
-        manual_dir,
-        tuple(_weight_file_candidates("")),
-        repo_id,
-        _hf_endpoint(),
-        f"\n{_HF_CONFIG_NAME} from the same repository belongs in that folder too.",
-    )
-    weights = weights_file.obtain(
-        root, lambda: download_pretrained_from_hf(repo_id, cache_dir=hub_cache), progress
-    )
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    model_cfg = config.get("model_cfg", config)
-    cfg = {
-        **config.get("preprocess_cfg", {}),
-        "hf_hub": f"{repo_id}/",
-        "quick_gelu": bool(model_cfg.get("quick_gelu", False)),
-        "model_cfg": model_cfg,
-        "config_file": str(config_path),
-    }
-    return weights, cfg
+    Args:
+        names: SAM registry names (``"vit_b_lm"``), or CLIP as ``"MODEL"`` (its default tag),
+            ``"MODEL/TAG"`` (``"ViT-B-16/openai"``) or ``"hf-hub:org/repo"``.
+    """
+    plans = []
+    for name in names:
+        model, _, tag = name.rpartition("/") if "/" in name and not hub_repo_id(name) else (name, "", "")
+        plans.append(_Plan([sam_file(SAM_WEIGHTS[name], cache_dir)]) if name in SAM_WEIGHTS
+                     else _plan_clip(model, tag or "default", _root(cache_dir)))
+    return [result[0] if isinstance(result, tuple) else result for result in _obtain_all(plans, progress)]
 
 
 __all__ = [
-    "CACHE_ENV_VAR",
-    "DEFAULT_CLIP_PRETRAINED",
-    "DEFAULT_SAM_WEIGHTS",
-    "SAM_WEIGHTS",
-    "ChecksumMismatchError",
-    "WeightsEntry",
-    "WeightsUnavailableError",
-    "cache_dir",
-    "fetch",
-    "list_sam_weights",
-    "resolve_clip_checkpoint",
-    "resolve_sam_checkpoint",
-    "weights_path",
+    "CACHE_ENV_VAR", "DEFAULT_CLIP_PRETRAINED", "DEFAULT_CLIP_WEIGHTS", "DEFAULT_SAM_WEIGHTS", "HF_HUB_PREFIX",
+    "RANDOM_WEIGHTS", "SAM_WEIGHTS", "WeightsEntry", "cache_dir", "clip_file", "clip_folder", "fetch", "fetch_weights",
+    "hub_repo_id", "list_sam_weights", "parse_weights_choice", "resolve_clip_checkpoint", "resolve_sam_checkpoint",
+    "resolve_weights", "sam_file", "weights_path",
 ]
