@@ -104,25 +104,18 @@ def _listed(title: str, lines: list[str], limit: int = 10) -> list[str]:
     return [f"{title} ({len(lines)}):", *[f"  {line}" for line in lines[:limit]], *more] if lines else []
 
 
-def load_state_dict_checked(
-    module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str, ignore_prefixes: tuple[str, ...] = ()
-) -> None:
+def load_state_dict_checked(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
     """Load ``state_dict`` into ``module`` after checking every key and shape.
 
     Args:
         what: names the weights in the error, e.g. ``"SAM vit_b checkpoint /path/x.pth"``.
-        ignore_prefixes: module parameters whose key starts with one of these, or has a dotted
-            component that does (``"clipsam_"`` matches ``"image_encoder.blocks.0.clipsam_adapter.weight"``),
-            need not be in the file.
 
     Raises:
         CheckpointMismatchError: keys are missing or unexpected, or shapes differ; the message
             lists them (10 of each at most) with a hint at the cause.
     """
-    bare = tuple(prefix.lstrip(".") for prefix in ignore_prefixes)
     expected = module.state_dict()
-    ignored = {key for key in expected if key.startswith(bare) or any(f".{p}" in key for p in bare)}
-    missing = [key for key in expected if key not in state_dict and key not in ignored]
+    missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
     shapes = [
         f"{key}: model {tuple(expected[key].shape)}, file {tuple(state_dict[key].shape)}"
@@ -136,13 +129,7 @@ def load_state_dict_checked(
             *_listed("Unexpected keys", unexpected), *_listed("Shape mismatches, expected vs found", shapes),
             *([f"Hint: {hint}"] if hint else []),
         ]))
-    absent_ignored = ignored - set(state_dict)
-    result = module.load_state_dict(dict(state_dict), strict=not absent_ignored)
-    leftovers = set(result.missing_keys) - absent_ignored
-    if leftovers or result.unexpected_keys:
-        raise CheckpointMismatchError(
-            f"The {what} did not load: missing {sorted(leftovers)[:10]}, unexpected {result.unexpected_keys[:10]}."
-        )
+    module.load_state_dict(dict(state_dict), strict=True)
 
 
 __all__ = ["load_sam_state_dict", "load_state_dict_checked", "read_checkpoint"]
