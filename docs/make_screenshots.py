@@ -75,16 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["NAPARI_CONFIG"] = str(scratch / "napari-settings.yaml")
     os.environ["NAPARI_CLIPSAM_SETTINGS"] = "off"
 
-    # Import torch and the plugin (and with them triton, where installed) before the
-    # viewer creates its OpenGL context: with Mesa's software OpenGL (llvmpipe, as under
-    # Xvfb), importing triton after the context exists crashes the process (both bundle LLVM).
     import napari
     import torch
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
     import napari_clipsam
-    from napari_clipsam._qt.segment_widget import MODE_MANUAL, MODE_TEXT
+    from napari_clipsam._qt.segment_widget import MODE_TEXT
     from napari_clipsam._sample_data import make_nuclei_sample
 
     def process_events(seconds: float = 0.3) -> None:
@@ -112,16 +109,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path} ({pixels.shape[1]}x{pixels.shape[0]} px, {path.stat().st_size / 1000:.0f} kB)")
         return path
 
-    def run_and_save(dock_widget, start, what: str, active_layer, name: str) -> None:
-        """Start a job from a dock widget, wait for it, then capture the window."""
+    def segment_and_save(what: str, active_layer, name: str) -> None:
+        """Segment with the widget as it is set up (its scripting methods), then capture the window."""
         t0 = time.perf_counter()
-        start()
-        wait_until(lambda: not dock_widget.busy, f"the {what}")
-        print(f"{what}: {time.perf_counter() - t0:.1f} s; status: {dock_widget._status.value}")
+        widget.segment()
+        widget.wait(timeout=args.timeout)
+        print(f"{what}: {time.perf_counter() - t0:.1f} s; status: {widget._controls.status.value}")
         viewer.layers.selection.active = active_layer
         save(name)
 
     weights = describe_weights(args.sam_checkpoint, args.clip_pretrained)
+
+    # -- the model, loaded once (and handed to the widget below). Before the viewer exists:
+    # with Mesa's software OpenGL (llvmpipe, as under Xvfb), loading the model stack (and
+    # triton with it, where installed) after napari's OpenGL context exists crashes the
+    # process, as both bundle LLVM.
+    torch.manual_seed(0)
+    print(f"loading the model ({weights}) on {args.device}...")
+    try:
+        model = napari_clipsam.load_model(
+            sam="vit_b", clip="ViT-B-16",
+            sam_checkpoint=args.sam_checkpoint, clip_pretrained=args.clip_pretrained,
+            device=args.device,
+        )
+    except OSError as err:  # WeightsUnavailableError: offline, with where to put the files
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     # -- the viewer, the sample and the widget
     viewer = napari.Viewer(show=True, title="napari-clipsam")
@@ -134,59 +147,31 @@ def main(argv: list[str] | None = None) -> int:
     viewer.window._qt_window.resizeDocks([dock], [dock_width], Qt.Orientation.Horizontal)
     process_events()
 
-    # -- the model, loaded once and handed to the widget
-    torch.manual_seed(0)
-    print(f"loading the model ({weights}) on {args.device}...")
-    try:
-        model = napari_clipsam.load_model(
-            sam="vit_b", clip="ViT-B-16",
-            sam_checkpoint=args.sam_checkpoint, clip_pretrained=args.clip_pretrained,
-            device=args.device,
-        )
-    except OSError as err:  # WeightsUnavailableError: offline, with where to put the files
-        print(f"error: {err}", file=sys.stderr)
-        viewer.close()
-        return 2
     # Make the model fields tell the truth about the injected model.
+    fields = widget._model_fields
     if args.sam_checkpoint is None:
-        widget._sam_weights.value = "none (random)"
-    elif args.sam_checkpoint in widget._sam_weights.choices:
-        widget._sam_weights.value = args.sam_checkpoint
-    widget._clip_pretrained.value = "none" if args.clip_pretrained is None else str(args.clip_pretrained)
-    if args.device in widget._device.choices:
-        widget._device.value = args.device
+        fields.sam_weights.value = "none (random)"
+    elif args.sam_checkpoint in fields.sam_weights.choices:
+        fields.sam_weights.value = args.sam_checkpoint
+    fields.clip_pretrained.value = "none" if args.clip_pretrained is None else str(args.clip_pretrained)
+    if args.device in fields.device.choices:
+        fields.device.value = args.device
     widget.use_model(model)
-    widget.reset_choices()
-    widget._image.value = image
+    widget.set_image(image)
 
     # -- (a) text-only mode with the similarity map
-    widget._mode.value = MODE_TEXT
-    widget._concept.value = "nucleus"
-    widget._instances.value = False  # one label per concept (the widget's default)
-    widget._show_similarity.value = True
-    run_and_save(widget, widget._on_run_clicked, "text-only run", image, "widget_text_mode.png")
+    widget._controls.mode.value = MODE_TEXT
+    widget.set_concept("nucleus")
+    widget.set_options(instances=False, similarity=True)  # one label per concept (the widget's default)
+    segment_and_save("text-only run", image, "widget_text_mode.png")
 
     # -- (b) manual mode: two positive points on nuclei, one negative point, live preview
     for layer in list(viewer.layers):
         if layer is not image:
             layer.visible = False
-    widget._mode.value = MODE_MANUAL
-    widget._add_prompt_layers()
-    positive = widget._prompt_layers["positive"]
-    negative = widget._prompt_layers["negative"]
-    centres = _nucleus_centres(ground_truth, count=2)
-    positive.add(centres)
-    negative.add(_background_point(ground_truth))
-    wait_until(
-        lambda: widget._preview is not None
-        and widget._preview[0].arguments.get("point_coords") is not None
-        and len(widget._preview[0].arguments["point_coords"]) == 3
-        and not widget.busy,
-        "the manual preview",
-    )
-    print(f"manual preview: status: {widget._status.value}")
-    viewer.layers.selection.active = positive
-    save("widget_manual_mode.png")
+    points = [*_nucleus_centres(ground_truth, count=2), *_background_point(ground_truth)]
+    widget.set_prompts(points=points, labels=[1, 1, 0])  # (row, col) in the image's data coordinates
+    segment_and_save("manual preview", viewer.layers[f"{image.name} positive points"], "widget_manual_mode.png")
 
     # -- (c) the training panel after a few steps on the sample's own ground truth
     for layer in list(viewer.layers):
@@ -204,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     panel._steps.value = args.training_steps
     panel._val_fraction.value = 0.0  # one image: nothing to set aside
     panel.use_base_model(model)
-    run_and_save(panel, panel._on_train_clicked, "training run", truth, "training_panel.png")
+    t0 = time.perf_counter()
+    panel._on_train_clicked()
+    wait_until(lambda: not panel.busy, "the training run")
+    print(f"training run: {time.perf_counter() - t0:.1f} s; status: {panel._status.value}")
+    viewer.layers.selection.active = truth
+    save("training_panel.png")
 
     print(f"weights used: {weights}")
     print(f"done in {time.perf_counter() - started:.0f} s")

@@ -46,6 +46,7 @@ class JobRunner:
         self._progress = None
         self._cancelled = False
         self._on_event: Callable[[Any], None] | None = None
+        self._on_error: Callable[[BaseException], None] | None = None
         self._after: Callable[[], None] | None = None
 
     @property
@@ -61,11 +62,13 @@ class JobRunner:
         on_result: Callable[[Any], None] | None = None,
         on_event: Callable[[Any], None] | None = None,
         after: Callable[[], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         """Run ``job(*args, **kwargs)`` (a generator function) in a worker thread.
 
         ``on_event`` sees each yielded event (after the progress bar), ``on_result`` the
-        return value, ``after`` runs once the worker has finished, whatever happened.
+        return value, ``on_error`` the exception of a failed job (after the notification),
+        ``after`` runs once the worker has finished, whatever happened.
         """
         from napari.qt.threading import create_worker
         from napari.utils import progress
@@ -75,7 +78,7 @@ class JobRunner:
         # Errors are reported here as notifications; napari would re-raise them otherwise.
         worker = create_worker(_prepared, job, *args, _start_thread=False, _ignore_errors=True, **(kwargs or {}))
         self._worker, self._cancelled = worker, False
-        self._on_event, self._after = on_event, after
+        self._on_event, self._after, self._on_error = on_event, after, on_error
         self._progress = progress(total=0, desc=title)
         self._on_status(f"{title}...")
         self._on_busy(True)
@@ -117,12 +120,14 @@ class JobRunner:
 
         self._on_status(f"Error: {error}")
         show_error(f"napari-clipsam: {error}")
+        if self._on_error is not None:
+            self._on_error(error)
 
     def _finished(self) -> None:
         if self._progress is not None:
             self._progress.close()
             self._progress = None
-        self._worker = None
+        self._worker, self._on_error = None, None
         if self._cancelled:
             self._cancelled = False
             self._on_status("Cancelled: no layer or file was changed.")

@@ -1,72 +1,58 @@
 """The napari dock widget: segment by concept, points and boxes into Labels layers.
 
-A thin layer over the core: the model, predictor and jobs live in Qt-free modules;
-this file builds the controls, runs the jobs in napari's ``thread_worker`` and writes
-results into layers, always on the main thread.
+A thin layer over the core. The parts, each in its own module beside this one:
+``model_fields`` and ``segment_controls`` (the controls), ``segment_jobs`` (requests run
+in a worker with the model they need), ``prompt_layers`` (the manual prompts),
+``label_layers`` (results into layers, on the main thread), ``shortcuts`` (keys) and
+``requests``. This class wires them together and offers the scripting methods
+(docs/scripting.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    Label,
-    LineEdit,
-    PushButton,
-    RadioButtons,
-    create_widget,
-)
+from magicgui.widgets import Container
 
-# Light imports only (numpy, scipy): the model stack is imported by the jobs, in a worker.
-from .._jobs import Progress, iter_load_model
-from ..inference.labels import check_label_dtype, plan_label_write
-from ..inference.pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack
+from ..inference.layers import leading_ndim
+from ..inference.pipeline import SegmentResult
+from . import label_layers
 from .jobs import JobRunner
+from .label_layers import NEW_LAYER
+from .model_fields import SAM_INPUTS, ModelFields
+from .prompt_layers import POSITIVE, PromptLayers
+from .requests import (
+    MANUAL,
+    STACK,
+    TEXT,
+    NothingToSegment,
+    RequestError,
+    SegmentRequest,
+    StaleResultError,
+    current_plane,
+    normalise_concept,
+)
+from .segment_controls import MODE_MANUAL, MODE_TEXT, SCOPE_ALL, SCOPE_SLICE, SegmentControls
+from .segment_jobs import SegmentJobs
 from .settings import load_settings, save_settings
+from .shortcuts import ACCEPT, CLEAR, SEGMENT, TOGGLE, ViewerShortcuts, shortcuts_text
 
 if TYPE_CHECKING:
     import napari
 
-NEW_LAYER = "New layer"
-MODE_TEXT = "Semi-automatic (text only)"
-MODE_MANUAL = "Manual (points / box)"
-SCOPE_SLICE = "Current slice"
-SCOPE_ALL = "All slices"
-CHANNEL_ALL = "All (RGB)"
-_SAM_VARIANTS = ["vit_b", "vit_l", "vit_h"]
-# SAM input sides offered; "auto" is the size the adapters were trained at, else SAM's own.
-SAM_INPUTS = ["auto", "1024", "768", "512"]
 # Milliseconds to wait after the last prompt edit before decoding.
 DEBOUNCE_MS = 150
 
-
-def _sam_weight_choices() -> list[str]:
-    from ..weights.registry import RANDOM_WEIGHTS, SAM_WEIGHTS
-
-    return ["default", *[name for name in SAM_WEIGHTS if name not in _SAM_VARIANTS], RANDOM_WEIGHTS]
-
-
-@dataclass
-class _Request:
-    """One segmentation asked for, with what it was computed from (to detect staleness)."""
-
-    kind: str  # "text", "manual" or "stack"
-    image_layer: Any
-    data: Any
-    plane: tuple[int, ...]
-    concept: str | None
-    arguments: dict[str, Any] = field(default_factory=dict)
+__all__ = ["ClipSamWidget", "MODE_MANUAL", "MODE_TEXT", "NEW_LAYER", "SAM_INPUTS", "SCOPE_ALL", "SCOPE_SLICE"]
 
 
 class ClipSamWidget(Container):
-    """Segment an image layer by concept (text), points and boxes into a Labels layer."""
+    """Segment an image layer by concept (text), points and boxes into a Labels layer.
+
+    Scripts drive it with :meth:`set_image`, :meth:`set_concept`, :meth:`set_options`,
+    :meth:`set_prompts`, :meth:`segment`, :meth:`wait`, :meth:`accept_preview`,
+    :meth:`clear_prompts` and :meth:`use_model`.
+    """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         # Not scrollable: napari docks the inner widget, and a magicgui scroll area
@@ -74,535 +60,336 @@ class ClipSamWidget(Container):
         super().__init__(scrollable=False)
         self._viewer = napari_viewer
         self._settings = load_settings()
-        settings = self._settings
+        self._model_fields = ModelFields(self._settings)
+        self._adapters = self._model_fields.adapters  # the training panel fills it in
+        self._controls = SegmentControls(self._settings, self._output_choices, self._recent_choices)
+        self.extend([*self._model_fields.widgets, *self._controls.widgets])
+        self.tooltip = f"Shortcuts while this panel is open:\n{shortcuts_text()}"
 
-        # -- model
-        self._sam = ComboBox(label="SAM", choices=_SAM_VARIANTS, value=_choice(settings.sam, _SAM_VARIANTS))
-        weights = _sam_weight_choices()
-        self._sam_weights = ComboBox(label="SAM weights", choices=weights, value=_choice(settings.sam_weights, weights))
-        self._clip = LineEdit(label="CLIP model", value=settings.clip)
-        self._clip_pretrained = LineEdit(label="CLIP weights", value=settings.clip_pretrained)
-        self._adapters = FileEdit(label="Adapters", mode="r", filter="*.safetensors", value=settings.adapters)
-        self._device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value=settings.device)
-        self._precision = ComboBox(label="Precision", choices=["auto", "fp32", "bf16"], value=settings.precision)
-        self._sam_input = ComboBox(label="SAM input", choices=SAM_INPUTS, value=_choice(settings.sam_input, SAM_INPUTS))
-        self._sam_input.tooltip = (
-            "Side of the image SAM sees, in pixels. Smaller is faster (512: about 4x on a CPU) with "
-            "less detail. auto: the size the adapters were trained at, else 1024."
+        self._jobs = SegmentJobs(
+            JobRunner(self._set_status, self._set_busy), self._model_arguments, self._model_fields.image_size,
+            on_result=self._on_result, on_model=self._show_model, set_status=self._set_status,
         )
-        self._load_button = PushButton(text="Load model")
-
-        # -- what to segment
-        self._image = create_widget(label="Image", annotation="napari.layers.Image")
-        self._channel = ComboBox(label="Channel", choices=[CHANNEL_ALL, "0", "1", "2"], value=CHANNEL_ALL)
-        self._concept = LineEdit(label="Concept")
-        self._recent = ComboBox(label="Recent", choices=self._recent_choices, value="")
-        self._mode = RadioButtons(
-            label="Mode", choices=[MODE_TEXT, MODE_MANUAL],
-            value=MODE_MANUAL if settings.mode == "manual" else MODE_TEXT,
-        )
-        self._scope = ComboBox(label="Slices", choices=[SCOPE_SLICE, SCOPE_ALL], value=SCOPE_SLICE)
-
-        # -- output
-        self._output = ComboBox(label="Output", choices=self._output_choices)
-        self._instances = CheckBox(text="Separate objects (instances)", value=False)
-        self._replace = CheckBox(text="Replace existing labels", value=False)
-        self._show_similarity = CheckBox(text="Show similarity map", value=False)
-
-        # -- actions
-        self._run_button = PushButton(text="Segment")
-        self._prompts_button = PushButton(text="Add prompt layers")
-        self._commit_button = PushButton(text="Add mask to labels", enabled=False)
-        self._cancel_button = PushButton(text="Cancel", enabled=False)
-        self._status = Label(value="")
-        self._status.native.setWordWrap(True)  # long messages (offline paths) must not widen the dock
-
-        self.extend([
-            self._sam, self._sam_weights, self._clip, self._clip_pretrained, self._adapters,
-            self._device, self._precision, self._sam_input, self._load_button,
-            self._image, self._channel, self._concept, self._recent, self._mode, self._scope,
-            self._output, self._instances, self._replace, self._show_similarity,
-            self._run_button, self._prompts_button, self._commit_button, self._cancel_button, self._status,
-        ])
-
-        # -- state
-        self._model = None
-        self._model_key: tuple | None = None
-        self._predictor = None
-        self._runner = JobRunner(self._set_status, self._set_busy)
-        self._queued: Callable[[], None] | None = None
-        self._preview: tuple[_Request, SegmentResult] | None = None
-        self._prompt_layers: dict[str, Any] = {}
+        self._preview: tuple[SegmentRequest, SegmentResult] | None = None
+        self._shortcuts = ViewerShortcuts(napari_viewer, {
+            SEGMENT: self._key_segment, ACCEPT: self._key_accept, TOGGLE: self._key_toggle, CLEAR: self._key_clear,
+        })
+        self._prompts = PromptLayers(napari_viewer, self._on_prompts_edited, self._shortcuts.bind_layer)
 
         from qtpy.QtCore import QTimer
 
         self._debounce = QTimer()
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(DEBOUNCE_MS)
-        self._debounce.timeout.connect(self._request_manual)
+        self._debounce.timeout.connect(self._on_prompts_settled)
+        self._connect_controls()
+        self._shortcuts.follow_docking(self.native)
+        self._controls.update_visibility()
 
-        self._load_button.changed.connect(self._on_load_clicked)
-        self._run_button.changed.connect(self._on_run_clicked)
-        self._prompts_button.changed.connect(self._add_prompt_layers)
-        self._commit_button.changed.connect(self._commit_preview)
-        self._cancel_button.changed.connect(self.cancel)
-        self._recent.changed.connect(self._on_recent)
-        self._mode.changed.connect(self._update_visibility)
-        self._image.changed.connect(self._update_visibility)
-        for widget in (self._sam, self._sam_weights, self._clip, self._clip_pretrained, self._adapters,
-                       self._device, self._precision, self._sam_input, self._mode):
-            widget.changed.connect(self._save_settings)
-        self._update_visibility()
+    # ------------------------------------------------------------- scripting
+    def set_image(self, layer) -> None:
+        """Segment ``layer`` (an Image layer of the viewer, or its name) from now on."""
+        if isinstance(layer, str):
+            layer = self._viewer.layers[layer]
+        self._controls.image.reset_choices()
+        self._controls.image.value = layer
 
-    # ------------------------------------------------------------------ public
+    def set_concept(self, text: str) -> None:
+        """The concept to segment, e.g. ``"nucleus"``; empty for plain SAM prompting in the manual mode."""
+        self._controls.concept.value = text
+
+    def set_options(self, *, instances: bool | None = None, refine: bool | None = None, min_area: int | None = None,
+                    replace: bool | None = None, all_slices: bool | None = None, similarity: bool | None = None,
+                    output: str | None = None) -> None:
+        """Set the output options as the controls do; None leaves one as it is.
+
+        Args:
+            instances: one label per object; ``refine`` and ``min_area`` apply only then.
+            refine: prompt SAM again at each object (its box and an inner point).
+            min_area: drop objects smaller than this many pixels.
+            replace: let new labels overwrite existing ones.
+            all_slices: segment every plane of a stack (the text-only mode).
+            similarity: show the concept's similarity map.
+            output: the name of an existing Labels layer, or ``"New layer"``.
+        """
+        self._controls.set_options(instances=instances, refine=refine, min_area=min_area, replace=replace,
+                                   all_slices=all_slices, similarity=similarity, output=output)
+
+    def set_prompts(self, points=None, labels=None, box=None) -> None:
+        """Replace the manual prompts of the chosen image and switch to the manual mode; does not segment.
+
+        The positive points layer is left selected, ready for clicks by hand.
+
+        Coordinates are napari data coordinates of the image layer, as a script reads them
+        from a Points or Shapes layer: (row, col) pixels land on the plane the viewer shows;
+        a stack also takes full coordinates (plane indices first).
+
+        Args:
+            points: (N, 2) or (N, D) coordinates.
+            labels: (N,) 1 for a positive point, 0 for a negative one; default all positive.
+            box: two opposite corners, or a Shapes rectangle's four, each (row, col) or (D,).
+        """
+        layer = self._chosen_image()
+        self._controls.mode.value = MODE_MANUAL
+        self._prompts.ensure(layer)
+        self._prompts.set(current_plane(self._viewer, layer), points, labels, box)
+        self._prompts.activate(POSITIVE)
+        self._debounce.stop()
+
+    def segment(self) -> None:
+        """Start segmenting as the widget is set up (what Segment does); returns at once, see :meth:`wait`.
+
+        Raises:
+            RequestError: (a ValueError) it cannot start: no image, no concept in the
+                text-only mode, neither prompts nor concept in the manual mode, an output
+                layer of another shape.
+        """
+        request = self._make_request()
+        if request.concept:
+            self._remember_concept(request.concept)
+        self._jobs.submit(request)
+
+    def wait(self, timeout: float = 600.0) -> Any:
+        """Process Qt events until the last :meth:`segment` has finished; returns its result.
+
+        Returns:
+            A :class:`SegmentResult` for one plane (in the manual mode, the preview's), or the
+            (*leading, H, W) int32 labels of an "All slices" run.
+
+        Raises:
+            The job's error (e.g. ``WeightsUnavailableError``); :class:`StaleResultError` when
+            the image, slice or concept changed meanwhile (nothing was written);
+            RuntimeError when cancelled or replaced by a newer request; TimeoutError after
+            ``timeout`` seconds (the job goes on).
+        """
+        return self._jobs.wait(timeout)
+
+    def accept_preview(self) -> list[int]:
+        """Write the manual mode's preview into the output labels (one undo step) and clear the prompts.
+
+        Returns:
+            The new label values.
+        """
+        if self._preview is None:
+            raise RuntimeError("No preview to add: segment in the manual mode first.")
+        request, result = self._preview
+        if not self._is_current(request):
+            raise StaleResultError("The preview is out of date (image, slice or concept changed); update it first.")
+        new = self._write(request, [(request.plane, result.labels)])
+        self._drop_preview()
+        self._prompts.clear()
+        self._set_status(f"Added label(s) {new}.")
+        return new
+
+    def clear_prompts(self) -> None:
+        """Empty the prompt layers and drop the preview."""
+        self._debounce.stop()
+        self._prompts.clear()
+        self._drop_preview()
+        self._set_status("Prompts cleared.")
+
     def use_model(self, model) -> None:
-        """Use an already loaded :class:`ClipSamModel` (from a script or the training panel)."""
-        from ..inference.predictor import ClipSamPredictor
-
-        self._model = model
-        self._model_key = ("given", id(model))
-        self._predictor = ClipSamPredictor(model)
-        self._status.value = f"Model: SAM {model.sam_name} + CLIP {model.clip_name} ({model.device}, {model.precision})"
+        """Use an already loaded :class:`ClipSamModel`, whatever the model fields say (until Load model)."""
+        self._jobs.use_model(model)
+        self._show_model(model)
 
     @property
     def busy(self) -> bool:
-        return self._runner.busy
+        return self._jobs.busy
 
     def cancel(self, *_: Any) -> None:
         """Stop the running job at its next stage boundary and drop the queued one; layers stay as they are."""
-        self._queued = None
         self._debounce.stop()
-        self._runner.cancel()
+        self._jobs.cancel()
+
+    # -------------------------------------------------------------- controls
+    def _connect_controls(self) -> None:
+        controls = self._controls
+        self._model_fields.load_button.changed.connect(self._on_load_clicked)
+        controls.run_button.changed.connect(self._on_run_clicked)
+        controls.prompts_button.changed.connect(self._add_prompt_layers)
+        controls.commit_button.changed.connect(self._commit_preview)
+        controls.cancel_button.changed.connect(self.cancel)
+        controls.recent.changed.connect(self._on_recent)
+        for control in (*self._model_fields.saved_fields, controls.mode):
+            control.changed.connect(self._save_settings)
 
     def _set_status(self, text: str) -> None:
-        self._status.value = text
+        self._controls.status.value = text
 
     def _set_busy(self, busy: bool) -> None:
-        self._cancel_button.enabled = busy
+        self._controls.cancel_button.enabled = busy
 
-    # ------------------------------------------------------------- controls
+    def _show_model(self, model) -> None:
+        self._model_fields.refresh_choices()  # open_clip is loaded now: its names are free
+        self._set_status(f"Model: SAM {model.sam_name} + CLIP {model.clip_name} ({model.device}, {model.precision})")
+
     def _output_choices(self, _widget: Any = None) -> list[str]:
-        from napari.layers import Labels
-
-        return [NEW_LAYER, *[layer.name for layer in self._viewer.layers if isinstance(layer, Labels)]]
+        return [NEW_LAYER, *label_layers.labels_layer_names(self._viewer)]
 
     def _recent_choices(self, _widget: Any = None) -> list[str]:
         return ["", *self._settings.recent_concepts]
 
     def _on_recent(self, value: str) -> None:
         if value:
-            self._concept.value = value
-
-    def _update_visibility(self, *_: Any) -> None:
-        layer = self._image.value
-        manual = self._mode.value == MODE_MANUAL
-        self._channel.visible = bool(layer is not None and layer.rgb)
-        self._scope.visible = bool(layer is not None and _leading_ndim(layer) > 0 and not manual)
-        self._prompts_button.visible = manual
-        self._commit_button.visible = manual
-        self._run_button.text = "Segment" if not manual else "Update mask"
+            self._controls.concept.value = value
 
     def _save_settings(self, *_: Any) -> None:
-        self._settings_from_controls()
+        self._model_fields.store(self._settings)
+        self._settings.mode = MANUAL if self._controls.manual else TEXT
         save_settings(self._settings)
 
-    def _settings_from_controls(self) -> None:
-        settings = self._settings
-        settings.sam = self._sam.value
-        settings.sam_weights = self._sam_weights.value
-        settings.clip = self._clip.value
-        settings.clip_pretrained = self._clip_pretrained.value
-        settings.adapters = _path_or_empty(self._adapters.value)
-        settings.device = self._device.value
-        settings.precision = self._precision.value
-        settings.sam_input = self._sam_input.value
-        settings.mode = "manual" if self._mode.value == MODE_MANUAL else "text"
+    def _model_arguments(self) -> dict[str, Any]:
+        self._model_fields.store(self._settings)
+        return self._settings.model_arguments()
 
     def _remember_concept(self, concept: str) -> None:
         self._settings.remember_concept(concept)
-        self._recent.reset_choices()
+        self._controls.recent.reset_choices()
         save_settings(self._settings)
 
-    # ------------------------------------------------------------------ model
-    def _model_arguments(self) -> dict[str, Any]:
-        self._settings_from_controls()
-        return self._settings.model_arguments()
+    def _chosen_image(self):
+        layer = self._controls.image.value
+        if layer is None:
+            raise RequestError("open an image first (File > Open Sample > CLIP-Guided SAM offers some).")
+        return layer
+
+    def _report(self, error: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        self._set_status(f"Error: {error}")
+        show_error(f"napari-clipsam: {error}")
+
+    # ---------------------------------------------------------- buttons, keys
+    def _on_run_clicked(self, *_: Any) -> None:
+        try:
+            self.segment()
+        except NothingToSegment as err:  # the user is still placing prompts
+            self._set_status(str(err))
+        except RequestError as err:
+            self._report(err)
 
     def _on_load_clicked(self, *_: Any) -> None:
-        self._ensure_model(then=None, force=True)
+        if not self._jobs.load():
+            self._set_status("A job is running: wait for it (or Cancel it), then load the model.")
 
-    def _ensure_model(self, then: Callable[[], None] | None, force: bool = False) -> None:
-        """Run ``then`` once a model is loaded, loading one in the background if needed."""
-        if self._model is not None and not force and self._model_key is not None:
-            if self._model_key[0] == "given" or self._model_key == tuple(self._model_arguments().items()):
-                if then is not None:
-                    then()
-                return
-        arguments = self._model_arguments()
-        self._start(
-            "Loading model",
-            iter_load_model,
-            kwargs=arguments,
-            on_result=lambda model: self._on_model_loaded(model, arguments, then),
-        )
-
-    def _on_model_loaded(self, model, arguments: dict[str, Any], then: Callable[[], None] | None) -> None:
-        self.use_model(model)
-        self._model_key = tuple(arguments.items())
-        if then is not None:
-            self._queued = then  # starts as soon as the loading worker has finished
-
-    # --------------------------------------------------------------- requests
-    def _current_plane(self, layer) -> tuple[int, ...]:
-        leading = _leading_ndim(layer)
-        if leading == 0:
-            return ()
-        data_position = layer.world_to_data(self._viewer.dims.point)
-        shape = _spatial_shape(layer)
-        return tuple(
-            int(np.clip(round(float(c)), 0, size - 1)) for c, size in zip(data_position[:leading], shape[:leading])
-        )
-
-    def _make_request(self, kind: str) -> _Request | None:
-        from napari.utils.notifications import show_error
-
-        layer = self._image.value
-        if layer is None:
-            show_error("napari-clipsam: open an image first (File > Open Sample > CLIP-Guided SAM offers some).")
-            return None
-        concept = " ".join(self._concept.value.split()) or None
-        if kind != "manual" and concept is None:
-            show_error("napari-clipsam: type a concept, e.g. 'nucleus', for the text-only mode.")
-            return None
-        if self._viewer.dims.ndisplay != 2 and _leading_ndim(layer) > 0:
-            show_error("napari-clipsam: switch the viewer to 2D to segment a slice.")
-            return None
-        choice = self._output.value
-        if choice and choice != NEW_LAYER and choice in self._viewer.layers:
-            shape = tuple(self._viewer.layers[choice].data.shape)
-            if shape != _spatial_shape(layer):
-                show_error(
-                    f"napari-clipsam: the output layer '{choice}' has shape {shape}, the image "
-                    f"{_spatial_shape(layer)}; choose another output or 'New layer'."
-                )
-                return None
-        plane = self._current_plane(layer)
-        return _Request(kind=kind, image_layer=layer, data=layer.data, plane=plane, concept=concept)
-
-    def _image_plane(self, request: _Request) -> np.ndarray:
-        return np.asarray(request.data[request.plane] if request.plane else request.data)
-
-    def _channel_index(self) -> int | None:
-        layer = self._image.value
-        value = self._channel.value
-        return None if value == CHANNEL_ALL or layer is None or not layer.rgb else int(value)
-
-    def _on_run_clicked(self, *_: Any) -> None:
-        if self._mode.value == MODE_MANUAL:
-            self._request_manual()
-            return
-        layer = self._image.value
-        all_slices = layer is not None and _leading_ndim(layer) > 0 and self._scope.value == SCOPE_ALL
-        request = self._make_request("stack" if all_slices else "text")
-        if request is None:
-            return
-        self._remember_concept(request.concept)
-        self._submit(lambda: self._start_segmentation(request))
-
-    def _request_manual(self) -> None:
-        request = self._make_request("manual")
-        if request is None:
-            return
-        coords, labels, box = self._prompts_for(request)
-        if coords is None and box is None and request.concept is None:
-            self._status.value = "Add points or a box (or type a concept) to segment."
-            return
-        request.arguments = dict(points=coords, point_labels=labels, box=box)
-        if request.concept:
-            self._remember_concept(request.concept)
-        self._submit(lambda: self._start_segmentation(request))
-
-    def _submit(self, start: Callable[[], None]) -> None:
-        """Run now, or queue behind the running job; a newer request replaces a queued one."""
-        def with_model() -> None:
-            self._ensure_model(then=start)
-
-        if self._runner.busy:
-            self._queued = with_model
-            self._status.value = "Queued: waiting for the running job to finish..."
-        else:
-            with_model()
-
-    def _start_segmentation(self, request: _Request) -> None:
-        # Set here, between jobs: a new size drops the predictor's features (none is running).
-        self._predictor.image_size = None if self._sam_input.value == "auto" else int(self._sam_input.value)
-        options = SegmentOptions(
-            instances=self._instances.value, channel=self._channel_index(),
-            with_similarity=self._show_similarity.value and request.concept is not None and request.kind != "stack",
-        )
-        if request.kind == "stack":
-            self._start(
-                "Segmenting all slices", iter_segment_stack,
-                args=(self._predictor, request.data, request.concept),
-                kwargs=dict(options=options, rgb=request.image_layer.rgb),
-                on_result=lambda labels: self._reporting_errors(self._write_stack, request, labels),
-            )
-            return
-        self._start(
-            "Segmenting", iter_segment,
-            args=(self._predictor, self._image_plane(request), request.concept),
-            kwargs=dict(request.arguments, options=options),
-            on_result=lambda result: self._on_segmented(request, result),
-        )
-
-    # ------------------------------------------------------------------ worker
-    def _start(self, title: str, job: Callable, args: tuple = (), kwargs: dict | None = None,
-               on_result: Callable[[Any], None] | None = None) -> None:
-        self._runner.start(title, job, args, kwargs, on_result=on_result, on_event=self._on_progress,
-                           after=self._run_queued)
-
-    def _on_progress(self, event: Progress) -> None:
-        if event.stage == "downloading weights" and event.total:
-            self._status.value = f"Downloading weights: {event.done / 1e6:.0f} of {event.total / 1e6:.0f} MB"
-
-    def _run_queued(self) -> None:
-        queued, self._queued = self._queued, None
-        if queued is not None:
-            queued()
-
-    # ----------------------------------------------------------------- results
-    def _is_current(self, request: _Request) -> bool:
-        """Whether the widget still shows what ``request`` was computed for."""
-        layer = request.image_layer
-        if layer not in self._viewer.layers or self._image.value is not layer or layer.data is not request.data:
-            return False
-        concept = " ".join(self._concept.value.split()) or None
-        if concept != request.concept:
-            return False
-        return request.kind == "stack" or self._current_plane(layer) == request.plane
-
-    def _on_segmented(self, request: _Request, result: SegmentResult) -> None:
-        self._reporting_errors(self._apply_result, request, result)
-
-    def _reporting_errors(self, function: Callable, *args: Any) -> None:
-        """Run a result handler; a failure (e.g. the output layer changed shape) is notified, not raised."""
-        from napari.utils.notifications import show_error
-
-        try:
-            function(*args)
-        except (ValueError, KeyError, OSError) as err:
-            self._status.value = f"Error: {err}"
-            show_error(f"napari-clipsam: {err}")
-
-    def _apply_result(self, request: _Request, result: SegmentResult) -> None:
-        if not self._is_current(request):
-            self._status.value = "Result dropped: the image, slice or concept changed meanwhile."
-            return
-        if result.similarity is not None:
-            self._show_similarity_layer(request, result.similarity)
-        if request.kind == "manual":
-            self._show_preview(request, result)
-            return
-        new = self._write(request, result)
-        self._status.value = f"{request.concept}: {len(new)} new label(s), score {result.score:.2f}."
-
-    def _output_layer(self, request: _Request):
-        """The chosen Labels layer, or a new one named after image and concept."""
-        from napari.layers import Labels
-
-        choice = self._output.value
-        layer = request.image_layer
-        shape = _spatial_shape(layer)
-        if choice and choice != NEW_LAYER and choice in self._viewer.layers:
-            output = self._viewer.layers[choice]
-            if tuple(output.data.shape) != tuple(shape):
-                raise ValueError(
-                    f"The output layer '{choice}' has shape {output.data.shape}, the image {shape}; "
-                    "choose another output or 'New layer'."
-                )
-            return output
-        name = f"{layer.name} {request.concept or 'objects'}"
-        output = Labels(
-            np.zeros(shape, dtype=np.uint32), name=name,
-            scale=_spatial(layer, layer.scale), translate=_spatial(layer, layer.translate),
-        )
-        self._viewer.add_layer(output)
-        self._output.reset_choices()
-        self._output.value = output.name
-        return output
-
-    def _semantic_value(self, output, concept: str | None) -> int | None:
-        if self._instances.value or concept is None:
-            return None
-        return output.metadata.get("clipsam_concepts", {}).get(concept)
-
-    def _write(self, request: _Request, result: SegmentResult, plane: tuple[int, ...] | None = None) -> list[int]:
-        """Write one result as one undoable step; returns the new label values."""
-        output = self._output_layer(request)
-        return self._write_into(output, request, [(request.plane if plane is None else plane, result.labels)])
-
-    def _write_into(self, output, request: _Request, results: list[tuple[tuple[int, ...], np.ndarray]]) -> list[int]:
-        new_labels: list[int] = []
-        with output.block_history():
-            for plane, source in results:
-                write = plan_label_write(
-                    output.data, source, plane=plane, instances=self._instances.value,
-                    replace=self._replace.value, semantic_value=self._semantic_value(output, request.concept),
-                )
-                if write.empty:
-                    continue
-                check_label_dtype(output.data, write)
-                output.data_setitem(write.indices, write.values)
-                new_labels.extend(write.new_labels)
-                if not self._instances.value and request.concept is not None:
-                    output.metadata.setdefault("clipsam_concepts", {})[request.concept] = write.new_labels[0]
-        return new_labels
-
-    def _write_stack(self, request: _Request, labels: np.ndarray) -> None:
-        if not self._is_current(request):
-            self._status.value = "Result dropped: the image or concept changed meanwhile."
-            return
-        output = self._output_layer(request)
-        new = self._write_into(output, request, [((), labels)])
-        planes = int(np.prod(labels.shape[:-2]))
-        self._status.value = f"{request.concept}: {len(new)} new label(s) in {planes} slices."
-
-    def _show_similarity_layer(self, request: _Request, similarity: np.ndarray) -> None:
-        layer = request.image_layer
-        name = f"similarity: {request.concept}"
-        scale, translate = _spatial(layer, layer.scale)[-2:], _spatial(layer, layer.translate)[-2:]
-        if name in self._viewer.layers:
-            existing = self._viewer.layers[name]
-            existing.data = similarity
-            existing.scale, existing.translate = scale, translate
-        else:
-            self._viewer.add_image(
-                similarity, name=name, colormap="magma", opacity=0.5, blending="additive",
-                contrast_limits=(0.0, 1.0), scale=scale, translate=translate,
-            )
-        self._viewer.layers.selection.active = layer
-
-    # ------------------------------------------------------------ manual mode
     def _add_prompt_layers(self, *_: Any) -> None:
-        """Create (or re-use) the positive, negative and box layers for the chosen image."""
-        from napari.utils.notifications import show_error
-
-        layer = self._image.value
-        if layer is None:
-            show_error("napari-clipsam: choose an image first.")
+        try:
+            layer = self._chosen_image()
+        except RequestError as err:
+            self._report(err)
             return
-        ndim = len(_spatial_shape(layer))
-        common = dict(ndim=ndim, scale=_spatial(layer, layer.scale), translate=_spatial(layer, layer.translate))
-        specs = {
-            "positive": dict(face_color="lime", border_color="white"),
-            "negative": dict(face_color="red", border_color="white"),
-        }
-        for kind, colors in specs.items():
-            name = f"{layer.name} {kind} points"
-            if name not in self._viewer.layers:
-                points = self._viewer.add_points(name=name, size=max(4, min(_spatial_shape(layer)[-2:]) // 60), **colors, **common)
-                points.events.data.connect(self._on_prompts_edited)
-            self._prompt_layers[kind] = self._viewer.layers[name]
-        name = f"{layer.name} box"
-        if name not in self._viewer.layers:
-            shapes = self._viewer.add_shapes(name=name, edge_color="yellow", face_color="transparent", edge_width=2, **common)
-            shapes.events.data.connect(self._on_prompts_edited)
-        self._prompt_layers["box"] = self._viewer.layers[name]
-        positive = self._prompt_layers["positive"]
-        self._viewer.layers.selection.active = positive
-        positive.mode = "add"
-        self._status.value = "Click to add positive points; use the negative layer or draw a box."
+        self._controls.mode.value = MODE_MANUAL
+        self._prompts.ensure(layer)
+        self._prompts.activate(POSITIVE)
+        self._set_status("Click to add positive points (T: negative points), or draw a box in the box layer.")
+
+    def _commit_preview(self, *_: Any) -> None:
+        try:
+            self.accept_preview()
+        except RuntimeError as err:  # nothing to add, or out of date
+            self._set_status(str(err))
+        except (ValueError, KeyError, OSError) as err:
+            self._report(err)
+
+    def _key_segment(self, _owner: Any) -> None:
+        self._on_run_clicked()
+
+    def _key_accept(self, _owner: Any) -> None:
+        self._commit_preview()
+
+    def _key_toggle(self, _owner: Any) -> None:
+        image = self._controls.image.value
+        if image is not None and self._prompts.image_layer is image and self._prompts.get(POSITIVE) is not None:
+            self._set_status(f"Adding {self._prompts.toggle()} points.")
+        else:  # the first T: the prompt layers, positive points first
+            self._add_prompt_layers()
+
+    def _key_clear(self, _owner: Any) -> None:
+        self.clear_prompts()
 
     def _on_prompts_edited(self, event: Any = None) -> None:
         action = getattr(event, "action", None)
         if action is not None and str(action).lower().split(".")[-1] in {"adding", "removing", "changing"}:
             return  # the 'before' half of napari's paired data events
-        if self._mode.value == MODE_MANUAL:
+        if self._controls.manual:
             self._debounce.start()
 
-    def _prompts_for(self, request: _Request) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-        """XY points with labels, and an XYXY box, from the prompt layers on the request's plane."""
-        leading = len(request.plane)
-        coords, labels = [], []
-        for kind, value in (("positive", 1), ("negative", 0)):
-            points = self._prompt_layers.get(kind)
-            if points is None or points not in self._viewer.layers:
-                continue
-            for point in np.asarray(points.data):
-                if leading and tuple(int(round(c)) for c in point[:leading]) != request.plane:
-                    continue
-                coords.append([point[-1], point[-2]])
-                labels.append(value)
-        box = None
-        shapes = self._prompt_layers.get("box")
-        if shapes is not None and shapes in self._viewer.layers:
-            for corners in reversed(list(shapes.data)):  # the newest box on this plane
-                corners = np.asarray(corners)
-                if leading and tuple(int(round(c)) for c in corners[0, :leading]) != request.plane:
-                    continue
-                rows, cols = corners[:, -2], corners[:, -1]
-                if cols.max() > cols.min() and rows.max() > rows.min():
-                    box = np.array([cols.min(), rows.min(), cols.max(), rows.max()])
-                    break
-        if not coords:
-            return None, None, box
-        return np.asarray(coords, dtype=np.float64), np.asarray(labels, dtype=np.int64), box
+    def _on_prompts_settled(self) -> None:
+        if self._controls.manual:
+            self._on_run_clicked()
 
-    def _show_preview(self, request: _Request, result: SegmentResult) -> None:
-        from napari.layers import Labels
+    # ------------------------------------------------------ requests, results
+    def _make_request(self) -> SegmentRequest:
+        layer = self._chosen_image()
+        concept = normalise_concept(self._controls.concept.value)
+        kind = self._controls.kind(layer)
+        if kind != MANUAL and concept is None:
+            raise RequestError("type a concept, e.g. 'nucleus', for the text-only mode.")
+        if leading_ndim(layer) > 0 and self._viewer.dims.ndisplay != 2:
+            raise RequestError("switch the viewer to 2D to segment a slice.")
+        try:
+            label_layers.existing_output(self._viewer, self._controls.output.value, layer)
+        except ValueError as err:
+            raise RequestError(str(err)) from None
+        plane = () if kind == STACK else current_plane(self._viewer, layer)
+        request = SegmentRequest(kind, layer, layer.data, plane, concept, self._controls.options(layer, kind, concept),
+                                 replace=bool(self._controls.replace.value))
+        if kind == MANUAL:
+            ours = self._prompts.image_layer is layer
+            points, point_labels, box = self._prompts.prompts(plane) if ours else (None, None, None)
+            if points is None and box is None and concept is None:
+                raise NothingToSegment("Add points or a box (or type a concept) to segment.")
+            request.prompts = dict(points=points, point_labels=point_labels, box=box)
+        return request
 
+    def _is_current(self, request: SegmentRequest) -> bool:
+        """Whether the widget still shows what ``request`` was computed for."""
         layer = request.image_layer
-        name = "clipsam preview"
-        mask = result.labels
-        scale, translate = _spatial(layer, layer.scale)[-2:], _spatial(layer, layer.translate)[-2:]
-        if name in self._viewer.layers:
-            preview = self._viewer.layers[name]
-            preview.data = mask
-        else:
-            preview = Labels(mask, name=name, opacity=0.6, scale=scale, translate=translate)
-            self._viewer.add_layer(preview)
-        self._preview = (request, result)
-        self._commit_button.enabled = True
-        self._status.value = f"Preview updated (score {result.score:.2f}). 'Add mask to labels' keeps it."
+        if layer not in self._viewer.layers or self._controls.image.value is not layer:
+            return False
+        if layer.data is not request.data or normalise_concept(self._controls.concept.value) != request.concept:
+            return False
+        return request.kind == STACK or current_plane(self._viewer, layer) == request.plane
 
-    def _commit_preview(self, *_: Any) -> None:
-        """Write the manual preview into the output layer (one undo step) and clear the prompts."""
-        if self._preview is None:
-            return
-        request, result = self._preview
+    def _on_result(self, request: SegmentRequest, result: Any) -> None:
         if not self._is_current(request):
-            self._status.value = "The preview is out of date (image, slice or concept changed); update it first."
+            self._set_status("Result dropped: the image, slice or concept changed meanwhile.")
+            request.outcome.fail(StaleResultError(self._controls.status.value))
             return
-        new = self._write(request, result)
+        try:
+            self._set_status(self._show_result(request, result))
+        except (ValueError, KeyError, OSError) as err:  # e.g. the output layer changed shape meanwhile
+            self._report(err)
+            request.outcome.fail(err)
+            return
+        request.outcome.succeed(result)
+
+    def _show_result(self, request: SegmentRequest, result: Any) -> str:
+        """Put a result into layers; returns the status line."""
+        if request.kind == STACK:
+            new = self._write(request, [((), result)])
+            return f"{request.concept}: {len(new)} new label(s) in {result[..., 0, 0].size} slices."
+        if result.similarity is not None:
+            label_layers.show_similarity(self._viewer, request.image_layer, request.concept, result.similarity)
+        if request.kind == MANUAL:
+            label_layers.show_preview(self._viewer, request.image_layer, result.labels)
+            self._preview = (request, result)
+            self._controls.commit_button.enabled = True
+            return f"Preview updated (score {result.score:.2f}). 'Add mask to labels' (C) keeps it."
+        new = self._write(request, [(request.plane, result.labels)])
+        return f"{request.concept}: {len(new)} new label(s), score {result.score:.2f}."
+
+    def _write(self, request: SegmentRequest, results: list) -> list[int]:
+        output = label_layers.output_layer(self._viewer, self._controls.output.value, request.image_layer,
+                                           request.concept)
+        new = label_layers.write_labels(output, results, concept=request.concept,
+                                        instances=request.options.instances, replace=request.replace)
+        self._controls.output.reset_choices()
+        self._controls.output.value = output.name
+        return new
+
+    def _drop_preview(self) -> None:
         self._preview = None
-        self._commit_button.enabled = False
-        if "clipsam preview" in self._viewer.layers:
-            self._viewer.layers.remove("clipsam preview")
-        for kind in ("positive", "negative", "box"):
-            prompt_layer = self._prompt_layers.get(kind)
-            if prompt_layer is not None and prompt_layer in self._viewer.layers:
-                with prompt_layer.events.data.blocker(self._on_prompts_edited):
-                    prompt_layer.data = []
-        self._status.value = f"Added label(s) {new}."
-
-
-def _choice(value: str, choices: list[str]) -> str:
-    return value if value in choices else choices[0]
-
-
-def _path_or_empty(value: Any) -> str:
-    text = str(value) if value is not None else ""
-    return "" if text in {"", "."} or not Path(text).is_file() else text
-
-
-def _spatial_shape(layer) -> tuple[int, ...]:
-    shape = tuple(layer.data.shape)
-    return shape[:-1] if layer.rgb else shape
-
-
-def _spatial(layer, values) -> tuple[float, ...]:
-    return tuple(values)[: len(_spatial_shape(layer))]
-
-
-def _leading_ndim(layer) -> int:
-    return len(_spatial_shape(layer)) - 2
+        self._controls.commit_button.enabled = False
+        label_layers.remove_preview(self._viewer)

@@ -1,0 +1,94 @@
+"""What the segmentation widget is asked to do, and how each request ended.
+
+A request records what its result is computed from, so a result that arrives after the
+user changed image, slice or concept is recognised as stale and dropped. Its
+:class:`Outcome` is what :meth:`ClipSamWidget.wait` returns or raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..inference.layers import leading_ndim, spatial_shape
+from ..inference.pipeline import SegmentOptions
+
+TEXT, MANUAL, STACK = "text", "manual", "stack"
+
+
+class RequestError(ValueError):
+    """A request that cannot run as the widget is set (no image, no concept, wrong output)."""
+
+
+class NothingToSegment(RequestError):
+    """The manual mode without prompts or concept: normal while the user is still clicking."""
+
+
+class StaleResultError(RuntimeError):
+    """The result no longer fits the widget (image, slice or concept changed), so it was not written."""
+
+
+class Outcome:
+    """How one request ended: its result, or the error that stopped it."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def succeed(self, result: Any) -> None:
+        if not self.done:
+            self.done, self.result = True, result
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done:
+            self.done, self.error = True, error
+
+
+@dataclass
+class SegmentRequest:
+    """One segmentation asked for, with what it is computed from.
+
+    Attributes:
+        kind: ``"text"`` (concept only, one plane), ``"manual"`` (prompts, one plane, a
+            preview) or ``"stack"`` (concept only, every plane).
+        image_layer, data: the image layer and its data array when asked.
+        plane: leading indices (z, t, ...) of the plane; () for a 2-D image and for stacks.
+        concept: the normalised concept, or None.
+        options: the pipeline options the result is computed with.
+        replace: whether the result may overwrite existing labels.
+        prompts: ``points``, ``point_labels``, ``box`` for :func:`iter_segment` (XY, XYXY).
+    """
+
+    kind: str
+    image_layer: Any
+    data: Any
+    plane: tuple[int, ...]
+    concept: str | None
+    options: SegmentOptions
+    replace: bool = False
+    prompts: dict[str, Any] = field(default_factory=dict)
+    outcome: Outcome = field(default_factory=Outcome)
+
+    def image_plane(self) -> np.ndarray:
+        """The 2-D image (H, W[, C]) a one-plane request segments."""
+        return np.asarray(self.data[self.plane] if self.plane else self.data)
+
+
+def normalise_concept(text: str) -> str | None:
+    """The concept as the model sees it: single spaces, None when empty."""
+    return " ".join(text.split()) or None
+
+
+def current_plane(viewer, layer) -> tuple[int, ...]:
+    """The leading data indices of the plane the viewer shows of ``layer``; () for 2-D images."""
+    leading = leading_ndim(layer)
+    if leading <= 0:
+        return ()
+    data_position = layer.world_to_data(viewer.dims.point)
+    shape = spatial_shape(layer)
+    return tuple(
+        int(np.clip(round(float(c)), 0, size - 1)) for c, size in zip(data_position[:leading], shape[:leading])
+    )

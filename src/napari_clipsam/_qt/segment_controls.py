@@ -1,0 +1,110 @@
+"""The segmentation widget's own controls: what to segment, how, and where the labels go.
+
+They hold no state of their own beyond their values; :class:`SegmentControls` also
+reads them as the pipeline needs them (the kind of request, :class:`SegmentOptions`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit, PushButton, RadioButtons, SpinBox, create_widget
+
+from ..inference.layers import leading_ndim
+from ..inference.pipeline import SegmentOptions
+from .requests import MANUAL, STACK, TEXT
+from .settings import WidgetSettings
+
+MODE_TEXT = "Semi-automatic (text only)"
+MODE_MANUAL = "Manual (points / box)"
+SCOPE_SLICE = "Current slice"
+SCOPE_ALL = "All slices"
+CHANNEL_ALL = "All (RGB)"
+
+
+class SegmentControls:
+    """The controls below the model fields, in the order the dock shows them (:attr:`widgets`)."""
+
+    def __init__(self, settings: WidgetSettings, output_choices: Callable[[Any], list[str]],
+                 recent_choices: Callable[[Any], list[str]]) -> None:
+        self.image = create_widget(label="Image", annotation="napari.layers.Image")
+        self.channel = ComboBox(label="Channel", choices=[CHANNEL_ALL, "0", "1", "2"], value=CHANNEL_ALL)
+        self.concept = LineEdit(label="Concept")
+        self.recent = ComboBox(label="Recent", choices=recent_choices, value="")
+        self.mode = RadioButtons(label="Mode", choices=[MODE_TEXT, MODE_MANUAL],
+                                 value=MODE_MANUAL if settings.mode == MANUAL else MODE_TEXT)
+        self.scope = ComboBox(label="Slices", choices=[SCOPE_SLICE, SCOPE_ALL], value=SCOPE_SLICE)
+
+        self.output = ComboBox(label="Output", choices=output_choices)
+        self.instances = CheckBox(text="Separate objects (instances)", value=False)
+        self.refine = CheckBox(text="Refine each object", value=False)
+        self.refine.tooltip = "Prompt SAM again at each object (its box and an inner point): one more pass per object."
+        self.min_area = SpinBox(label="Smallest object (px)", min=0, max=10_000_000, step=10, value=0)
+        self.min_area.tooltip = "Objects with fewer pixels are dropped."
+        self.replace = CheckBox(text="Replace existing labels", value=False)
+        self.show_similarity = CheckBox(text="Show similarity map", value=False)
+
+        self.run_button = PushButton(text="Segment")
+        self.prompts_button = PushButton(text="Add prompt layers")
+        self.prompts_button.tooltip = "Positive points, negative points and a box for the image (T switches points)."
+        self.commit_button = PushButton(text="Add mask to labels", enabled=False)
+        self.commit_button.tooltip = "Write the preview into the output layer (C)."
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)  # long messages (offline paths) must not widen the dock
+
+        for control in (self.mode, self.image, self.instances):
+            control.changed.connect(self.update_visibility)
+
+    @property
+    def widgets(self) -> list:
+        return [
+            self.image, self.channel, self.concept, self.recent, self.mode, self.scope,
+            self.output, self.instances, self.refine, self.min_area, self.replace, self.show_similarity,
+            self.run_button, self.prompts_button, self.commit_button, self.cancel_button, self.status,
+        ]
+
+    @property
+    def manual(self) -> bool:
+        return self.mode.value == MODE_MANUAL
+
+    def kind(self, layer) -> str:
+        """What a Segment now asks for: one plane by text or by prompts, or every plane of a stack."""
+        if self.manual:
+            return MANUAL
+        return STACK if leading_ndim(layer) > 0 and self.scope.value == SCOPE_ALL else TEXT
+
+    def options(self, layer, kind: str, concept: str | None) -> SegmentOptions:
+        """The pipeline options the controls say, for a request of ``kind`` on ``layer``."""
+        instances = bool(self.instances.value)
+        return SegmentOptions(
+            instances=instances,
+            refine=instances and bool(self.refine.value),
+            min_area=int(self.min_area.value) if instances else 0,
+            channel=None if self.channel.value == CHANNEL_ALL or not layer.rgb else int(self.channel.value),
+            with_similarity=bool(self.show_similarity.value) and concept is not None and kind != STACK,
+        )
+
+    def set_options(self, *, instances: bool | None = None, refine: bool | None = None, min_area: int | None = None,
+                    replace: bool | None = None, all_slices: bool | None = None, similarity: bool | None = None,
+                    output: str | None = None) -> None:
+        """See :meth:`ClipSamWidget.set_options`."""
+        for control, value in ((self.instances, instances), (self.refine, refine), (self.min_area, min_area),
+                               (self.replace, replace), (self.show_similarity, similarity)):
+            if value is not None:
+                control.value = value
+        if all_slices is not None:
+            self.scope.value = SCOPE_ALL if all_slices else SCOPE_SLICE
+        if output is not None:
+            self.output.reset_choices()
+            self.output.value = output
+
+    def update_visibility(self, *_: Any) -> None:
+        layer = self.image.value
+        manual = self.manual
+        self.channel.visible = bool(layer is not None and layer.rgb)
+        self.scope.visible = bool(layer is not None and leading_ndim(layer) > 0 and not manual)
+        self.refine.visible = self.min_area.visible = bool(self.instances.value)
+        self.prompts_button.visible = self.commit_button.visible = manual
+        self.run_button.text = "Update mask" if manual else "Segment"
+        self.run_button.tooltip = f"{self.run_button.text} (S)"

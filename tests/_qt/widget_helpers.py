@@ -1,0 +1,29 @@
+"""What the segmentation widget's tests share besides fixtures."""
+
+from __future__ import annotations
+
+import threading
+
+# Failure guards only: tests wait for events, never for an expected duration.
+TIMEOUT_S = 120.0
+TIMEOUT_MS = int(TIMEOUT_S * 1000)
+
+
+class BlockingEncoder:
+    """Stands in for the model's ``encoder_suffix``: notes its thread, says it started, waits for ``release``.
+
+    Tests decide when the encoder may finish, instead of guessing how long it takes.
+    """
+
+    def __init__(self, model, monkeypatch) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+        self.threads: list[threading.Thread] = []
+        self._original = model.encoder_suffix
+        monkeypatch.setattr(model, "encoder_suffix", self)
+
+    def __call__(self, *args, **kwargs):
+        self.threads.append(threading.current_thread())
+        self.started.set()
+        if not self.release.wait(TIMEOUT_S):
+            raise TimeoutError("The test never released the encoder.")
+        return self._original(*args, **kwargs)
