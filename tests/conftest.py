@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_clipsam._qt.jobs import avoid_triton_on_cpu_only_machines
+from napari_clipsam.model.device import avoid_triton_on_cpu_only_machines
 
 from .helpers import load_tiny
 

@@ -19,7 +19,6 @@ import napari
 import numpy as np
 
 import napari_clipsam
-from napari_clipsam.inference.layers import segment_layer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-show", action="store_true", help="do not show the viewer; exit when done")
     args = parser.parse_args(argv)
 
-    # Load the model before napari opens its window: where napari draws with Mesa's
-    # software OpenGL, loading torch's stack afterwards on this thread can crash Python.
-    model = napari_clipsam.load_model(sam="tiny", clip="tiny", sam_checkpoint=None, clip_pretrained=None)
-
     viewer = napari.Viewer(show=not args.no_show)
+    model = napari_clipsam.load_model(sam="tiny", clip="tiny", sam_checkpoint=None, clip_pretrained=None)
     image, truth = viewer.open_sample("napari-clipsam", "nuclei")
     _, widget = viewer.window.add_plugin_dock_widget("napari-clipsam", "Segment by concept")
     widget.use_model(model)
@@ -58,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prompts: label(s) {new_labels} added to '{image.name} objects'")
 
     # 3. Without the widget: a napari LayerDataTuple that keeps the image's scale and translate.
-    data, kwargs, layer_type = segment_layer(image, "nucleus", model, instances=True, name="nucleus (script)")
+    data, kwargs, layer_type = napari_clipsam.segment_layer(image, "nucleus", model, instances=True, name="nucleus (script)")
     viewer.add_labels(data, **kwargs)
     print(f"segment_layer: {data.max()} objects in a {layer_type} layer '{kwargs['name']}'")
 

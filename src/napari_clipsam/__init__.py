@@ -3,7 +3,7 @@
 Importing this package imports neither Qt nor napari, so scripts and batch jobs run
 without a display. The public names load on first use (PEP 562), which keeps
 ``import napari_clipsam`` light and lets the napari widgets prepare the process
-before torch's stack is imported (see ``_qt.jobs.avoid_triton_on_cpu_only_machines``).
+before torch's stack is imported (see ``model.device.avoid_triton_on_cpu_only_machines``).
 
 Where things are: ``model/`` (networks and builders), ``weights/`` (files, formats,
 registry), ``inference/`` (predictor and the segmentation pipeline), ``training/``,
@@ -42,6 +42,7 @@ _PUBLIC = {
     "iter_segment": "inference.pipeline",
     "iter_segment_stack": "inference.pipeline",
     "segment": "inference.pipeline",
+    "segment_layer": "inference.layers",
     "ConceptDataset": "training.data",
     "EvaluationReport": "training.results",
     "evaluate": "training.evaluate",
@@ -95,6 +96,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
     )
     from .inference.image import to_rgb_uint8
     from .inference.instances import masks_to_instances
+    from .inference.layers import segment_layer
     from .inference.pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack, segment
     from .inference.predictor import ClipSamPredictor
     from .model.build import load_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from napari_clipsam._qt.jobs import avoid_triton_on_cpu_only_machines
+from napari_clipsam.model.device import avoid_triton_on_cpu_only_machines
 from tests.helpers import randomize_adapters
 
 # The tests load models on the main thread after napari has created its OpenGL context,

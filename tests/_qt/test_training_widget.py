@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import napari_clipsam as nc
-from napari_clipsam._qt.jobs import avoid_triton_on_cpu_only_machines
 from napari_clipsam._qt.plot import SERIES_COLOURS, TrainingPlot
 from napari_clipsam._qt.segment_widget import ClipSamWidget
 from napari_clipsam._qt.training_widget import TrainingWidget
+from napari_clipsam.model.device import avoid_triton_on_cpu_only_machines
 from tests.helpers import load_tiny, two_kinds_image
 
 TIMEOUT_MS = 120_000

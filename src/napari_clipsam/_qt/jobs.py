@@ -2,36 +2,19 @@
 
 Shared by the dock widgets. Results reach ``on_result`` on the main thread, so layers
 are only touched there; a cancelled job never calls it. Jobs start in the worker
-thread, which prepares the process for torch (:func:`avoid_triton_on_cpu_only_machines`)
+thread, which prepares the process for torch (``model.device.avoid_triton_on_cpu_only_machines``)
 before the job imports the model stack: opening a widget imports no torch.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable
-
-
-def avoid_triton_on_cpu_only_machines() -> None:
-    """Keep ``triton`` from being imported where there is no CUDA GPU to use it on.
-
-    torchvision imports triton when it is installed. Where napari draws with Mesa's
-    software OpenGL (llvmpipe: virtual machines, remote desktops, Xvfb), Mesa has
-    already loaded its LLVM, and importing triton's own LLVM then crashes the whole
-    process, so opening our widget from the Plugins menu would kill napari. Triton
-    only compiles GPU kernels, so on a machine without CUDA nothing is lost; torch
-    treats it as not installed. Must run before the model code is first imported.
-    """
-    if "triton" in sys.modules:
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        sys.modules["triton"] = None  # makes `import triton` raise ImportError
 
 
 def _prepared(job: Callable, *args: Any, **kwargs: Any):
     """``job(*args, **kwargs)``, a generator, run after the process is ready for torch."""
+    from ..model.device import avoid_triton_on_cpu_only_machines
+
     avoid_triton_on_cpu_only_machines()
     return (yield from job(*args, **kwargs))
 

@@ -7,8 +7,10 @@ segment-anything; files and formats live in ``napari_clipsam.weights``.
 from __future__ import annotations
 
 import os
+import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,10 +18,11 @@ from torch import nn
 from ..errors import AdaptersMismatchError, CheckpointMismatchError
 from ..weights.download import ProgressCallback
 from .build_sam import build_sam
-from .clip import build_clip, clip_file_cfg, get_tokenizer
-from .clipsam import ClipSamModel
 from .config import ClipSamConfig
-from .device import resolve_device, resolve_precision
+from .device import avoid_triton_on_cpu_only_machines, resolve_device, resolve_precision
+
+if TYPE_CHECKING:  # imported in load_model, after the process is ready for them (see there)
+    from .clipsam import ClipSamModel
 
 
 def load_model(
@@ -58,9 +61,15 @@ def load_model(
             lists every missing file with its URL, the path to save it as and its hash.
         AmbiguousWeightsError: a CLIP weights file fits a QuickGELU and a GELU network alike.
     """
+    if "napari" in sys.modules:
+        # A script may have opened a viewer already: with Mesa's software OpenGL, the
+        # triton that open_clip and segment_anything import would crash the process.
+        avoid_triton_on_cpu_only_machines()
     from ..weights.adapters_file import read_adapters_metadata
     from ..weights.checkpoints import load_sam_state_dict, load_state_dict_checked
     from ..weights.registry import resolve_weights
+    from .clip import build_clip, clip_file_cfg, get_tokenizer
+    from .clipsam import ClipSamModel
 
     if adapters is not None:
         metadata = read_adapters_metadata(adapters)

@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import platform
+import sys
 from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
 
 import torch
+
+
+def avoid_triton_on_cpu_only_machines() -> None:
+    """Keep ``triton`` from being imported where there is no CUDA GPU to use it on.
+
+    torchvision imports triton when it is installed. Where napari draws with Mesa's
+    software OpenGL (llvmpipe: virtual machines, remote desktops, Xvfb), Mesa has
+    already loaded its LLVM, and importing triton's own LLVM then crashes the whole
+    process, so opening our widget from the Plugins menu would kill napari. Triton
+    only compiles GPU kernels, so on a machine without CUDA nothing is lost; torch
+    treats it as not installed. Must run before the model code is first imported:
+    :func:`load_model` runs it in a process that has imported napari, and the dock
+    widgets' jobs run it in their worker thread.
+    """
+    if "triton" in sys.modules:
+        return
+    if not torch.cuda.is_available():
+        sys.modules["triton"] = None  # makes `import triton` raise ImportError
+
 
 PRECISIONS = ("auto", "fp32", "bf16")
 

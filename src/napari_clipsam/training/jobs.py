@@ -1,7 +1,7 @@
 """Training as a job that the napari panel can hand to its worker without importing torch.
 
 The panel's ``JobRunner`` prepares each worker thread for torch before the job runs
-(see ``_qt.jobs.avoid_triton_on_cpu_only_machines``); this module therefore imports the
+(see ``model.device.avoid_triton_on_cpu_only_machines``); this module therefore imports the
 engine inside the job, never at import.
 """
 
