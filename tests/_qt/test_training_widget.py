@@ -71,7 +71,7 @@ def test_panel_trains_saves_and_hands_over_the_adapters(qtbot, panel, tmp_path):
     panel._use_adapters()
     _, segmentation = viewer.window.add_plugin_dock_widget("napari-clipsam", "Segment by concept")
     assert isinstance(segmentation, ClipSamWidget)
-    assert segmentation._model is panel._model
+    assert segmentation.model is panel._model
     assert str(segmentation._adapters.value) == str(output)
 
 

@@ -194,6 +194,11 @@ class ClipSamWidget(Container):
         self._show_model(model)
 
     @property
+    def model(self):
+        """The model the widget segments with; None until one is loaded or given."""
+        return self._jobs.model
+
+    @property
     def busy(self) -> bool:
         return self._jobs.busy
 
