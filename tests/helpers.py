@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
+
+# The model stack: seconds to import, so never on napari's GUI thread.
+HEAVY_MODULES = ("torch", "open_clip", "timm", "segment_anything")
 
 
 def load_tiny(**overrides):
@@ -50,3 +58,40 @@ def two_kinds_image(seed: int, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
                 image[shape] = 220 if kind == 1 else 130
                 break
     return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+def dock_in_fresh_process(widget_name: str, show: bool = False, env: dict | None = None) -> tuple[str, list[str]]:
+    """Open one of our dock widgets in a fresh napari process, as napari's Plugins menu does.
+
+    Returns the widget's class name and which of ``HEAVY_MODULES`` the process had imported
+    right after the dock was added and its events processed. Runs on this test run's DISPLAY.
+    """
+    code = (
+        "import json, sys\n"
+        "import napari\n"
+        "from qtpy.QtWidgets import QApplication\n"
+        f"viewer = napari.Viewer(show={show!r})\n"
+        f"dock, widget = viewer.window.add_plugin_dock_widget('napari-clipsam', {widget_name!r})\n"
+        "QApplication.processEvents()\n"
+        f"print(json.dumps([type(widget).__name__, [m for m in {HEAVY_MODULES!r} if m in sys.modules]]))\n"
+        "viewer.close()\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert completed.returncode == 0, f"exit status {completed.returncode}\n{completed.stderr[-2000:]}"
+    name, imported = json.loads(completed.stdout.strip().splitlines()[-1])
+    return name, imported
+
+
+def _create_marker(path: str) -> None:
+    Path(path).write_text("code from the checkpoint ran")
+
+
+class CodeOnUnpickle:
+    """Unpickling this object calls ``_create_marker(path)``: a stand-in for a malicious checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (_create_marker, (self.path,))
+

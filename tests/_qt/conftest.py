@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from napari_clipsam.model.device import avoid_triton_on_cpu_only_machines
 from tests.helpers import randomize_adapters
-
-# The tests load models on the main thread after napari has created its OpenGL context,
-# which the widgets themselves never do; see the function's docstring.
-avoid_triton_on_cpu_only_machines()
 
 
 @pytest.fixture

@@ -12,14 +12,9 @@ import napari_clipsam as nc
 from napari_clipsam._qt.plot import SERIES_COLOURS, TrainingPlot
 from napari_clipsam._qt.segment_widget import ClipSamWidget
 from napari_clipsam._qt.training_widget import TrainingWidget
-from napari_clipsam.model.device import avoid_triton_on_cpu_only_machines
-from tests.helpers import load_tiny, two_kinds_image
+from tests.helpers import dock_in_fresh_process, load_tiny, two_kinds_image
 
 TIMEOUT_MS = 120_000
-
-# These tests load models on the main thread after napari has created its OpenGL
-# context, which the panel itself never does; see the function's docstring.
-avoid_triton_on_cpu_only_machines()
 
 
 def _tiny():
@@ -213,24 +208,7 @@ def test_plot_follows_the_viewer_theme(make_napari_viewer, qtbot):
 
 def test_opening_the_panel_imports_no_model_code():
     """The panel opens on napari's GUI thread; torch's stack loads only in its jobs' worker."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys\n"
-        "import napari\n"
-        "from qtpy.QtWidgets import QApplication\n"
-        "viewer = napari.Viewer(show=False)\n"
-        "dock, panel = viewer.window.add_plugin_dock_widget('napari-clipsam', 'Train adapters')\n"
-        "QApplication.processEvents()\n"
-        "print(type(panel).__name__)\n"
-        "print(sorted(m for m in ('torch', 'open_clip', 'timm', 'segment_anything') if m in sys.modules))\n"
-        "viewer.close()\n"
-    )
-    # The environment carries this run's DISPLAY (xvfb-run) and the tests' settings switch.
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split("\n")[:2] == ["TrainingWidget", "[]"]
+    assert dock_in_fresh_process("Train adapters") == ("TrainingWidget", [])
 
 
 def test_a_deleted_plot_no_longer_follows_the_theme(make_napari_viewer, qtbot):

@@ -10,6 +10,7 @@ import pytest
 from napari_clipsam._qt.requests import StaleResultError
 from napari_clipsam._qt.segment_widget import MODE_MANUAL, NEW_LAYER, ClipSamWidget
 from tests._qt.widget_helpers import TIMEOUT_MS, TIMEOUT_S, BlockingEncoder
+from tests.helpers import dock_in_fresh_process
 
 
 def _wait_idle(qtbot, widget):
@@ -261,17 +262,5 @@ def test_output_layer_of_another_shape_is_refused_before_running(qtbot, viewer, 
 
 def test_opening_the_widget_in_a_shown_napari_does_not_crash():
     """Importing the model code after napari's OpenGL context exists once killed napari
-    under Mesa's software OpenGL (triton's LLVM against Mesa's); see _qt/jobs.py."""
-    import subprocess
-    import sys
-
-    code = (
-        "import napari\n"
-        "viewer = napari.Viewer(show=True)\n"
-        "dock, widget = viewer.window.add_plugin_dock_widget('napari-clipsam', 'Segment by concept')\n"
-        "print(type(widget).__name__)\n"
-        "viewer.close()\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "ClipSamWidget" in result.stdout
+    under Mesa's software OpenGL (triton's LLVM against Mesa's); see model/device.py."""
+    assert dock_in_fresh_process("Segment by concept", show=True)[0] == "ClipSamWidget"

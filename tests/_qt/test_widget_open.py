@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,9 +11,9 @@ from napari_clipsam._qt.model_fields import clip_model_names, sam_variant_choice
 from napari_clipsam._qt.segment_widget import ClipSamWidget
 from napari_clipsam.model.build_sam import list_sam_variants
 from napari_clipsam.weights.registry import DEFAULT_CLIP_PRETRAINED, RANDOM_WEIGHTS, list_sam_weights
+from tests.helpers import dock_in_fresh_process
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_widget_open.py"
-HEAVY_MODULES = ("torch", "open_clip", "timm", "segment_anything")
 
 
 def _fresh_environment(tmp_path) -> dict[str, str]:
@@ -23,20 +22,7 @@ def _fresh_environment(tmp_path) -> dict[str, str]:
 
 def test_opening_the_widget_imports_no_model_stack(tmp_path):
     """In a fresh process, as from napari's Plugins menu: the model stack takes seconds to import."""
-    code = (
-        "import json, sys\n"
-        "import napari\n"
-        "from qtpy.QtWidgets import QApplication\n"
-        "viewer = napari.Viewer(show=False)\n"
-        "dock, widget = viewer.window.add_plugin_dock_widget('napari-clipsam', 'Segment by concept')\n"
-        "QApplication.processEvents()\n"
-        f"print(json.dumps([type(widget).__name__, [m for m in {HEAVY_MODULES!r} if m in sys.modules]]))\n"
-        "viewer.close()\n"
-    )
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                               env=_fresh_environment(tmp_path))
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    name, imported = json.loads(completed.stdout.strip().splitlines()[-1])
+    name, imported = dock_in_fresh_process("Segment by concept", env=_fresh_environment(tmp_path))
     assert name == "ClipSamWidget" and imported == []
 
 

@@ -16,6 +16,7 @@ import napari_clipsam as nc
 from napari_clipsam.errors import AmbiguousWeightsError, UnsafeCheckpointError
 from napari_clipsam.model.clip import build_clip, clip_file_cfg
 from napari_clipsam.weights.registry import SAM_WEIGHTS, WeightsEntry
+from tests.helpers import CodeOnUnpickle
 
 TINY = dict(sam="tiny", clip="tiny", sam_checkpoint=None, device="cpu", precision="fp32")
 
@@ -114,22 +115,10 @@ def test_a_damaged_clip_file_is_named(tiny_clip_file, tmp_path):
         nc.load_model(clip_pretrained=file, **TINY)
 
 
-def _create_marker(path: str) -> None:
-    Path(path).write_text("code from the checkpoint ran")
-
-
-class Payload:
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (_create_marker, (self.path,))
-
-
 def test_pickled_code_in_clip_weights_is_refused(tmp_path):
     marker = tmp_path / "marker.txt"
     file = tmp_path / "open_clip_pytorch_model.bin"
-    torch.save({**build_clip("tiny").state_dict(), "extra": Payload(marker)}, file)
+    torch.save({**build_clip("tiny").state_dict(), "extra": CodeOnUnpickle(marker)}, file)
     with pytest.raises(UnsafeCheckpointError, match=re.escape(str(file))):
         nc.load_model(clip_pretrained=file, **TINY)
     assert not marker.exists()

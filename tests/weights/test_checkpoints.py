@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch
 from napari_clipsam.errors import CheckpointMismatchError, UnsafeCheckpointError
 from napari_clipsam.model.build_sam import build_sam
 from napari_clipsam.weights.checkpoints import load_sam_state_dict, load_state_dict_checked, read_checkpoint
+from tests.helpers import CodeOnUnpickle
 
 
 @pytest.fixture(scope="module")
@@ -58,24 +58,10 @@ def test_safetensors_checkpoint_loads_and_a_truncated_one_is_named(tmp_path, tin
         read_checkpoint(path)
 
 
-def _create_marker(path: str) -> None:
-    Path(path).write_text("code from the checkpoint ran")
-
-
-class Payload:
-    """Unpickling this object calls _create_marker(path)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (_create_marker, (self.path,))
-
-
 def test_pickled_code_is_refused_and_never_runs(tmp_path, tiny_state_dict):
     marker = tmp_path / "marker.txt"
     path = tmp_path / "evil.pth"
-    torch.save({"model_state": dict(tiny_state_dict), "extra": Payload(marker)}, path)
+    torch.save({"model_state": dict(tiny_state_dict), "extra": CodeOnUnpickle(marker)}, path)
 
     with pytest.raises(UnsafeCheckpointError, match="pickled Python objects") as info:
         load_sam_state_dict(path)
@@ -84,7 +70,7 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path, tiny_state_dict):
 
     # The payload is live: a plain unpickling would have run it.
     control = tmp_path / "control.txt"
-    torch.save({"extra": Payload(control)}, tmp_path / "control.pth")
+    torch.save({"extra": CodeOnUnpickle(control)}, tmp_path / "control.pth")
     torch.load(tmp_path / "control.pth", weights_only=False)
     assert control.exists()
 
