@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import pipeline
 from .pipeline import segment
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def spatial(layer, values) -> tuple[float, ...]:
 
 def leading_ndim(layer) -> int:
     """How many axes (z, t, ...) come before the layer's 2-D planes."""
-    return len(spatial_shape(layer)) - 2
+    return pipeline.leading_ndim(tuple(layer.data.shape), bool(getattr(layer, "rgb", False)))
 
 
 def rows_cols_to_xy(points) -> np.ndarray | None:
@@ -113,15 +114,14 @@ def segment_layer(
         predictor=predictor, points=rows_cols_to_xy(points), point_labels=point_labels,
         box=corners_to_xyxy(box), image_size=image_size, rgb=rgb,
     )
-    ndim = labels.ndim
     metadata: dict[str, Any] = {}
     if concept is not None and not instances:
         metadata[CONCEPTS_METADATA_KEY] = {concept: 1}
     layer_name = name or f"{getattr(image_layer, 'name', 'image')} {concept or 'objects'}"
     kwargs = {
         "name": layer_name,
-        "scale": tuple(float(s) for s in image_layer.scale)[:ndim],
-        "translate": tuple(float(t) for t in image_layer.translate)[:ndim],
+        "scale": spatial(image_layer, image_layer.scale),
+        "translate": spatial(image_layer, image_layer.translate),
         "metadata": metadata,
     }
     return labels, kwargs, "labels"
