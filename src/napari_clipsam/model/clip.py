@@ -50,7 +50,7 @@ def _require_transformers(name: str, text_cfg: dict[str, Any]) -> None:
 
 
 def clip_file_cfg(name: str, path: Path, cache_dir=None) -> dict[str, Any]:
-    """The pretrained cfg that builds the network CLIP weights at ``path``, with no config beside, need.
+    """The pretrained cfg of the network that the CLIP weights at ``path`` (no config beside them) need.
 
     The file's folder may name its tag (``<cache>/clip/<model>_<tag>/``): that tag's cfg.
     Otherwise ``{"quick_gelu": ...}`` as the name decides: ``-quickgelu`` names, and names whose
