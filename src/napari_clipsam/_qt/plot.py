@@ -43,7 +43,8 @@ class TrainingPlot(FigureCanvasQTAgg):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         figure = Figure(figsize=(4.0, 2.6), layout="constrained")
         super().__init__(figure)
-        self.setMinimumHeight(220)
+        # Tall enough for readable axes under the legend and above the step labels.
+        self.setMinimumHeight(300)
         self.loss_axes = figure.add_subplot()
         self.iou_axes = self.loss_axes.twinx()
         (self.loss_line,) = self.loss_axes.plot([], [], linewidth=1.3, label="training loss")
