@@ -264,3 +264,18 @@ def test_opening_the_widget_in_a_shown_napari_does_not_crash():
     """Importing the model code after napari's OpenGL context exists once killed napari
     under Mesa's software OpenGL (triton's LLVM against Mesa's); see model/device.py."""
     assert dock_in_fresh_process("Segment by concept", show=True)[0] == "ClipSamWidget"
+
+
+def test_a_job_that_outlives_its_widget_touches_nothing(qtbot, viewer, widget, tiny_model, monkeypatch):
+    """Closing napari (or deleting the panel) while a job runs: when the job ends, no callback
+    reaches the deleted widget (an exception in napari's event loop) and no layer is written."""
+    encoder = BlockingEncoder(tiny_model, monkeypatch)
+    widget.set_concept("nucleus")
+    widget.segment()
+    qtbot.waitUntil(encoder.started.is_set, timeout=TIMEOUT_MS)
+    runner = widget._jobs._runner
+    with qtbot.waitSignal(widget.native.destroyed, timeout=TIMEOUT_MS):
+        widget.native.deleteLater()
+    encoder.release.set()
+    qtbot.waitUntil(lambda: not runner.busy, timeout=TIMEOUT_MS)
+    assert "blobs nucleus" not in viewer.layers

@@ -19,6 +19,10 @@ def _prepared(job: Callable, *args: Any, **kwargs: Any):
     return (yield from job(*args, **kwargs))
 
 
+def _ignore(*_: Any) -> None:
+    """A callback of a widget that is gone."""
+
+
 class JobRunner:
     """One job at a time, in a worker thread, mirrored in a napari progress bar."""
 
@@ -29,6 +33,7 @@ class JobRunner:
         self._progress = None
         self._cancelled = False
         self._on_event: Callable[[Any], None] | None = None
+        self._on_result: Callable[[Any], None] | None = None
         self._on_error: Callable[[BaseException], None] | None = None
         self._after: Callable[[], None] | None = None
 
@@ -65,9 +70,9 @@ class JobRunner:
         self._progress = progress(total=0, desc=title)
         self._on_status(f"{title}...")
         self._on_busy(True)
+        self._on_result = on_result
         worker.yielded.connect(self._yielded)
-        if on_result is not None:
-            worker.returned.connect(on_result)
+        worker.returned.connect(self._returned)
         worker.errored.connect(self._errored)
         worker.finished.connect(self._finished)
         worker.start()
@@ -75,6 +80,13 @@ class JobRunner:
     def then(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the current job's worker has finished (e.g. from ``on_result``)."""
         self._after = callback
+
+    def detach(self) -> None:
+        """The widget is gone (its Qt object deleted): stop the job at its next yield and
+        call none of the widget's callbacks again, whenever the worker finishes."""
+        self._on_status = self._on_busy = _ignore
+        self._on_event = self._on_result = self._on_error = self._after = None
+        self.cancel()
 
     def cancel(self) -> None:
         """Ask the job to stop at its next yield; its result, if any, is discarded."""
@@ -98,6 +110,10 @@ class JobRunner:
         if self._on_event is not None:
             self._on_event(event)
 
+    def _returned(self, value: Any) -> None:
+        if not self._cancelled and self._on_result is not None:
+            self._on_result(value)
+
     def _errored(self, error: Exception) -> None:
         from napari.utils.notifications import show_error
 
@@ -110,7 +126,7 @@ class JobRunner:
         if self._progress is not None:
             self._progress.close()
             self._progress = None
-        self._worker, self._on_error = None, None
+        self._worker, self._on_error, self._on_result = None, None, None
         if self._cancelled:
             self._cancelled = False
             self._on_status("Cancelled: no layer or file was changed.")

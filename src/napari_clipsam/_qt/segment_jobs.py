@@ -81,7 +81,8 @@ class SegmentJobs:
         self._runner.cancel()
 
     def wait(self, timeout: float) -> Any:
-        """Process Qt events until the newest request has ended; its result, or its error raised."""
+        """Process Qt events until the newest request has ended and its worker has finished;
+        its result, or its error raised."""
         from qtpy.QtCore import QEventLoop, QTimer
         from qtpy.QtWidgets import QApplication
 
@@ -92,7 +93,7 @@ class SegmentJobs:
         wake = QTimer()  # so that the blocking wait below checks the deadline now and then
         wake.start(50)
         try:
-            while not outcome.done:
+            while not outcome.done or self._runner.busy:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"The segmentation did not finish within {timeout} s.")
                 QApplication.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents)

@@ -66,8 +66,10 @@ class ClipSamWidget(Container):
         self.extend([*self._model_fields.widgets, *self._controls.widgets])
         self.tooltip = f"Shortcuts while this panel is open:\n{shortcuts_text()}"
 
+        runner = JobRunner(self._set_status, self._set_busy)
+        self.native.destroyed.connect(lambda *_: runner.detach())  # a job may outlive the widget
         self._jobs = SegmentJobs(
-            JobRunner(self._set_status, self._set_busy), self._model_arguments, self._model_fields.image_size,
+            runner, self._model_arguments, self._model_fields.image_size,
             on_result=self._on_result, on_model=self._show_model, set_status=self._set_status,
         )
         self._preview: tuple[SegmentRequest, SegmentResult] | None = None
@@ -78,9 +80,7 @@ class ClipSamWidget(Container):
 
         from qtpy.QtCore import QTimer
 
-        self._debounce = QTimer()
-        self._debounce.setSingleShot(True)
-        self._debounce.setInterval(DEBOUNCE_MS)
+        self._debounce = QTimer(singleShot=True, interval=DEBOUNCE_MS)
         self._debounce.timeout.connect(self._on_prompts_settled)
         self._connect_controls()
         self._shortcuts.follow_docking(self.native)

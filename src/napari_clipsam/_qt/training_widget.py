@@ -104,7 +104,8 @@ class TrainingWidget(Container):
 
         self._base_model = None
         self._model = None
-        self._runner = JobRunner(self._set_status, self._set_busy)
+        self._runner = runner = JobRunner(self._set_status, self._set_busy)
+        self.native.destroyed.connect(lambda *_: runner.detach())  # training may outlive the panel
         self._result: TrainResult | None = None
 
         self._add_pair_button.changed.connect(lambda *_: self.add_pair())
