@@ -62,6 +62,7 @@ _PUBLIC = {
     "CheckpointMismatchError": "errors",
     "ChecksumMismatchError": "errors",
     "MissingDependencyError": "errors",
+    "OutputExistsError": "errors",
     "UnsafeCheckpointError": "errors",
     "WeightsUnavailableError": "errors",
 }
@@ -91,6 +92,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
         ChecksumMismatchError,
         ClipSamError,
         MissingDependencyError,
+        OutputExistsError,
         UnsafeCheckpointError,
         WeightsUnavailableError,
     )

@@ -25,6 +25,10 @@ class ChecksumMismatchError(WeightsUnavailableError):
     """A downloaded or cached file's checksum differs from the registry's."""
 
 
+class OutputExistsError(ClipSamError, FileExistsError):
+    """An output file exists and replacing it was not asked for; it was left as it is."""
+
+
 class UnsafeCheckpointError(ClipSamError, ValueError):
     """A checkpoint holds pickled Python objects, which are never loaded (they could run code)."""
 
@@ -52,6 +56,7 @@ __all__ = [
     "ChecksumMismatchError",
     "ClipSamError",
     "MissingDependencyError",
+    "OutputExistsError",
     "UnsafeCheckpointError",
     "WeightsUnavailableError",
 ]
