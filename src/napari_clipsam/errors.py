@@ -45,6 +45,19 @@ class AdaptersMismatchError(ClipSamError, ValueError):
     """Saved adapters do not fit the model they are loaded onto."""
 
 
+class InvalidAdaptersError(AdaptersMismatchError):
+    """An adapters file is malformed or unsafe to use (a field out of range, a non-finite or
+    non-float tensor, a missing or unknown entry); nothing of it was loaded."""
+
+
+class CorruptFileError(ClipSamError, ValueError):
+    """A file the package reads is damaged or not what it should be; the message names it."""
+
+
+class TrainingDivergedError(ClipSamError, RuntimeError):
+    """Training produced a non-finite loss or weights; the message names the step. Nothing broken is saved."""
+
+
 class MissingDependencyError(ClipSamError, ImportError):
     """An optional package that the chosen model needs is not installed."""
 
@@ -55,8 +68,11 @@ __all__ = [
     "CheckpointMismatchError",
     "ChecksumMismatchError",
     "ClipSamError",
+    "CorruptFileError",
+    "InvalidAdaptersError",
     "MissingDependencyError",
     "OutputExistsError",
+    "TrainingDivergedError",
     "UnsafeCheckpointError",
     "WeightsUnavailableError",
 ]
