@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import glob
+import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .errors import OutputExistsError
+from .errors import CorruptFileError, OutputExistsError
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[str], None], *, replace: bool = True) -> Path:
@@ -36,7 +39,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None], *, r
     os.close(handle)
     try:
         write(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())
+        give_new_file_permissions(temporary)
         if replace:
             os.replace(temporary, path)
         else:
@@ -94,6 +97,14 @@ def _exists_message(path: Path) -> str:
     return f"{path} exists (another run may have written it meanwhile); it was left as it is."
 
 
+def give_new_file_permissions(path: str | os.PathLike) -> None:
+    """Set ``path``'s permissions to those a new file gets under the umask (``0o666 & ~umask``).
+
+    For files made private on purpose (``tempfile``'s 0600) and then moved into place.
+    """
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def _umask() -> int:
     """The process's umask, read without changing it where the system allows (os.umask() sets it)."""
     try:
@@ -109,17 +120,95 @@ def _umask() -> int:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image or label file as an array: .npy, TIFF (tifffile), or what scikit-image reads."""
-    path = Path(path)
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
-    if path.suffix.lower() in {".tif", ".tiff"}:
-        import tifffile
+    """An image or label file as an array: .npy, TIFF (tifffile), or what scikit-image reads.
 
-        return tifffile.imread(path)
+    Raises:
+        FileNotFoundError, IsADirectoryError, PermissionError: naming the file, as ``open`` does.
+        CorruptFileError: the file is empty, truncated, not in the format its suffix says, or
+            holds no numeric image; the message names the file and what is wrong.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not an image file.")
+    if path.is_file() and path.stat().st_size == 0:
+        raise CorruptFileError(f"{path}: the file is empty (an interrupted copy or download?).")
+    suffix = path.suffix.lower()
+    kind = "a NumPy .npy file" if suffix == ".npy" else "a TIFF" if suffix in {".tif", ".tiff"} else "an image"
+    try:
+        data = _read(path, suffix)
+    except MemoryError:
+        raise
+    except OSError as err:
+        if err.filename is not None:  # an unreadable file (permissions): the message names it already
+            raise
+        raise CorruptFileError(f"{path}: cannot be read as {kind}, truncated or damaged? ({_first_line(err)})") from err
+    except Exception as err:  # each format library raises its own kinds; all mean this file is unreadable
+        raise CorruptFileError(f"{path}: cannot be read as {kind}, truncated or damaged? "
+                               f"({type(err).__name__}: {_first_line(err)})") from err
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in "biuf":
+        what = type(data).__name__ if not isinstance(data, np.ndarray) else f"{data.dtype} values"
+        raise CorruptFileError(f"{path}: holds {what}, not a numeric image.")
+    if data.ndim < 2 or data.size == 0:
+        raise CorruptFileError(f"{path}: holds an array of shape {data.shape}, not an image.")
+    return data
+
+
+def _first_line(err: Exception) -> str:
+    # imageio appends installation advice over several lines; the first says what is wrong.
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _read(path: Path, suffix: str) -> np.ndarray:
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix in {".tif", ".tiff"}:
+        return _read_tiff(path)
     from skimage import io
 
     return io.imread(path)
+
+
+# What tifffile logs, instead of raising, where a TIFF is truncated or its page chain broken: it
+# then returns what it could read (a stack cut short to its first plane) as if that were all.
+_TIFF_DAMAGE = ("invalid page offset", "invalid offset to", "invalid value offset", "corrupted", "failed to reshape",
+                "failed to read", "incompletely written", "is missing", "missing data", "missing bytecounts",
+                "circular reference", "does not match")
+
+
+class _ThreadWarnings(logging.Filter):
+    """Notes the warnings logged by the creating thread (tifffile's logger is shared by all threads).
+
+    A filter, not a handler: the messages still reach wherever they went before.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and record.thread == self.thread:
+            self.messages.append(record.getMessage())
+        return True
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    logger = logging.getLogger("tifffile")
+    warnings = _ThreadWarnings()
+    logger.addFilter(warnings)
+    try:
+        data = tifffile.imread(path)
+    finally:
+        logger.removeFilter(warnings)
+    damage = [message for message in warnings.messages if any(sign in message.lower() for sign in _TIFF_DAMAGE)]
+    if damage:
+        raise ValueError("; ".join(damage))
+    return data
 
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray, *, replace: bool = True) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..weights.registry import parse_weights_choice
@@ -51,6 +54,45 @@ def cache_argument(parser) -> None:
     parser.add_argument(
         "--cache-dir", type=Path, help="weights cache (default: NAPARI_CLIPSAM_CACHE or the platform's)"
     )
+
+
+def check_outputs(paths: Sequence[Path], *, overwrite: bool, option: str = "--output") -> None:
+    """Refuse at once, before any work, outputs that exist (unless ``overwrite``) or cannot be written.
+
+    Raises:
+        OutputExistsError: an output exists and ``overwrite`` is false.
+        IsADirectoryError: an output is an existing folder.
+        OSError: an output's folder cannot be made or written (the message names the output).
+    """
+    from ..errors import OutputExistsError
+
+    for path in paths:
+        if path.is_dir():
+            raise IsADirectoryError(f"The output {path} is a folder, not a file. Choose another {option}.")
+    existing = [str(path) for path in paths if os.path.lexists(path)]
+    if existing and not overwrite:
+        raise OutputExistsError(f"Output exists: {', '.join(existing)}. Choose another {option} or add --overwrite.")
+    first_in_folder: dict[Path, Path] = {}
+    for path in paths:
+        first_in_folder.setdefault(path.parent, path)
+    for path in first_in_folder.values():
+        _refuse_unwritable_folder(path)
+
+
+def _refuse_unwritable_folder(output: Path) -> None:
+    # The folder may not exist yet: the nearest existing one must take new entries. Making a file
+    # there is the only test that also holds for root, read-only mounts and ACLs (os.access is not).
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"Cannot write {output}: {folder} is a file, not a folder.")
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".napari-clipsam-write-test-")
+    except OSError as err:
+        raise OSError(f"Cannot write {output}: no file can be made in {folder} ({err.strerror or err}).") from err
+    os.close(handle)
+    os.unlink(probe)
 
 
 def load_model(args: argparse.Namespace):

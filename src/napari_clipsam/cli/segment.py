@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from .common import job_progress, load_model, model_arguments
+from .common import check_outputs, job_progress, load_model, model_arguments
 
 
 def add_parser(commands, parents) -> None:
@@ -17,7 +20,9 @@ def add_parser(commands, parents) -> None:
         help="segment images (files or a sample) by concept and write label images",
         description=(
             "Segment each image by a text concept and write one label image per input. "
-            "A 3-D input whose last axis is longer than 8 is read as a stack of 2-D planes."
+            "A 3-D input whose last axis is longer than 8 is read as a stack of 2-D planes. "
+            "Paths are checked before the model loads; a batch stops at the first input that fails, "
+            "and the outputs written before it stay."
         ),
     )
     seg.add_argument("images", nargs="*", type=Path, help="image files (TIFF, PNG, JPEG, ...)")
@@ -53,6 +58,45 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.pipeline import SegmentOptions, iter_segment_stack
     from ..inference.predictor import ClipSamPredictor
 
+    if (args.refine or args.min_area) and not args.instances:
+        raise ValueError("--refine and --min-area apply to objects: add --instances.")
+    # Everything that can be told from the paths is checked before the model loads (seconds to
+    # minutes): a batch must not fail, or lose a file, after that wait.
+    inputs = _inputs(args)
+    outputs = _outputs(args, inputs)
+    _refuse_shared_outputs(inputs, outputs)
+    _refuse_replacing_an_input(inputs, outputs)
+    check_outputs(outputs, overwrite=args.overwrite)
+    options = SegmentOptions(
+        instances=args.instances, refine=args.refine, min_area=args.min_area, channel=args.channel
+    )
+
+    model = load_model(args)
+    predictor = ClipSamPredictor(model, image_size=args.image_size)
+    for index, ((name, source), output) in enumerate(zip(inputs, outputs)):
+        try:
+            image = read_image(source) if isinstance(source, Path) else source
+            job = iter_segment_stack(predictor, image, args.concept, args.points, None, args.box, options)
+            labels = _drain_naming_the_input(job, name)
+            # Without --overwrite the write never replaces: a file another run wrote meanwhile stays.
+            write_labels(output, labels, replace=args.overwrite)
+        except (Exception, KeyboardInterrupt):
+            if len(inputs) > 1:
+                _report_stopped_batch(inputs, index)
+            raise
+        count = int(labels.max()) if args.instances else int((labels > 0).sum())
+        unit = "objects" if args.instances else "pixels"
+        print(f"{name}: {count} {unit} of '{args.concept}' -> {output}")
+    return 0
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, np.ndarray | Path]]:
+    """``(name, file or array)`` per input; files are checked to exist."""
+    for path in args.images:
+        if path.is_dir():
+            raise IsADirectoryError(f"The input {path} is a folder; give its image files (e.g. {path / '*.tif'}).")
+        if not path.exists():
+            raise FileNotFoundError(errno.ENOENT, "No such input file", str(path))
     inputs: list[tuple[str, np.ndarray | Path]] = [(str(p), p) for p in args.images]
     if args.sample:
         from .._sample_data import sample_image
@@ -60,34 +104,76 @@ def run(args: argparse.Namespace) -> int:
         inputs.append((f"sample {args.sample}", sample_image(args.sample)))
     if not inputs:
         raise ValueError("Give image files or --sample.")
+    return inputs
+
+
+def _outputs(args: argparse.Namespace, inputs: list[tuple[str, np.ndarray | Path]]) -> list[Path]:
     if len(inputs) == 1 and args.output.suffix:
-        outputs = [args.output]
-    else:
-        if args.output.suffix:
-            raise ValueError(f"Several inputs need an output folder, not the file {args.output}.")
-        outputs = [
-            args.output / (f"{Path(name).stem}_labels.tif" if isinstance(src, Path) else f"{args.sample}_labels.tif")
-            for name, src in inputs
-        ]
-    existing = [str(p) for p in outputs if p.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"Output exists: {', '.join(existing)}. Choose another --output or add --overwrite.")
-    if (args.refine or args.min_area) and not args.instances:
-        raise ValueError("--refine and --min-area apply to objects: add --instances.")
-    options = SegmentOptions(
-        instances=args.instances, refine=args.refine, min_area=args.min_area, channel=args.channel
-    )
-
-    model = load_model(args)
-    predictor = ClipSamPredictor(model, image_size=args.image_size)
-    for (name, source), output in zip(inputs, outputs):
-        image = read_image(source) if isinstance(source, Path) else source
-        job = iter_segment_stack(predictor, image, args.concept, args.points, None, args.box, options)
-        labels = job_progress(job, name)
-        write_labels(output, labels)
-        count = int(labels.max()) if args.instances else int((labels > 0).sum())
-        unit = "objects" if args.instances else "pixels"
-        print(f"{name}: {count} {unit} of '{args.concept}' -> {output}")
-    return 0
+        return [args.output]
+    if args.output.suffix:
+        raise ValueError(f"Several inputs need an output folder, not the file {args.output}.")
+    return [
+        args.output / (f"{source.stem}_labels.tif" if isinstance(source, Path) else f"{args.sample}_labels.tif")
+        for _, source in inputs
+    ]
 
 
+def _refuse_shared_outputs(inputs: list[tuple[str, np.ndarray | Path]], outputs: list[Path]) -> None:
+    """Refuse a batch where two inputs would write one file: the later would replace the earlier."""
+    groups: dict[str, list[int]] = {}
+    for index, output in enumerate(outputs):
+        # Names that differ only in letter case are one file on macOS's and Windows' usual
+        # filesystems: refused everywhere, so a batch does the same on every system.
+        groups.setdefault(os.path.normcase(str(output.resolve())).casefold(), []).append(index)
+    for indices in groups.values():
+        if len(indices) == 1:
+            continue
+        names = [inputs[i][0] for i in indices]
+        sources = {inputs[i][1].resolve() if isinstance(inputs[i][1], Path) else inputs[i][0] for i in indices}
+        if len(sources) == 1:
+            raise ValueError(f"The input {names[0]} is given {len(indices)} times; give each input once.")
+        targets = list(dict.fromkeys(str(outputs[i]) for i in indices))
+        target = targets[0] if len(targets) == 1 else " and ".join(targets) + ", which are one file"
+        if len({name.casefold() for name in targets}) < len(targets):
+            target += " on macOS and Windows (the names differ only in letter case)"
+        raise ValueError(
+            f"The inputs {', '.join(names)} would all be written to {target}: outputs are named after "
+            "the input file's name, so the later would replace the earlier. Segment them in separate "
+            "runs, each with its own --output folder, or rename one of the files."
+        )
+
+
+def _refuse_replacing_an_input(inputs: list[tuple[str, np.ndarray | Path]], outputs: list[Path]) -> None:
+    files = [(name, source) for name, source in inputs if isinstance(source, Path)]
+    for output in outputs:
+        for name, source in files:
+            # resolve() sees through other spellings and symbolic links, samefile also hard links.
+            if source.resolve() == output.resolve() or (output.exists() and os.path.samefile(source, output)):
+                raise ValueError(
+                    f"The output {output} is the input {name} itself: its labels would replace the image. "
+                    "Choose another --output."
+                )
+
+
+def _drain_naming_the_input(job, name: str) -> np.ndarray:
+    """The job's labels; an image the pipeline refuses is reported with the input's name."""
+    try:
+        return job_progress(job, name)
+    except ValueError as err:
+        if name in str(err):
+            raise
+        raise ValueError(f"{name}: {err}") from err
+
+
+def _report_stopped_batch(inputs: list[tuple[str, np.ndarray | Path]], failed: int) -> None:
+    # Written outputs are complete and stay (each was named on stdout); the failed input's
+    # output was never put in place (writes are atomic). Say where to resume.
+    rest = [name for name, _ in inputs[failed + 1:]]
+    parts = [f"napari-clipsam: segment stopped at input {failed + 1} of {len(inputs)}, {inputs[failed][0]}, "
+             "and wrote nothing for it"]
+    if failed:
+        parts.append(f"the {failed} output{'s' if failed > 1 else ''} written before it "
+                     f"stay{'' if failed > 1 else 's'}")
+    if rest:
+        parts.append(f"not segmented: {', '.join(rest)}")
+    print("; ".join(parts) + ".", file=sys.stderr)

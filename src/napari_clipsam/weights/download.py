@@ -102,10 +102,16 @@ def obtain(
 def _download(file: WeightsFile, progress: ProgressCallback | None, timeout: float) -> Path:
     import pooch
 
+    from .._io import give_new_file_permissions
+
     # pooch downloads into a temporary file beside the target and moves it into place only
     # once the hash matched; chunks of 1 MiB keep the progress calls few.
     downloader = pooch.HTTPDownloader(progressbar=_progress_bar(progress)(), chunk_size=1 << 20, timeout=timeout)
-    return Path(pooch.retrieve(file.url, file.known_hash, file.path.name, file.path.parent, downloader=downloader))
+    path = Path(pooch.retrieve(file.url, file.known_hash, file.path.name, file.path.parent, downloader=downloader))
+    # pooch's temporary file is private (0600) and keeps that once moved: a cache shared by a
+    # lab would hold weights only the downloader can read. (huggingface_hub sets the umask's.)
+    give_new_file_permissions(path)
+    return path
 
 
 def _download_from_hub(file: WeightsFile, progress: ProgressCallback | None) -> Path:
