@@ -58,6 +58,11 @@ class TrainingDivergedError(ClipSamError, RuntimeError):
     """Training produced a non-finite loss or weights; the message names the step. Nothing broken is saved."""
 
 
+class ConcurrentUseError(ClipSamError, RuntimeError):
+    """Another thread (or call) changed a shared predictor's image, concept or SAM input size
+    under this one; nothing was computed from the changed state."""
+
+
 class MissingDependencyError(ClipSamError, ImportError):
     """An optional package that the chosen model needs is not installed."""
 
@@ -68,6 +73,7 @@ __all__ = [
     "CheckpointMismatchError",
     "ChecksumMismatchError",
     "ClipSamError",
+    "ConcurrentUseError",
     "CorruptFileError",
     "InvalidAdaptersError",
     "MissingDependencyError",

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
-from typing import Iterator
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
+from ..errors import ConcurrentUseError
 from ..model.clipsam import ClipSamModel
 from .image import to_rgb_uint8
 from .prompts import check_prompts
-from .sam_frame import mask_prompt_from_similarity, resize_map, text_mode_points, to_sam_frame
+from .sam_frame import logits_to_image, mask_prompt_from_similarity, resize_map, text_mode_points, to_sam_frame
 
 # Image embeddings kept per concept for the current image (4 MB each for vit_b).
 _EMBEDDINGS_KEPT = 8
+_ADVICE = (
+    "Give each thread its own ClipSamPredictor (they can share one model), or hold "
+    "`with predictor:` around each set_image -> set_concept -> predict sequence."
+)
+
+
+class _Claims(threading.local):
+    """What the current thread last set on a predictor: its image digest, concept, size."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
 
 
 class ClipSamPredictor:
@@ -26,6 +40,11 @@ class ClipSamPredictor:
     image or concept again costs nothing, and a new point costs only the decoder.
     Loading or training adapters on the model makes the next call recompute them.
     Coordinates are XY pixels of the image given to :meth:`set_image`; boxes XYXY.
+
+    Threads: calls are serialised (a call waits for another thread's to end). A thread
+    whose image, concept or size another thread has since replaced gets
+    :class:`ConcurrentUseError` from its next call rather than the other image's masks;
+    ``with predictor:`` holds the predictor for a whole sequence of calls.
     """
 
     def __init__(self, model: ClipSamModel, image_size: int | None = None) -> None:
@@ -38,8 +57,19 @@ class ClipSamPredictor:
         """
         self.model = model
         self._image_size = image_size
-        self.reset_image()
+        # Serialises calls; re-entrant because calls call each other (predict -> prepare).
+        self._lock = threading.RLock()
+        self._claims = _Claims()
+        self._drop_image()
         self.concept: str | None = None
+
+    def __enter__(self) -> ClipSamPredictor:
+        """Hold the predictor for a sequence of calls: other threads' calls wait until the block ends."""
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._lock.release()
 
     @property
     def image_size(self) -> int | None:
@@ -48,13 +78,20 @@ class ClipSamPredictor:
 
     @image_size.setter
     def image_size(self, value: int | None) -> None:
-        if value != self._image_size:
-            self._image_size = value
-            self._forget_features()  # computed at the old size; the image stays set
+        with self._lock:
+            if value != self._image_size:
+                self._image_size = value
+                self._forget_features()  # computed at the old size; the image stays set
+            self._claims.values["size"] = value
 
     # ------------------------------------------------------------------ state
     def reset_image(self) -> None:
         """Forget the image and everything computed from it."""
+        with self._lock:
+            self._drop_image()
+            self._claims.values["image"] = None
+
+    def _drop_image(self) -> None:
         self.image: np.ndarray | None = None
         self.original_size: tuple[int, int] | None = None
         self._image_key: str | None = None
@@ -84,12 +121,14 @@ class ClipSamPredictor:
         key = hashlib.blake2b(rgb.tobytes(), digest_size=16)
         key.update(repr(rgb.shape).encode())
         digest = key.hexdigest()
-        if digest == self._image_key:
-            return
-        self.reset_image()
-        self.image = rgb
-        self.original_size = rgb.shape[:2]
-        self._image_key = digest
+        with self._lock:
+            self._claims.values["image"] = digest
+            if digest == self._image_key:
+                return
+            self._drop_image()
+            self.image = rgb
+            self.original_size = rgb.shape[:2]
+            self._image_key = digest
 
     def set_concept(self, concept: str | None) -> None:
         """Set the concept that conditions the encoder; None for plain SAM behaviour."""
@@ -99,7 +138,33 @@ class ClipSamPredictor:
             concept = " ".join(concept.split())
             if not concept:
                 concept = None
-        self.concept = concept
+        with self._lock:
+            self.concept = concept
+            self._claims.values["concept"] = concept
+
+    # ---------------------------------------------------------------- threads
+    def _state(self) -> tuple:
+        """What every computed feature depends on."""
+        return self._image_key, self.concept, self.image_size, self._weights_version
+
+    @contextmanager
+    def _checked(self) -> Iterator[None]:
+        """Hold the predictor, after checking that what this thread set is still set.
+
+        A thread that set an image (concept, size) means its next calls to be about it;
+        if another thread has replaced it, computing anyway would return that thread's
+        masks. A thread that set nothing takes the state as it is (a worker handed a
+        prepared predictor).
+        """
+        with self._lock:
+            current = {"image": self._image_key, "concept": self.concept, "size": self._image_size}
+            changed = [name for name, value in self._claims.values.items() if current[name] != value]
+            if changed:
+                raise ConcurrentUseError(
+                    f"Another thread changed this predictor's {' and '.join(changed)} since this thread set "
+                    f"it; nothing was computed. Set it again to go on. {_ADVICE}"
+                )
+            yield
 
     # ----------------------------------------------------------- computation
     def _require_image(self) -> None:
@@ -116,22 +181,23 @@ class ClipSamPredictor:
 
     def pending_stages(self) -> list[str]:
         """The stages the current image and concept still need, in order (cached ones left out)."""
-        self._require_image()
-        if self._weights_version != self.model.weights_version:
-            self._forget_features()  # adapters loaded or trained since: every feature is stale
-        concept = self.concept
-        stages = []
-        if self._sam_input is None:
-            stages.append(self.STAGE_IMAGE)
-        if concept is not None and self._clip_patches is None:
-            stages.append(self.STAGE_CLIP)
-        if concept is not None and concept not in self._similarity:
-            stages.append(self.STAGE_TEXT)
-        if concept not in self._embeddings:
-            if self._prefix is None:
-                stages.append(self.STAGE_PREFIX)
-            stages.append(self.STAGE_UNCONDITIONED if concept is None else self.STAGE_CONDITIONED)
-        return stages
+        with self._checked():
+            self._require_image()
+            if self._weights_version != self.model.weights_version:
+                self._forget_features()  # adapters loaded or trained since: every feature is stale
+            concept = self.concept
+            stages = []
+            if self._sam_input is None:
+                stages.append(self.STAGE_IMAGE)
+            if concept is not None and self._clip_patches is None:
+                stages.append(self.STAGE_CLIP)
+            if concept is not None and concept not in self._similarity:
+                stages.append(self.STAGE_TEXT)
+            if concept not in self._embeddings:
+                if self._prefix is None:
+                    stages.append(self.STAGE_PREFIX)
+                stages.append(self.STAGE_UNCONDITIONED if concept is None else self.STAGE_CONDITIONED)
+            return stages
 
     @torch.no_grad()
     def _run_stage(self, stage: str) -> None:
@@ -160,13 +226,24 @@ class ClipSamPredictor:
 
         Yields the name of each stage before running it, so a caller (the napari
         widget) can report progress and stop between stages. Cached stages are skipped.
+        The predictor is held for each stage, not between them: should another thread
+        (or call) change the image, concept or size there, the next stage raises
+        :class:`ConcurrentUseError`.
         """
-        if self.concept in self._embeddings:
-            self._embeddings.move_to_end(self.concept)
-        for stage in self.pending_stages():
+        with self._checked():
+            if self.concept in self._embeddings:
+                self._embeddings.move_to_end(self.concept)
+            stages, state = self.pending_stages(), self._state()
+        for stage in stages:
             yield stage
-            with self.model.at_resolution(self.image_size):
-                self._run_stage(stage)
+            with self._checked():
+                if self._state() != state:
+                    raise ConcurrentUseError(
+                        "This predictor's image, concept, size or weights changed while it was being "
+                        f"prepared, by another thread or call; the stages left were not run. {_ADVICE}"
+                    )
+                with self.model.at_resolution(self.image_size):
+                    self._run_stage(stage)
 
     def prepare(self) -> None:
         """Run :meth:`iter_prepare` to the end."""
@@ -176,8 +253,9 @@ class ClipSamPredictor:
     @property
     def image_embedding(self) -> torch.Tensor:
         """SAM's (1, 256, 64, 64) image embedding for the current image and concept."""
-        self.prepare()
-        return self._embeddings[self.concept]
+        with self._checked():
+            self.prepare()
+            return self._embeddings[self.concept]
 
     def _similarity_grid(self) -> torch.Tensor:
         if self.concept is None:
@@ -187,12 +265,14 @@ class ClipSamPredictor:
 
     def similarity_map(self) -> np.ndarray:
         """(H, W) float32 similarity of the image to the concept, in [0, 1]."""
-        grid = self._similarity_grid()
-        return resize_map(grid, self.original_size)[0].clamp(0, 1).cpu().numpy().astype(np.float32)
+        with self._checked():
+            grid = self._similarity_grid()
+            return resize_map(grid, self.original_size)[0].clamp(0, 1).cpu().numpy().astype(np.float32)
 
     def text_prompts(self) -> tuple[np.ndarray, np.ndarray]:
         """The text-only mode's points: (N, 2) XY image coordinates and (N,) labels (all 1)."""
-        return text_mode_points(self._similarity_grid(), self.original_size, self.model.config)
+        with self._checked():
+            return text_mode_points(self._similarity_grid(), self.original_size, self.model.config)
 
     def predict(
         self,
@@ -225,15 +305,15 @@ class ClipSamPredictor:
             scores: (C,) float32 predicted IoU.
             logits: (C, 256, 256) float32 low-resolution logits (side 4x the embedding grid).
         """
-        self._require_image()
         points, labels, box = check_prompts(point_coords, point_labels, box)
-        if points is None and box is None and self.concept is None:
-            raise ValueError(
-                "Nothing to segment: give points or a box, or set a concept with "
-                "set_concept(...) for the text-only mode."
-            )
         model = self.model
-        with torch.no_grad(), model.at_resolution(self.image_size):
+        with self._checked(), torch.no_grad(), model.at_resolution(self.image_size):
+            self._require_image()
+            if points is None and box is None and self.concept is None:
+                raise ValueError(
+                    "Nothing to segment: give points or a box, or set a concept with "
+                    "set_concept(...) for the text-only mode."
+                )
             if points is None and box is None:
                 points, labels = self.text_prompts()
             self.prepare()
@@ -258,20 +338,20 @@ class ClipSamPredictor:
         """The text-only mode's dense prompt (1, 1, 256, 256): the thresholded map scaled to {0, 255}.
 
         None without a concept, or when ``config.similarity_mask_prompt`` is off and not ``force``.
-        Call inside :meth:`ClipSamModel.at_resolution` of this predictor's size (as ``predict`` does).
         """
         model = self.model
-        if self.concept is None or not (force or model.config.similarity_mask_prompt):
-            return None
-        self.prepare()
-        prompt = self._mask_prompts.get(self.concept)
-        if prompt is None:
-            prompt = mask_prompt_from_similarity(
-                self._similarity[self.concept], model.config.similarity_threshold, self.input_size,
-                model.image_size, model.mask_input_size,
-            )
-            self._mask_prompts[self.concept] = prompt
-        return prompt
+        with self._checked(), model.at_resolution(self.image_size):
+            if self.concept is None or not (force or model.config.similarity_mask_prompt):
+                return None
+            self.prepare()
+            prompt = self._mask_prompts.get(self.concept)
+            if prompt is None:
+                prompt = mask_prompt_from_similarity(
+                    self._similarity[self.concept], model.config.similarity_threshold, self.input_size,
+                    model.image_size, model.mask_input_size,
+                )
+                self._mask_prompts[self.concept] = prompt
+            return prompt
 
     def predict_torch(
         self,
@@ -289,10 +369,11 @@ class ClipSamPredictor:
 
         Returns:
             masks (B, C, H, W) bool at the image's size, predicted IoU (B, C), low-resolution
-            logits (B, C, 256, 256). Call inside ``model.at_resolution(self.image_size)``.
+            logits (B, C, 256, 256).
         """
         model = self.model
-        self.prepare()
-        low_res, iou = model.decode(self._embeddings[self.concept], points, boxes, mask_prompt, multimask_output)
-        masks = model.sam.postprocess_masks(low_res, self.input_size, self.original_size) > model.sam.mask_threshold
-        return masks, iou, low_res
+        with self._checked(), model.at_resolution(self.image_size):
+            self.prepare()
+            low_res, iou = model.decode(self._embeddings[self.concept], points, boxes, mask_prompt, multimask_output)
+            upsampled = logits_to_image(low_res, model.image_size, self.input_size, self.original_size)
+        return upsampled > model.sam.mask_threshold, iou, low_res

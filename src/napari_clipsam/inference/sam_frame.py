@@ -1,5 +1,6 @@
 """Prompts in SAM's input frame (torch): the similarity map as mask prompt, the text-only
-mode's points, and the one conversion of image-pixel prompts into SAM's frame.
+mode's points, the one conversion of image-pixel prompts into SAM's frame, and the way
+back from SAM's logits to the image.
 
 Inference (the predictor) and training both use these, so a model is trained on the
 prompts it will be given.
@@ -87,3 +88,17 @@ def to_sam_frame(
             dtype=torch.float32, device=device,
         )
     return point_prompt, box_prompt
+
+
+def logits_to_image(
+    logits: torch.Tensor, frame: int, input_size: tuple[int, int], original_size: tuple[int, int]
+) -> torch.Tensor:
+    """Low-resolution logits (B, C, h, w) of SAM's padded ``frame x frame`` input, at the image's (H, W).
+
+    Upsampled to the frame, the padding cut off, resized to ``original_size``: what
+    segment_anything's ``Sam.postprocess_masks`` does, but with the frame passed in,
+    since SAM's own method reads it from the shared model (see ``at_resolution``).
+    """
+    in_frame = F.interpolate(logits, size=(frame, frame), mode="bilinear", align_corners=False)
+    image_part = in_frame[..., : input_size[0], : input_size[1]]
+    return F.interpolate(image_part, size=original_size, mode="bilinear", align_corners=False)

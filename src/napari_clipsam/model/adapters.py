@@ -8,8 +8,9 @@ forward code and parameter names stay exactly as ``segment_anything`` made them.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,30 @@ class Conditioning:
     patches: torch.Tensor | None = None
     similarity: torch.Tensor | None = None
 
+    @classmethod
+    def of_modalities(
+        cls,
+        modalities: Iterable[str],
+        text: torch.Tensor,
+        patches: torch.Tensor | None,
+        similarity: torch.Tensor | None,
+    ) -> Conditioning:
+        """The signals ``modalities`` inject (a subset of text, vision, similarity), the others None.
+
+        ``text`` may be one (D,) embedding or a batch (B, D).
+        """
+        return cls(
+            text=(text[None] if text.ndim == 1 else text) if "text" in modalities else None,
+            patches=patches if "vision" in modalities else None,
+            similarity=similarity if "similarity" in modalities else None,
+        )
+
+
+# The CLIP signals in force for each adapter in this thread or asyncio task. A
+# context variable, not an attribute of the adapter: threads sharing one model each
+# condition their own encoder pass, and no lock makes one thread wait for another's.
+_CONDITIONING: ContextVar[dict[BlockAdapter, Conditioning | None]] = ContextVar("clipsam_conditioning", default={})
+
 
 class BlockAdapter(nn.Module):
     """The adapters of one SAM block: space adapter, optional semantic adapter and projections."""
@@ -74,7 +99,11 @@ class BlockAdapter(nn.Module):
         self.use_similarity = "similarity" in config.modalities
         self.text_proj = nn.Linear(clip_dim, width) if uses_text else None
         self.vision_proj = nn.Linear(clip_dim, width) if uses_grid else None
-        self.conditioning: Conditioning | None = None
+
+    @property
+    def conditioning(self) -> Conditioning | None:
+        """The signals set by :func:`conditioned` in this thread; None outside it."""
+        return _CONDITIONING.get().get(self)
 
     def after_attention(self, attention_out: torch.Tensor) -> torch.Tensor:
         return attention_out + self.scale * self.space(attention_out)
@@ -152,19 +181,43 @@ def first_semantic_block(adapters: list[BlockAdapter]) -> int:
 
 @contextmanager
 def conditioned(adapters: list[BlockAdapter], conditioning: Conditioning | None) -> Iterator[None]:
-    """Give every adapter the CLIP signals for the encoder passes inside the block.
+    """Give every adapter the CLIP signals for the encoder passes inside the block, in this thread.
 
-    Nested uses restore the outer conditioning on exit, so a training step can keep it
-    in force through the backward pass (which recomputes checkpointed blocks).
+    Other threads (and asyncio tasks) keep theirs. Nested uses restore the outer
+    conditioning on exit.
     """
-    previous = [adapter.conditioning for adapter in adapters]
-    for adapter in adapters:
-        adapter.conditioning = conditioning
+    # A new dict each time: the one in force may be the outer block's, or the default.
+    inner = {**_CONDITIONING.get(), **dict.fromkeys(adapters, conditioning)}
+    token = _CONDITIONING.set(inner)
     try:
         yield
     finally:
-        for adapter, earlier in zip(adapters, previous):
-            adapter.conditioning = earlier
+        _CONDITIONING.reset(token)
+
+
+def run_blocks(
+    blocks: Iterable[nn.Module],
+    tokens: torch.Tensor,
+    adapters: list[BlockAdapter],
+    conditioning: Conditioning | None,
+    checkpointing: bool = False,
+) -> torch.Tensor:
+    """Run encoder blocks on tokens (B, H, W, C) with ``conditioning`` in force for ``adapters``.
+
+    With ``checkpointing`` only block inputs are kept for backward, and each block is run
+    again there. Each block takes its conditioning along into that recomputation, because
+    autograd may run it in another thread (its own, on a GPU), where the caller's
+    conditioning is not in force.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def run(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with conditioned(adapters, conditioning):
+            return block(x)
+
+    for block in blocks:
+        tokens = checkpoint(run, block, tokens, use_reentrant=False) if checkpointing else run(block, tokens)
+    return tokens
 
 
 def adapter_keys(state_dict: dict[str, torch.Tensor]) -> list[str]:

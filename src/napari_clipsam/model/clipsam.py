@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections import OrderedDict
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -19,11 +21,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AdaptersMismatchError
-from .adapters import Conditioning, attach_adapters, conditioned, first_semantic_block
+from .adapters import Conditioning, attach_adapters, first_semantic_block, run_blocks
 from .attention import use_banded_global_attention
 from .config import ClipSamConfig
 from .device import autocast
 from .surgery import SurgeryVisionEncoder, TextEmbedder, similarity_map
+
+# The SAM input side each model runs at in this thread or asyncio task (see at_resolution).
+# A context variable, not state on the shared model, so that predictors in other threads
+# keep their own size; the image encoder reads no size, so encoder passes at different
+# sizes run side by side.
+_RESOLUTION: ContextVar[dict[ClipSamModel, int]] = ContextVar("clipsam_resolution", default={})
+# SAM's prompt encoder does read its sizes from attributes: a decode sets them to its own
+# for the few milliseconds the prompt encoder takes, under this lock (one for all models).
+_PROMPT_ENCODER_SIZES = threading.Lock()
+# Threads share a model's text cache, and some tokenizers fail when two threads use them.
+_TEXT_EMBEDDINGS = threading.Lock()
 
 
 class ClipSamModel(nn.Module):
@@ -80,8 +93,8 @@ class ClipSamModel(nn.Module):
 
     @property
     def image_size(self) -> int:
-        """Side of SAM's square input, in pixels (1024 for the published models)."""
-        return self.sam.image_encoder.img_size
+        """Side of SAM's square input, in pixels (1024 for the published models; see at_resolution)."""
+        return _RESOLUTION.get().get(self, self.sam.image_encoder.img_size)
 
     @contextmanager
     def at_resolution(self, size: int | None) -> Iterator[None]:
@@ -90,33 +103,28 @@ class ClipSamModel(nn.Module):
         A smaller input makes the encoder several times cheaper (tokens fall with the
         square of the size) at some cost in detail; the absolute position embedding is
         resized to the new grid and the relative ones are resized by SAM itself. Inside
-        the block, :attr:`image_size`, :attr:`mask_input_size` and SAM's own sizes follow
-        ``size``. None, or the current size, changes nothing. Not for concurrent use.
+        the block, :attr:`image_size`, :attr:`mask_input_size`, :meth:`sam_input` and
+        :meth:`decode` follow ``size`` in this thread (or asyncio task) only: other
+        threads keep theirs, and SAM's own attributes (``model.sam``) keep the native
+        size. None, or the current size, changes nothing.
         """
-        encoder, prompt_encoder = self.sam.image_encoder, self.sam.prompt_encoder
-        if size is None or size == encoder.img_size:
+        patch = self.sam.image_encoder.patch_embed.proj.kernel_size[0]
+        if size is None or size == self.image_size:
             yield
             return
-        patch = encoder.patch_embed.proj.kernel_size[0]
         if size % patch or size < 4 * patch:
             raise ValueError(f"The SAM input size must be a multiple of {patch} and at least {4 * patch}, got {size}.")
-        saved = (encoder.img_size, prompt_encoder.input_image_size, prompt_encoder.image_embedding_size,
-                 prompt_encoder.mask_input_size)
-        grid = size // patch
-        encoder.img_size = size
-        prompt_encoder.input_image_size = (size, size)
-        prompt_encoder.image_embedding_size = (grid, grid)
-        prompt_encoder.mask_input_size = (4 * grid, 4 * grid)
+        token = _RESOLUTION.set({**_RESOLUTION.get(), self: size})
         try:
             yield
         finally:
-            (encoder.img_size, prompt_encoder.input_image_size, prompt_encoder.image_embedding_size,
-             prompt_encoder.mask_input_size) = saved
+            _RESOLUTION.reset(token)
 
     @property
     def mask_input_size(self) -> tuple[int, int]:
         """Size of SAM's low-resolution mask prompt and logits, (256, 256) for published models."""
-        return tuple(self.sam.prompt_encoder.mask_input_size)
+        grid = self.image_size // self.sam.image_encoder.patch_embed.proj.kernel_size[0]
+        return 4 * grid, 4 * grid  # as SAM's prompt encoder sets it for its own size
 
     def autocast(self):
         """Context in which the image towers run at the model's precision."""
@@ -183,15 +191,16 @@ class ClipSamModel(nn.Module):
     # ------------------------------------------------------------------- CLIP
     def text_embedding(self, concept: str) -> torch.Tensor:
         """(D,) float32 unit text embedding of ``concept`` (template ensemble, empty removed)."""
-        cached = self._text_cache.get(concept)
-        if cached is not None:
-            self._text_cache.move_to_end(concept)
-            return cached
-        embedding = self.text_embedder(concept, self.device)
-        self._text_cache[concept] = embedding
-        while len(self._text_cache) > 256:
-            self._text_cache.popitem(last=False)
-        return embedding
+        with _TEXT_EMBEDDINGS:
+            cached = self._text_cache.get(concept)
+            if cached is not None:
+                self._text_cache.move_to_end(concept)
+                return cached
+            embedding = self.text_embedder(concept, self.device)
+            self._text_cache[concept] = embedding
+            while len(self._text_cache) > 256:
+                self._text_cache.popitem(last=False)
+            return embedding
 
     def clip_input(self, image: np.ndarray) -> torch.Tensor:
         """(1, 3, S, S) CLIP input from an (H, W, 3) uint8 RGB image, S = config.clip_image_size."""
@@ -215,16 +224,7 @@ class ClipSamModel(nn.Module):
         similarity: torch.Tensor | None,
     ) -> Conditioning | None:
         """The signals the configured modalities inject; None when no concept is set."""
-        if text is None:
-            return None
-        if text.ndim == 1:
-            text = text[None]
-        modalities = self.config.modalities
-        return Conditioning(
-            text=text if "text" in modalities else None,
-            patches=patches if "vision" in modalities else None,
-            similarity=similarity if "similarity" in modalities else None,
-        )
+        return None if text is None else Conditioning.of_modalities(self.config.modalities, text, patches, similarity)
 
     # -------------------------------------------------------------------- SAM
     def sam_input(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -235,22 +235,16 @@ class ClipSamModel(nn.Module):
         """
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        resized = ResizeLongestSide(self.image_size).apply_image(image)
+        size = self.image_size
+        resized = ResizeLongestSide(size).apply_image(image)
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
-        return self.sam.preprocess(tensor), tuple(resized.shape[:2])
+        # SAM's own preprocess pads to its attribute's size, not this thread's.
+        normalised = (tensor - self.sam.pixel_mean) / self.sam.pixel_std
+        return F.pad(normalised, (0, size - resized.shape[1], 0, size - resized.shape[0])), tuple(resized.shape[:2])
 
     @property
     def first_semantic_block(self) -> int:
         return first_semantic_block(self.adapters)
-
-    @staticmethod
-    def _run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, checkpointing: bool) -> torch.Tensor:
-        from torch.utils.checkpoint import checkpoint
-
-        for block in blocks:
-            # Checkpointing keeps only block inputs for backward and recomputes the rest.
-            x = checkpoint(block, x, use_reentrant=False) if checkpointing else block(x)
-        return x
 
     def encoder_prefix(self, sam_input: torch.Tensor, checkpointing: bool = False) -> torch.Tensor:
         """Encoder tokens (B, H, W, C) after the blocks that do not depend on the concept."""
@@ -264,7 +258,7 @@ class ClipSamModel(nn.Module):
                         position.permute(0, 3, 1, 2), size=x.shape[1:3], mode="bicubic", align_corners=False
                     ).permute(0, 2, 3, 1)
                 x = x + position
-            x = self._run_blocks(encoder.blocks[: self.first_semantic_block], x, checkpointing)
+            x = run_blocks(encoder.blocks[: self.first_semantic_block], x, self.adapters, None, checkpointing)
         return x
 
     def encoder_suffix(
@@ -272,13 +266,13 @@ class ClipSamModel(nn.Module):
     ) -> torch.Tensor:
         """SAM image embedding (B, 256, 64, 64 for published SAM) from :meth:`encoder_prefix`.
 
-        With ``checkpointing`` (training), keep the same conditioning in force around the
-        backward pass too (``conditioned(model.adapters, conditioning)``), since
-        checkpointed blocks are recomputed there.
+        ``conditioning`` is in force for these blocks only, in this thread, and goes with
+        checkpointed blocks into their recomputation in backward.
         """
         encoder = self.sam.image_encoder
-        with self.autocast(), conditioned(self.adapters, conditioning):
-            x = self._run_blocks(encoder.blocks[self.first_semantic_block :], prefix, checkpointing)
+        with self.autocast():
+            x = run_blocks(encoder.blocks[self.first_semantic_block :], prefix, self.adapters, conditioning,
+                           checkpointing)
             x = encoder.neck(x.permute(0, 3, 1, 2))
         return x.float()
 
@@ -299,10 +293,19 @@ class ClipSamModel(nn.Module):
 
         Prompts are in SAM's input frame (after ``ResizeLongestSide``), XY order.
         """
-        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=mask_prompt)
+        prompt_encoder, size = self.sam.prompt_encoder, self.image_size
+        grid = size // self.sam.image_encoder.patch_embed.proj.kernel_size[0]
+        with _PROMPT_ENCODER_SIZES:
+            native = prompt_encoder.input_image_size, prompt_encoder.image_embedding_size
+            prompt_encoder.input_image_size, prompt_encoder.image_embedding_size = (size, size), (grid, grid)
+            try:
+                sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=mask_prompt)
+                position = prompt_encoder.get_dense_pe()
+            finally:
+                prompt_encoder.input_image_size, prompt_encoder.image_embedding_size = native
         return self.sam.mask_decoder(
             image_embeddings=image_embedding,
-            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            image_pe=position,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
