@@ -219,7 +219,8 @@ def segment(
     elif image_size is not None:
         predictor.image_size = image_size
     options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel)
-    return run(iter_segment_stack(predictor, image, concept, points, point_labels, box, options, rgb))
+    with predictor:  # one thread drains the whole job: other threads sharing the predictor wait
+        return run(iter_segment_stack(predictor, image, concept, points, point_labels, box, options, rgb))
 
 
 __all__ = ["SegmentOptions", "SegmentResult", "iter_segment", "iter_segment_stack", "leading_ndim", "segment"]
