@@ -74,12 +74,13 @@ def test_a_cancelled_run_leaves_the_previous_file_intact(datasets, tmp_path):
     previous = _model()
     previous.save_adapters(output, concepts=["old"])
     before = output.read_bytes()
-    job = iter_train(_model(), train_set, val_set, TrainingConfig(steps=50, eval_every=2), output=output)
+    job = iter_train(_model(), train_set, val_set, TrainingConfig(steps=50, eval_every=2), output=output,
+                     replace=True)  # replacing is allowed, but only by a finished run
     for _ in range(8):  # a few steps and a validation, then the user cancels
         next(job)
     job.close()
     assert output.read_bytes() == before
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert [p.name for p in tmp_path.iterdir()] == [output.name]  # no temporary, no resume state
 
 
 def test_training_changes_only_trainable_parameters(datasets):
@@ -138,17 +139,19 @@ def test_gradient_checkpointing_gives_the_same_gradients(datasets):
 def test_resume_continues_from_the_saved_step(datasets, tmp_path):
     train_set, val_set = datasets
     output = tmp_path / "a.safetensors"
-    train(_model(), train_set, val_set, TrainingConfig(steps=4, eval_every=2, patience=0), output=output)
+    train(_model(), train_set, val_set, TrainingConfig(steps=4, eval_every=2, patience=0), output=output,
+          keep_resume_state=True)
     assert resume_path(output).is_file()
     state = torch.load(resume_path(output), map_location="cpu", weights_only=True)
     assert state["step"] == 4
-    result = train(_model(), train_set, val_set, TrainingConfig(steps=6, eval_every=2, patience=0), output=output, resume=True)
+    result = train(_model(), train_set, val_set, TrainingConfig(steps=6, eval_every=2, patience=0), output=output,
+                   resume=True, keep_resume_state=True)
     assert result.steps_run == 6  # 4 restored + 2 new
     assert result.initial is None and result.best is not None
     # Resuming with another trainable set (CLIP attention on now) is refused, clearly.
     other = _model()
     other.set_clip_attention_trainable(True)
-    with pytest.raises(ValueError, match="CLIP attention frozen there, trained now"):
+    with pytest.raises(nc.CheckpointMismatchError, match="CLIP attention frozen there, trained now"):
         train(other, train_set, val_set, TrainingConfig(steps=8), output=output, resume=True)
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..training.config import MODES
-from .common import job_progress, load_model, model_arguments
+from .common import check_outputs, job_progress, load_model, model_arguments
 
 
 def add_parsers(commands, parents) -> None:
@@ -45,8 +45,13 @@ def add_parsers(commands, parents) -> None:
                           help="learning rate of CLIP's attention with --train-clip-attention (default 1e-7)")
     training.add_argument("--log-every", type=int, default=10, metavar="N",
                           help="print the loss every N steps, or sooner once 5 s have passed (default 10)")
-    training.add_argument("--resume", action="store_true", help="continue from the state saved beside --output")
-    training.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    training.add_argument("--resume", action="store_true",
+                          help="continue from the training state kept beside --output (<output>.resume.pt)")
+    training.add_argument("--keep-resume-state", action="store_true",
+                          help="keep the training state beside --output when the run ends (finished or Ctrl+C), "
+                               "so that --resume can continue it; without this it is removed then")
+    training.add_argument("--overwrite", action="store_true",
+                          help="replace an existing --output (and its training state) and start afresh")
     model_arguments(train)
     train.set_defaults(run=run_train)
 
@@ -151,7 +156,31 @@ class _TrainingPrinter:
                   + ("  best so far" if better else ""), flush=True)
 
 
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """What tells a file replaced from the same file left alone (writes replace files whole)."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_mtime_ns, status.st_size
+
+
+def _interrupted_message(output: Path, output_before, state: Path, state_before, args) -> str:
+    """One truthful line about the files after Ctrl+C."""
+    after = _signature(output)
+    if after == output_before:
+        kept = f"{output} left as it was" if after is not None else f"{output} not written"
+    else:  # the interrupt came during the final save, which completed (files are written whole)
+        kept = f"the training had finished: {output} was written"
+    if state.is_file() and (args.resume or _signature(state) != state_before):
+        return f"{kept}; --resume continues from the state kept in {state}"
+    if after == output_before and not args.keep_resume_state:
+        return f"{kept}; with --keep-resume-state a run keeps a state that --resume can continue after Ctrl+C"
+    return kept
+
+
 def run_train(args: argparse.Namespace) -> int:
+    from ..errors import OutputExistsError
     from ..training.config import TrainingConfig
     from ..training.engine import iter_train, resume_path
 
@@ -161,12 +190,13 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not state.is_file():
             raise FileNotFoundError(
-                f"Nothing to resume: {state} does not exist (training writes it at each validation)."
+                f"Nothing to resume: {state} does not exist (a run keeps it with --keep-resume-state, "
+                "or when it was killed)."
             )
     elif not args.overwrite:
         existing = [str(p) for p in (output, state) if p.exists()]
         if existing:
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"Output exists: {', '.join(existing)}. Choose another --output, add --overwrite to start "
                 "afresh, or --resume to continue that training."
             )
@@ -196,8 +226,9 @@ def run_train(args: argparse.Namespace) -> int:
           + (f", CLIP attention trained at lr {config.clip_learning_rate:g}" if args.train_clip_attention else ""),
           flush=True)
 
-    started = time.time()
-    job = iter_train(model, train_set, val_set or None, config, output=output, resume=args.resume)
+    output_before, state_before = _signature(output), _signature(state)
+    job = iter_train(model, train_set, val_set or None, config, output=output, resume=args.resume,
+                     replace=args.overwrite, keep_resume_state=args.keep_resume_state)
     printer = _TrainingPrinter(args.log_every, mark_best=not args.resume)
     try:
         while True:
@@ -209,11 +240,10 @@ def run_train(args: argparse.Namespace) -> int:
                 break
             printer.show(event, time.monotonic() - begin)
     except KeyboardInterrupt:
-        job.close()  # the engine writes nothing when closed
-        kept = f"{output} left as it was" if output.exists() else f"{output} not written"
-        saved = state.is_file() and state.stat().st_mtime >= started
-        print(f"napari-clipsam: training interrupted at step {printer.last_step}; {kept}"
-              + ("; --resume continues from the last validation" if saved else ""), file=sys.stderr)
+        job.close()  # the engine writes no adapters file when closed, and removes its state unless kept
+        print(f"napari-clipsam: training interrupted at step {printer.last_step}; "
+              + _interrupted_message(output, output_before, state, state_before, args),
+              file=sys.stderr)
         return 130
     finally:
         job.close()
@@ -239,8 +269,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .._io import write_atomically
     from ..training.evaluate import iter_evaluate
 
-    if args.json is not None and args.json.exists() and not args.overwrite:
-        raise FileExistsError(f"Output exists: {args.json}. Choose another --json or add --overwrite.")
+    if args.json is not None:
+        check_outputs([args.json], overwrite=args.overwrite, option="--json")
     dataset = _dataset(args)
     model = load_model(args)
     job = iter_evaluate(model, dataset, args.mode, seed=args.seed, image_size=args.image_size)
@@ -263,7 +293,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             "image_size": image_size,
         }
         text = json.dumps({**report.to_dict(), "settings": settings}, indent=2)
-        write_atomically(args.json, lambda path: Path(path).write_text(text + "\n", encoding="utf-8"))
+        write_atomically(args.json, lambda path: Path(path).write_text(text + "\n", encoding="utf-8"),
+                         replace=args.overwrite)
         print(f"report: {args.json}")
     return 0
 

@@ -65,15 +65,15 @@ def load_model(
         # A script may have opened a viewer already: with Mesa's software OpenGL, the
         # triton that open_clip and segment_anything import would crash the process.
         avoid_triton_on_cpu_only_machines()
-    from ..weights.adapters_file import read_adapters_metadata
+    from ..weights.adapters_file import read_adapters_config
     from ..weights.checkpoints import load_sam_state_dict, load_state_dict_checked
     from ..weights.registry import resolve_weights
     from .clip import build_clip, clip_file_cfg, get_tokenizer
     from .clipsam import ClipSamModel
 
     if adapters is not None:
-        metadata = read_adapters_metadata(adapters)
-        file_config = ClipSamConfig.from_json(metadata["config"])
+        # Checked (InvalidAdaptersError naming the file) before anything is built.
+        file_config = read_adapters_config(adapters, ClipSamConfig.from_json)
         if config is not None and config != file_config:
             raise AdaptersMismatchError(
                 f"The adapters {adapters} were trained with configuration "

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import AdaptersMismatchError
 from .adapters import Conditioning, attach_adapters, first_semantic_block, run_blocks
 from .attention import use_banded_global_attention
 from .config import ClipSamConfig
@@ -326,12 +325,15 @@ class ClipSamModel(nn.Module):
         return {name: p.detach().cpu().contiguous() for name, p in self.trainable_parameters()}
 
     def save_adapters(
-        self, path: str | os.PathLike, concepts: Sequence[str] = (), extra_metadata: dict[str, str] | None = None
+        self, path: str | os.PathLike, concepts: Sequence[str] = (), extra_metadata: dict[str, str] | None = None,
+        *, replace: bool = True,
     ) -> Path:
         """Write the trainable weights and what they fit to an adapters file, atomically.
 
         The file appears only once complete: a crash mid-write leaves any previous
-        file at ``path`` untouched.
+        file at ``path`` untouched. With ``replace=False`` an existing file stays as it is
+        (:class:`OutputExistsError`). Weights that are not finite are never written
+        (:class:`InvalidAdaptersError`).
         """
         from ..weights.adapters_file import adapters_metadata, write_adapters_file
 
@@ -339,50 +341,27 @@ class ClipSamModel(nn.Module):
             sam=self.sam_name, clip=self.clip_name, config_json=self.config.to_json(), concepts=concepts,
             extra=extra_metadata,
         )
-        return write_adapters_file(path, self.trainable_state_dict(), metadata)
+        return write_adapters_file(path, self.trainable_state_dict(), metadata, replace=replace)
 
     def load_adapters(self, path: str | os.PathLike) -> dict[str, str]:
         """Load weights saved by :meth:`save_adapters`; returns the file's metadata.
 
-        Raises:
-            AdaptersMismatchError: the file was made for another base model or configuration.
-        """
-        from ..weights.adapters_file import read_adapters_metadata, read_adapters_tensors
+        The whole file is checked before any weight is copied in (``weights/adapters_file.py``):
+        after a refusal the model is as it was.
 
-        metadata = read_adapters_metadata(path)
-        problems = []
-        if metadata.get("sam") != self.sam_name:
-            problems.append(f"SAM {metadata.get('sam')!r} in the file, {self.sam_name!r} in the model")
-        if metadata.get("clip") != self.clip_name:
-            problems.append(f"CLIP {metadata.get('clip')!r} in the file, {self.clip_name!r} in the model")
-        file_config = ClipSamConfig.from_json(metadata["config"])
-        if file_config != self.config:
-            problems.append(
-                f"configuration {file_config.to_dict()} in the file, {self.config.to_dict()} in the model"
-            )
-        if problems:
-            raise AdaptersMismatchError(
-                f"Adapters {path} do not fit this model: " + "; ".join(problems)
-                + ". Load them with napari_clipsam.load_model(sam=..., clip=..., adapters=path) "
-                "using the names in the file, which also applies the file's configuration."
-            )
-        tensors = read_adapters_tensors(path)
-        expected = dict(self.trainable_parameters())
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        wrong_shape = [
-            f"{name}: file {tuple(tensors[name].shape)}, model {tuple(expected[name].shape)}"
-            for name in set(tensors) & set(expected)
-            if tensors[name].shape != expected[name].shape
-        ]
-        if missing or unexpected or wrong_shape:
-            raise AdaptersMismatchError(
-                f"Adapters {path} do not match the model's trainable weights: "
-                f"missing {missing[:10]}, unexpected {unexpected[:10]}, shapes {wrong_shape[:10]}."
-            )
+        Raises:
+            InvalidAdaptersError: the file is damaged, malformed or unsafe (an entry missing,
+                unknown or out of range, a tensor of another name, shape or dtype, or not finite).
+            AdaptersMismatchError: a valid file made for another base model or configuration.
+        """
+        from ..weights.adapters_file import preferred_image_size, read_adapters
+
+        tensors, metadata = read_adapters(
+            path, sam=self.sam_name, clip=self.clip_name, config=self.config, parse_config=ClipSamConfig.from_json,
+            shapes={name: tuple(p.shape) for name, p in self.trainable_parameters()},
+        )
         self.assign_trainable(tensors)
-        size = metadata.get("training_image_size")
-        self.preferred_image_size = int(size) if size and int(size) != self.image_size else None
+        self.preferred_image_size = preferred_image_size(metadata, self.image_size)
         return metadata
 
 

@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 MODALITIES = ("text", "vision", "similarity")
+
+# Bounds for configurations read from shared adapters files: beyond them a file could make
+# the model allocate without limit (CLIP's input grows with the square of its side) or run
+# thousands of text passes per concept.
+MAX_CLIP_IMAGE_SIZE = 2048
+MAX_POINTS = 64
+MAX_TEMPLATES = 64
+MAX_TEMPLATE_CHARACTERS = 300
+MAX_ADAPTER_SCALE = 10.0
+MAX_BLOCKS = 256  # more than any SAM or CLIP tower has
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 # Prompt templates for the text-embedding ensemble. "photo" is a subset of CLIP's
 # ImageNet templates; "microscopy" phrases the concept the way our users' images look.
@@ -70,29 +90,48 @@ class ClipSamConfig:
     train_clip_attention: bool = False
 
     def __post_init__(self) -> None:
+        # Types are checked as well as ranges: configurations also come from JSON in shared
+        # adapters files, where a string or a huge number must fail here, not inside the model.
+        if isinstance(self.modalities, str) or not isinstance(self.modalities, (tuple, list)) or not all(
+            isinstance(m, str) for m in self.modalities
+        ):
+            raise ValueError(f"modalities must be a list of names from {list(MODALITIES)}, got {self.modalities!r}.")
         # Lists from JSON become tuples so that the config stays hashable.
         object.__setattr__(self, "modalities", tuple(self.modalities))
         if self.semantic_blocks is not None:
+            if not isinstance(self.semantic_blocks, (tuple, list)) or len(self.semantic_blocks) > MAX_BLOCKS or not all(
+                _is_integer(b) and -MAX_BLOCKS <= b < MAX_BLOCKS for b in self.semantic_blocks
+            ):
+                raise ValueError(f"semantic_blocks must be None or a list of block indices, got {self.semantic_blocks!r}.")
             object.__setattr__(self, "semantic_blocks", tuple(int(b) for b in self.semantic_blocks))
-        if not isinstance(self.templates, str):
+        if isinstance(self.templates, (tuple, list)):
             object.__setattr__(self, "templates", tuple(self.templates))
+        elif not isinstance(self.templates, str):
+            raise ValueError(f"templates must be a set name or a list of templates, got {self.templates!r}.")
         unknown = set(self.modalities) - set(MODALITIES)
         if unknown:
             raise ValueError(
                 f"Unknown modalities {sorted(unknown)}; choose from {list(MODALITIES)}."
             )
+        for name in ("bottleneck_ratio", "adapter_scale", "similarity_threshold"):
+            if not _is_number(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}.")
         if not 0 < self.bottleneck_ratio <= 1:
             raise ValueError(f"bottleneck_ratio must be in (0, 1], got {self.bottleneck_ratio}.")
+        if not 0 <= self.adapter_scale <= MAX_ADAPTER_SCALE:
+            raise ValueError(f"adapter_scale must be from 0 to {MAX_ADAPTER_SCALE:g}, got {self.adapter_scale}.")
         if not 0 <= self.similarity_threshold <= 1:
             raise ValueError(
                 f"similarity_threshold must be in [0, 1], got {self.similarity_threshold}."
             )
-        if self.num_points < 1:
-            raise ValueError(f"num_points must be at least 1, got {self.num_points}.")
-        if self.clip_image_size < 32:
-            raise ValueError(f"clip_image_size must be at least 32, got {self.clip_image_size}.")
-        if self.surgery_blocks < 1:
-            raise ValueError(f"surgery_blocks must be at least 1, got {self.surgery_blocks}.")
+        for name, low, high in (("num_points", 1, MAX_POINTS), ("clip_image_size", 32, MAX_CLIP_IMAGE_SIZE),
+                                ("surgery_blocks", 1, MAX_BLOCKS)):
+            value = getattr(self, name)
+            if not _is_integer(value) or not low <= value <= high:
+                raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+        for name in ("similarity_mask_prompt", "train_clip_attention"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         self.template_list()  # validates the templates
 
     def template_list(self) -> tuple[str, ...]:
@@ -107,10 +146,13 @@ class ClipSamConfig:
                 ) from None
         else:
             templates = self.templates
-        if not templates or any(t.count("{}") != 1 for t in templates):
+        if not templates or len(templates) > MAX_TEMPLATES or any(
+            not isinstance(t, str) or len(t) > MAX_TEMPLATE_CHARACTERS or t.count("{}") != 1 for t in templates
+        ):
+            shown = repr(list(templates))
             raise ValueError(
-                "Every prompt template must contain exactly one '{}' for the concept, "
-                f"got {list(templates)}."
+                f"Give 1 to {MAX_TEMPLATES} prompt templates of at most {MAX_TEMPLATE_CHARACTERS} characters, each "
+                f"with exactly one '{{}}' for the concept; got {shown if len(shown) <= 200 else shown[:197] + '...'}."
             )
         return templates
 
@@ -136,6 +178,8 @@ class ClipSamConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClipSamConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"A configuration is a mapping of field names to values, got {type(data).__name__}.")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -6,7 +6,10 @@ model code is imported only by the job, in a worker thread.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from ..weights.adapters_file import TRAINING_IMAGE_SIZE_MULTIPLE, TRAINING_IMAGE_SIZE_RANGE
 
 MODES = ("text", "manual")
 
@@ -29,7 +32,8 @@ class TrainingConfig:
         augment: flips, rotations, crops, intensity jitter, blur.
         gradient_checkpointing: recompute encoder blocks in backward to save memory.
         image_size: SAM input side for training and validation (None: the model's own,
-            1024). 512 makes a CPU step several times cheaper. The size is recorded in the
+            1024); a multiple of 16 from 64 to 4096, the sizes an adapters file may record.
+            512 makes a CPU step several times cheaper. The size is recorded in the
             adapters file and in ``model.preferred_image_size``, so predictors made
             afterwards segment at it.
         seed: for sampling, augmentation and prompts.
@@ -55,3 +59,19 @@ class TrainingConfig:
         for name in ("steps", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.patience < 0:
+            raise ValueError(f"patience must be 0 (never stop early) or more, got {self.patience}.")
+        for name in ("learning_rate", "clip_learning_rate", "weight_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number, 0 or more, got {value}.")
+        if not 0 <= self.warmup_fraction <= 1:
+            raise ValueError(f"warmup_fraction must be from 0 to 1, got {self.warmup_fraction}.")
+        low, high = TRAINING_IMAGE_SIZE_RANGE
+        if self.image_size is not None and not (
+            low <= self.image_size <= high and self.image_size % TRAINING_IMAGE_SIZE_MULTIPLE == 0
+        ):
+            raise ValueError(
+                f"image_size must be a multiple of {TRAINING_IMAGE_SIZE_MULTIPLE} from {low} to {high} "
+                f"(or None for the model's own), got {self.image_size}."
+            )

@@ -32,9 +32,33 @@ class Sample:
     source: str = ""
 
 
-def _binary_samples(image, labels, concepts: str | Mapping[int, str], source: str, channel: int | None) -> list[Sample]:
-    rgb = to_rgb_uint8(image, channel=channel)
+def label_values(labels, name: str) -> np.ndarray:
+    """``labels`` as an integer array, refusing what is not a label image.
+
+    Label images are integer or bool. A float image is taken only when every value is a
+    whole number (some writers store labels as floats); other values (a probability map,
+    a resampled mask) would become arbitrary classes, so they are refused, naming ``name``.
+    """
     labels = np.asarray(labels)
+    if labels.dtype == bool or np.issubdtype(labels.dtype, np.integer):
+        return labels
+    if np.issubdtype(labels.dtype, np.floating):
+        whole = np.isfinite(labels) & (labels == np.round(labels)) & (np.abs(labels) < 2**31)
+        if whole.all():
+            return labels.astype(np.int64)
+        bad = labels[~whole].flat[0]
+        raise ValueError(
+            f"{name}: a label image must hold whole numbers (integer or bool pixels), but this one is "
+            f"{labels.dtype} with values such as {float(bad):g}. Save the labels as integers, or threshold a "
+            "probability map first."
+        )
+    raise ValueError(f"{name}: a label image must be integer or bool, not {labels.dtype}.")
+
+
+def _binary_samples(image, labels, concepts: str | Mapping[int, str], source: str, channel: int | None,
+                    labels_name: str | None = None) -> list[Sample]:
+    rgb = to_rgb_uint8(image, channel=channel)
+    labels = label_values(labels, labels_name or source or "A label image")
     if labels.shape != rgb.shape[:2]:
         raise ValueError(
             f"{source or 'A sample'}: the label image has shape {labels.shape}, the image {rgb.shape[:2]}; "
@@ -102,16 +126,23 @@ class ConceptDataset(Sequence[Sample]):
         cls,
         items: Iterable[tuple[np.ndarray, np.ndarray, str | Mapping[int, str]]],
         channel: int | None = None,
+        names: Sequence[str] | None = None,
     ) -> ConceptDataset:
         """Samples from (image, label image, concept) triples, e.g. napari layers' data.
 
         The concept is a string (every non-zero label is that concept) or a mapping from
         label value to concept (a multi-class label image gives one sample per class
-        present).
+        present). ``names`` name each item in messages and reports (e.g. the labels
+        layer's name); by default ``item 0``, ``item 1``...
+
+        Raises:
+            ValueError: a label image that is not integer or bool (see :func:`label_values`),
+                or of another size than its image.
         """
         samples = []
         for index, (image, labels, concepts) in enumerate(items):
-            samples += _binary_samples(image, labels, concepts, f"item {index}", channel)
+            name = names[index] if names is not None else f"item {index}"
+            samples += _binary_samples(image, labels, concepts, name, channel)
         return cls(samples)
 
     @classmethod
@@ -125,7 +156,8 @@ class ConceptDataset(Sequence[Sample]):
         """Samples from a folder of images and a folder of label images with matching names.
 
         A label file matches an image by name, optionally with a suffix such as
-        ``_labels`` or ``_mask`` (``cell1.tif`` and ``cell1_labels.tif``).
+        ``_labels`` or ``_mask`` (``cell1.tif`` and ``cell1_labels.tif``). A label file that
+        is not integer or bool is refused, naming it (see :func:`label_values`).
         """
         from .._io import read_image
 
@@ -150,7 +182,8 @@ class ConceptDataset(Sequence[Sample]):
             if match is None:
                 unmatched.append(path.name)
                 continue
-            samples += _binary_samples(read_image(path), read_image(match), concepts, path.name, channel)
+            samples += _binary_samples(read_image(path), read_image(match), concepts, path.name, channel,
+                                       labels_name=str(match))
         if not samples:
             raise ValueError(
                 f"No image in {images} has a matching, non-empty label image in {labels}"

@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .._io import write_atomically
 from .._jobs import Job, relay, run
+from ..errors import OutputExistsError, TrainingDivergedError
 from ..inference.prompts import check_prompts
 from ..inference.sam_frame import mask_prompt_from_similarity, text_mode_points, to_sam_frame
 from ..model.adapters import conditioned
@@ -27,6 +27,7 @@ from .data import Sample
 from .evaluate import iter_evaluate, manual_prompts
 from .losses import low_res_target, segmentation_loss
 from .results import EvaluationReport, TrainProgress, TrainResult
+from .resume import ResumeState, read_resume_state, restore_optimizer, resume_path, write_resume_state
 
 
 def _learning_rate_factor(step: int, total: int, warmup_fraction: float) -> float:
@@ -68,10 +69,30 @@ class _FeatureCache:
         return patches
 
 
-def resume_path(output: str | os.PathLike) -> Path:
-    """Where the resumable training state of ``output`` is kept."""
-    output = Path(output)
-    return output.with_name(output.name + ".resume.pt")
+class _NonFinite(Exception):
+    """A training step met a non-finite loss or gradient (the step was not taken)."""
+
+
+class _ResumeStateFile:
+    """The resume state of one run: written at evaluation steps, removed when the run ends unless kept.
+
+    A run that resumed from the file keeps it when interrupted (it holds that training's
+    progress); any other run removes what it wrote, so a Cancel leaves no file of its own.
+    """
+
+    def __init__(self, output: Path | None, resumed: bool, replace: bool, keep: bool) -> None:
+        self.path = resume_path(output) if output is not None else None
+        self.resumed, self.replace, self.keep = resumed, replace, keep
+        self.written = False
+
+    def write(self, state: ResumeState) -> None:
+        if self.path is not None:
+            write_resume_state(self.path, state, replace=self.written or self.replace or self.resumed)
+            self.written = True
+
+    def finish(self, completed: bool) -> None:
+        if self.path is not None and not self.keep and (completed or (self.written and not self.resumed)):
+            self.path.unlink(missing_ok=True)
 
 
 def iter_train(
@@ -81,49 +102,88 @@ def iter_train(
     config: TrainingConfig | None = None,
     output: str | os.PathLike | None = None,
     resume: bool = False,
+    *,
+    replace: bool = False,
+    keep_resume_state: bool = False,
 ) -> Job[TrainResult]:
     """Fine-tune ``model`` in place; yields :class:`TrainProgress`, returns :class:`TrainResult`.
 
     The best state on the validation set (or the last, without one) is loaded into the
-    model at the end and, with ``output``, saved there atomically with the concepts;
-    the resumable state goes beside it (:func:`resume_path`). Closing the generator
-    early (a Cancel) writes nothing: a previous file at ``output`` stays as it was.
+    model at the end and, with ``output``, saved there atomically with the concepts.
+
+    Files (docs/training.md, "Files, interruptions and resuming"):
+
+    - ``output`` is written once, when the run finishes, after a ``"saving"`` event:
+      closing the generator at that event or earlier (a Cancel) writes nothing. A file
+      already there is replaced only with ``replace`` or ``resume``; else
+      :class:`OutputExistsError` before training starts.
+    - The resumable state (:func:`resume_path`) is written at each evaluation step, so a
+      killed process can be resumed. It is removed when the run ends (finished, closed,
+      failed) unless ``keep_resume_state``; a resumed run that does not finish keeps it.
+
+    Raises:
+        TrainingDivergedError: a non-finite loss, gradient or weight; the message names the
+            step and what was saved. The model then holds the best validated state, or
+            without validation the weights it had when the run began.
+        UnsafeCheckpointError, CorruptFileError, CheckpointMismatchError: a resume state
+            that cannot be used (nothing of it is loaded).
     """
     config = config or TrainingConfig()
     if len(train_set) == 0:
         raise ValueError("Nothing to train on: the training set is empty.")
     output = Path(output) if output is not None else None
+    if resume and output is None:
+        raise ValueError("Resuming needs the output whose training state to continue.")
+    if output is not None and not (replace or resume):
+        existing = [str(path) for path in (output, resume_path(output)) if path.exists()]
+        if existing:
+            raise OutputExistsError(
+                f"{' and '.join(existing)} exist, and replacing them was not allowed; they were left as they are. "
+                "To start afresh over them allow replacing (replace=True, --overwrite, or the panel's 'Replace "
+                "an existing adapters file'), or resume that training (resume=True, --resume)."
+            )
     concepts = sorted({s.concept for s in train_set})
+    model.freeze_base()
+    trainable = dict(model.trainable_parameters())
+    optimizer = _optimizer(model, config)
+    saved = None
+    if resume:
+        saved = read_resume_state(resume_path(output), trainable, clip_trained=model.config.train_clip_attention)
+        if saved.step > config.steps:
+            raise ValueError(f"The training state at {resume_path(output)} is at step {saved.step}, beyond the "
+                             f"{config.steps} steps asked for: ask for more steps to train on.")
+        restore_optimizer(optimizer, saved.optimizer, resume_path(output))
+    # Nothing was refused: the model changes from here on.
+    files = _ResumeStateFile(output, resume, replace, keep_resume_state)
+    try:
+        result = yield from _run(model, train_set, val_set, config, output, concepts, optimizer, trainable, saved,
+                                 files, replace or resume)
+    except BaseException:
+        files.finish(completed=False)
+        raise
+    files.finish(completed=True)
+    return result
+
+
+def _run(model: ClipSamModel, train_set, val_set, config: TrainingConfig, output: Path | None, concepts,
+         optimizer, trainable, saved: ResumeState | None, files: _ResumeStateFile, replace: bool):
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    model.freeze_base()
+    start_step, losses = 0, []
+    best_state, best_report, best_step, initial = None, None, 0, None
+    if saved is not None:
+        model.assign_trainable(saved.trainable)
+        start_step, losses = saved.step, list(saved.losses)
+        best_state, best_step, best_report = saved.best_state, saved.best_step, saved.best_report
+        rng = np.random.default_rng([config.seed, start_step])
     # Validation, and predictors made afterwards, segment at the training size (as they
     # do when the saved file is loaded).
     model.preferred_image_size = config.image_size if config.image_size != model.image_size else None
-    optimizer = _optimizer(model, config)
-    trainable = dict(model.trainable_parameters())
-    start_step, losses = 0, []
-    best_state, best_report, best_step, initial = None, None, 0, None
-
-    if resume:
-        if output is None or not resume_path(output).is_file():
-            raise FileNotFoundError(f"No training state to resume at {resume_path(output) if output else '(no output)'}.")
-        state = torch.load(resume_path(output), map_location="cpu", weights_only=True)
-        if set(state["trainable"]) != set(trainable):
-            clip_saved = any(name.startswith("clip.") for name in state["trainable"])
-            raise ValueError(
-                f"The training state at {resume_path(output)} was saved for another set of trainable "
-                f"weights (CLIP attention {'trained' if clip_saved else 'frozen'} there, "
-                f"{'trained' if model.config.train_clip_attention else 'frozen'} now, or another base "
-                "model). Resume with the same model and options, or start afresh."
-            )
-        model.assign_trainable(state["trainable"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step, losses = int(state["step"]), list(state["losses"])
-        best_state, best_step = state.get("best_state"), int(state.get("best_step", 0))
-        if state.get("best_report"):
-            best_report = EvaluationReport(**state["best_report"])
-        rng = np.random.default_rng([config.seed, start_step])
+    # What a diverged run without a validated state falls back to, kept off the accelerator.
+    start_state = {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
+    extra = {"training_mode": config.mode}
+    if config.image_size is not None:
+        extra["training_image_size"] = str(config.image_size)  # segment at this size too
 
     if val_set and start_step == 0:
         initial = yield from _validate(model, val_set, config, 0)
@@ -131,16 +191,23 @@ def iter_train(
     cache = _FeatureCache(model)
     stale_evaluations = 0
     stopped_early = False
-    step = start_step
     model.eval()  # SAM and CLIP have no dropout or batch norm: eval mode trains the same
     for step in range(start_step, config.steps):
         factor = _learning_rate_factor(step, config.steps, config.warmup_fraction)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         indices = rng.integers(0, len(train_set), size=config.batch_size)
-        with model.at_resolution(config.image_size):
-            loss = _train_step(model, optimizer, [train_set[i] for i in indices], [int(i) for i in indices],
-                               cache, config, rng)
+        try:
+            with model.at_resolution(config.image_size):
+                loss = _train_step(model, optimizer, [train_set[i] for i in indices], [int(i) for i in indices],
+                                   cache, config, rng)
+            _check_finite(trainable)
+        except _NonFinite as problem:
+            validated = bool(val_set) and best_report is not None and best_state is not None
+            fallback = best_state if validated else start_state
+            model.assign_trainable(fallback)
+            raise _diverged(model, step + 1, str(problem), config, output, concepts, extra, replace,
+                            (best_step, best_report) if validated else None) from None
         losses.append(loss)
         yield TrainProgress("training", step + 1, config.steps, loss, optimizer.param_groups[0]["lr"])
         last = step + 1 == config.steps
@@ -152,45 +219,59 @@ def iter_train(
                     stale_evaluations = 0
                 else:
                     stale_evaluations += 1
-            if output is not None:
-                _save_resume(output, trainable, optimizer, step + 1, losses, best_state, best_step, best_report)
+            if not last or files.keep:  # a finished run's state is kept only when asked for
+                files.write(ResumeState(_snapshot(trainable), optimizer.state_dict(), step + 1, list(losses),
+                                        best_state, best_step, best_report))
             if config.patience and stale_evaluations >= config.patience and not last:
                 stopped_early = True
                 break
     if best_state is not None and val_set:
         model.assign_trainable(best_state)
     else:
-        best_step = step + 1
+        best_step = len(losses)
     if output is not None:
-        extra = {"training_mode": config.mode}
-        if config.image_size is not None:
-            extra["training_image_size"] = str(config.image_size)  # segment at this size too
-        model.save_adapters(output, concepts=concepts, extra_metadata=extra)
+        # The last point where a Cancel is honoured: past it, the save completes.
+        yield TrainProgress("saving", len(losses), config.steps)
+        model.save_adapters(output, concepts=concepts, extra_metadata=extra, replace=replace)
     return TrainResult(initial, best_report, best_step, len(losses), stopped_early, losses, output)
 
 
 def train(model: ClipSamModel, train_set, val_set=None, config: TrainingConfig | None = None,
-          output=None, resume: bool = False) -> TrainResult:
+          output=None, resume: bool = False, *, replace: bool = False, keep_resume_state: bool = False) -> TrainResult:
     """Fine-tune and return the result (scripts); see :func:`iter_train`."""
-    return run(iter_train(model, train_set, val_set, config, output, resume))
+    return run(iter_train(model, train_set, val_set, config, output, resume, replace=replace,
+                          keep_resume_state=keep_resume_state))
 
 
 def _snapshot(trainable: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in trainable.items()}
 
 
-def _save_resume(output: Path, trainable, optimizer, step: int, losses: list[float], best_state, best_step: int,
-                 best_report: EvaluationReport | None) -> None:
-    state = {
-        "trainable": _snapshot(trainable),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "losses": losses,
-        "best_state": best_state,
-        "best_step": best_step,
-        "best_report": best_report.to_dict() if best_report is not None else None,
-    }
-    write_atomically(resume_path(output), lambda path: torch.save(state, path))
+def _check_finite(trainable: dict[str, torch.nn.Parameter]) -> None:
+    # One synchronisation for all parameters; the names are looked up only on failure.
+    if bool(torch.stack([torch.isfinite(p).all() for p in trainable.values()]).all()):
+        return
+    name = next(name for name, p in trainable.items() if not bool(torch.isfinite(p).all()))
+    raise _NonFinite(f"the weight {name} became NaN or infinite")
+
+
+def _diverged(model: ClipSamModel, step: int, problem: str, config: TrainingConfig, output: Path | None, concepts,
+              extra: dict[str, str], replace: bool, best: tuple[int, EvaluationReport] | None) -> TrainingDivergedError:
+    """The error of a run that diverged at ``step``, after saving the best trained, validated state (if any)."""
+    message = f"Training diverged at step {step}: {problem}. Lower the learning rate (it is {config.learning_rate:g})."
+    if best is not None and best[0] > 0:
+        best_step, report = best
+        where = "no output file was given"
+        if output is not None:
+            model.save_adapters(output, concepts=concepts, extra_metadata=extra, replace=replace)
+            where = f"it was saved to {output}"
+        return TrainingDivergedError(f"{message} The model holds the best validated state (step {best_step}, "
+                                     f"validation IoU {report.iou:.3f}); {where}.")
+    kept = "" if output is None else (f"; {output} was left as it was" if output.exists() else
+                                      f"; {output} was not written")
+    state = ("its best validated state, the one before any training" if best is not None
+             else "the weights it had when this run began")
+    return TrainingDivergedError(f"{message} Nothing was saved{kept}. The model holds {state}.")
 
 
 def _validate(model: ClipSamModel, val_set, config: TrainingConfig, step: int):
@@ -227,8 +308,12 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
             target = low_res_target(view.mask, input_size, model.image_size, model.mask_input_size, device)
             losses.append(segmentation_loss(logits, predicted_iou, target)["loss"])
         loss = torch.stack(losses).mean()
+        if not bool(torch.isfinite(loss)):
+            raise _NonFinite(f"the loss is {float(loss.detach())}")
         loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for _, p in model.trainable_parameters()], max_norm=1.0)
+    norm = torch.nn.utils.clip_grad_norm_([p for _, p in model.trainable_parameters()], max_norm=1.0)
+    if not bool(torch.isfinite(norm)):
+        raise _NonFinite("the gradients are NaN or infinite")
     optimizer.step()
     model.weights_version += 1
     return float(loss.detach())

@@ -34,7 +34,9 @@ class TrainProgress:
 
     Attributes:
         stage: ``"training"`` after an optimiser step, ``"validated"`` with a
-            ``validation`` report, else the stage of a validation under way.
+            ``validation`` report, ``"saving"`` just before the adapters file is written
+            (the last point where closing the run writes nothing), else the stage of a
+            validation under way.
         step: optimiser steps done; total: the steps asked for.
         loss: the step's loss (``"training"`` events).
         learning_rate: of the adapters and decoder at that step.
