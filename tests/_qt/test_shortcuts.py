@@ -7,12 +7,7 @@ from napari.utils.key_bindings import coerce_keybinding
 
 from napari_clipsam._qt.segment_widget import ClipSamWidget
 from napari_clipsam._qt.shortcuts import SHORTCUTS, _viewer_binding
-from tests._qt.widget_helpers import TIMEOUT_MS, TIMEOUT_S
-
-
-def _press(viewer, key: str) -> bool:
-    """Press ``key`` as napari does for a key event on the canvas: the active layer's keymaps, then the viewer's."""
-    return viewer.window._qt_viewer._key_map_handler.press_key(key)
+from tests._qt.widget_helpers import TIMEOUT_MS, TIMEOUT_S, press
 
 
 def _wait_for_preview(qtbot, widget, points: int):
@@ -67,7 +62,7 @@ def test_a_key_someone_else_bound_is_left_alone(viewer, tiny_model):
 def test_s_segments_with_the_image_layer_active(viewer, widget):
     viewer.layers.selection.active = viewer.layers["blobs"]
     widget.set_concept("nucleus")
-    assert _press(viewer, "S")
+    assert press(viewer, "S")
     widget.wait(TIMEOUT_S)
     assert viewer.layers["blobs nucleus"].data.any()
 
@@ -75,20 +70,20 @@ def test_s_segments_with_the_image_layer_active(viewer, widget):
 def test_t_switches_points_s_updates_c_accepts_on_the_prompt_layers(qtbot, viewer, widget):
     widget.set_concept("")
     viewer.layers.selection.active = viewer.layers["blobs"]
-    assert _press(viewer, "T")  # no prompt layers yet: makes them, positive first
+    assert press(viewer, "T")  # no prompt layers yet: makes them, positive first
     positive, negative = viewer.layers["blobs positive points"], viewer.layers["blobs negative points"]
     assert viewer.layers.selection.active is positive and positive.mode == "add"
-    assert _press(viewer, "T")
+    assert press(viewer, "T")
     assert viewer.layers.selection.active is negative and negative.mode == "add"
-    assert _press(viewer, "T")
+    assert press(viewer, "T")
     assert viewer.layers.selection.active is positive
 
     with positive.events.data.blocker():  # no automatic update: S must do it
         positive.add([25, 30])
-    assert _press(viewer, "S")
+    assert press(viewer, "S")
     assert positive.mode == "add"  # our S, not the Points layer's select mode
     _wait_for_preview(qtbot, widget, points=1)
-    assert _press(viewer, "C")
+    assert press(viewer, "C")
     output = viewer.layers["blobs objects"]
     assert output.data.max() == 1
     assert len(positive.data) == 0 and "clipsam preview" not in viewer.layers
@@ -101,7 +96,7 @@ def test_shift_c_clears_the_prompts_and_the_preview(qtbot, viewer, widget):
     widget.wait(TIMEOUT_S)
     assert "clipsam preview" in viewer.layers
     viewer.layers.selection.active = viewer.layers["blobs box"]
-    assert _press(viewer, "Shift-C")
+    assert press(viewer, "Shift-C")
     for name in ("blobs positive points", "blobs negative points", "blobs box"):
         assert len(viewer.layers[name].data) == 0, name
     assert "clipsam preview" not in viewer.layers and widget._preview is None
@@ -115,7 +110,7 @@ def test_c_on_an_image_layer_keeps_napari_meaning(qtbot, viewer, widget):
     image = viewer.layers["blobs"]
     image.contrast_limits = (0, 1)
     viewer.layers.selection.active = image
-    assert _press(viewer, "C")
+    assert press(viewer, "C")
     assert widget._preview is not None and "blobs objects" not in viewer.layers
     assert tuple(image.contrast_limits) != (0, 1)  # napari's auto-contrast ran instead
 
@@ -127,6 +122,6 @@ def test_keys_report_instead_of_raising_without_an_image(make_napari_viewer, mon
     viewer = make_napari_viewer()
     widget = ClipSamWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    assert _press(viewer, key)
+    assert press(viewer, key)
     assert not widget.busy and widget._controls.status.value
     assert len(viewer.layers) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -102,7 +103,10 @@ def test_cancelled_training_keeps_the_previous_file(qtbot, panel, tmp_path):
     panel.cancel()
     qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT_MS)
     assert output.read_bytes() == before
-    assert "Cancelled" in panel._status.value
+    # The engine removes the training state a cancelled run wrote: the panel says what is on disk.
+    assert panel._status.value.startswith("Cancelled at step ")
+    assert panel._status.value.endswith("No file was changed.")
+    assert [path.name for path in tmp_path.iterdir()] == [output.name]
     assert not panel._use_button.enabled
 
 
@@ -222,3 +226,157 @@ def test_a_deleted_plot_no_longer_follows_the_theme(make_napari_viewer, qtbot):
     QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
     assert len(viewer.events.theme.callbacks) == before - 1
     viewer.theme = "light"  # would draw on the deleted canvas, were it still connected
+
+
+class _FakeTraining:
+    """Stands in for ``train_job``: writes the resumable state in step 2 and waits there for
+    ``proceed``; the adapters file after a ``"saving"`` event, once ``release`` is set. Tests
+    decide when each happens (events, not durations)."""
+
+    def __init__(self, monkeypatch, removes_its_state_when_closed: bool = True) -> None:
+        import threading
+
+        self.at_step_2, self.proceed = threading.Event(), threading.Event()
+        self.saving, self.release = threading.Event(), threading.Event()
+        self.closed_in: list = []
+        self._removes = removes_its_state_when_closed
+        monkeypatch.setattr("napari_clipsam._qt.training_widget.train_job", self)
+
+    def __call__(self, model, train_set, val_set=None, config=None, output=None, resume=False, **options):
+        import threading
+
+        from napari_clipsam.training.results import TrainProgress, TrainResult
+
+        state = output.with_name(output.name + ".resume.pt")
+        try:
+            for step in (1, 2, 3):
+                if step == 2:
+                    state.write_bytes(b"state")
+                    self.at_step_2.set()
+                    assert self.proceed.wait(TIMEOUT_MS / 1000)
+                yield TrainProgress("training", step, 3, 1.0 / step, 1e-4)
+            yield TrainProgress("saving", 3, 3)
+            self.saving.set()
+            assert self.release.wait(TIMEOUT_MS / 1000)
+            output.write_bytes(b"adapters")
+            state.unlink()
+            return TrainResult(None, None, 3, 3, False, [1.0, 0.5, 0.33], output)
+        except GeneratorExit:
+            self.closed_in.append(threading.current_thread())
+            if self._removes:
+                state.unlink(missing_ok=True)
+            raise
+
+
+def _start(panel, output):
+    panel._concepts.value = "1=disc, 2=square"
+    panel._output.value = str(output)
+    panel._on_train_clicked()
+    assert panel.busy
+
+
+@pytest.mark.parametrize("removes", [True, False])
+def test_cancel_says_which_files_the_run_left(qtbot, panel, tmp_path, monkeypatch, removes):
+    """The status once said nothing changed while a .resume.pt stayed behind."""
+    viewer, panel = panel
+    fake = _FakeTraining(monkeypatch, removes_its_state_when_closed=removes)
+    output = tmp_path / "trained.safetensors"
+    _start(panel, output)
+    assert fake.at_step_2.wait(TIMEOUT_MS / 1000)
+    panel._cancel_button.changed.emit(True)
+    fake.proceed.set()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT_MS)
+    assert fake.closed_in and fake.closed_in[0] is not threading.main_thread()
+    assert not output.exists()
+    if removes:
+        assert panel._status.value == "Cancelled at step 2 of 3. No file was changed."
+    else:
+        assert panel._status.value == "Cancelled at step 2 of 3. Files written and kept: trained.safetensors.resume.pt."
+    assert not panel._use_button.enabled
+
+
+def test_a_cancel_during_the_final_save_reports_the_saved_file(qtbot, panel, tmp_path, monkeypatch):
+    """A Cancel that arrives while the file is being written: the file is there, and the panel says so."""
+    viewer, panel = panel
+    fake = _FakeTraining(monkeypatch)
+    output = tmp_path / "trained.safetensors"
+    fake.proceed.set()
+    _start(panel, output)
+    assert fake.saving.wait(TIMEOUT_MS / 1000)
+    panel.cancel()
+    fake.release.set()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT_MS)
+    assert output.read_bytes() == b"adapters" and not fake.closed_in
+    assert panel._status.value == "The Cancel came after the last step: training finished."
+    assert f"Saved to {output}." in panel._result_label.value
+    assert panel._use_button.enabled
+
+
+def test_every_button_while_training(qtbot, panel, tmp_path, monkeypatch):
+    viewer, panel = panel
+    notices = []
+    monkeypatch.setattr("napari.utils.notifications.show_info", notices.append)
+    fake = _FakeTraining(monkeypatch)
+    _start(panel, tmp_path / "trained.safetensors")
+    assert fake.at_step_2.wait(TIMEOUT_MS / 1000)
+    panel._train_button.changed.emit(True)  # disabled while training, but a script can still press it
+    assert notices and "Cancel it first" in notices[0]
+    panel._use_button.changed.emit(True)
+    assert "Wait for the training" in panel._status.value
+    for button in (panel._add_pair_button, panel._detect_button, panel._cancel_button):
+        button.changed.emit(True)
+    fake.proceed.set()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT_MS)
+    assert fake.closed_in and panel._status.value == "Cancelled at step 2 of 3. No file was changed."
+
+
+def test_closing_the_panel_dock_cancels_training(qtbot, panel, tmp_path, monkeypatch):
+    viewer, panel = panel
+    fake = _FakeTraining(monkeypatch)
+    output = tmp_path / "trained.safetensors"
+    _start(panel, output)
+    assert fake.at_step_2.wait(TIMEOUT_MS / 1000)
+    viewer.window.remove_dock_widget(panel.native)  # the dock's x
+    fake.proceed.set()
+    fake.release.set()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=TIMEOUT_MS)
+    assert fake.closed_in and list(tmp_path.iterdir()) == []
+    assert panel._status.value.startswith("Cancelled at step 2 of 3.")
+
+
+def test_closing_napari_mid_training_stops_it_quietly(qtbot, panel, tmp_path, monkeypatch):
+    """No handler reaches the deleted panel (an exception in napari's event loop fails the test),
+    the run is closed in its worker, and it leaves no file."""
+    viewer, panel = panel
+    fake = _FakeTraining(monkeypatch)
+    _start(panel, tmp_path / "trained.safetensors")
+    assert fake.at_step_2.wait(TIMEOUT_MS / 1000)
+    runner = panel._runner
+    with qtbot.waitSignal(panel.native.destroyed, timeout=TIMEOUT_MS):
+        viewer.close()
+    fake.proceed.set()
+    fake.release.set()
+    qtbot.waitUntil(lambda: not runner.busy, timeout=TIMEOUT_MS)
+    assert fake.closed_in and fake.closed_in[0] is not threading.main_thread()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_long_text_never_widens_the_panel(qtbot, panel, tmp_path):
+    from qtpy.QtWidgets import QApplication
+
+    viewer, panel = panel
+    viewer.window.show()  # sizes of hidden widgets are not kept up to date
+
+    def widths() -> tuple[int, int]:
+        QApplication.processEvents()  # Qt lays out again on a posted event
+        return panel.native.minimumSizeHint().width(), panel.native.parent().minimumSizeHint().width()
+
+    before = widths()
+    long = "mitochondrion" * 150
+    image, labels = two_kinds_image(0)
+    panel.add_pair(viewer.add_image(image, name=f"image {long}"), viewer.add_labels(labels, name=f"labels {long}"))
+    panel._concepts.value = f"1={long}"
+    panel._output.value = str(tmp_path / f"{long}.safetensors")
+    panel._status.value = f"Error: cannot write {tmp_path / long}"
+    panel._result_label.value = f"  {long}: 0.100 -> 0.500"
+    assert widths() == before

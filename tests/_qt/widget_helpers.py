@@ -27,3 +27,8 @@ class BlockingEncoder:
         if not self.release.wait(TIMEOUT_S):
             raise TimeoutError("The test never released the encoder.")
         return self._original(*args, **kwargs)
+
+
+def press(viewer, key: str) -> bool:
+    """Press ``key`` as napari does for a key event on the canvas: the active layer's keymaps, then the viewer's."""
+    return viewer.window._qt_viewer._key_map_handler.press_key(key)

@@ -21,6 +21,11 @@ def labels_layer_names(viewer) -> list[str]:
     return [layer.name for layer in viewer.layers if isinstance(layer, Labels)]
 
 
+def output_choices(viewer, _widget=None) -> list[str]:
+    """What the Output control offers: a new layer, or one of the viewer's Labels layers."""
+    return [NEW_LAYER, *labels_layer_names(viewer)]
+
+
 def existing_output(viewer, choice: str | None, image_layer):
     """The Labels layer chosen as output, None for a new one; refuses one of another shape."""
     if not choice or choice == NEW_LAYER or choice not in viewer.layers:
@@ -60,8 +65,12 @@ def write_labels(
     """
     concepts = output.metadata.setdefault(CONCEPTS_METADATA_KEY, {})
     new_labels: list[int] = []
+    pruned = False
     with output.block_history():
         for plane, source in results:
+            if not pruned and np.asarray(source).any():
+                _forget_absent_concepts(output.data, concepts)
+                pruned = True
             semantic_value = None if instances or concept is None else concepts.get(concept)
             write = plan_label_write(output.data, source, plane=plane, instances=instances, replace=replace,
                                      semantic_value=semantic_value)
@@ -75,10 +84,29 @@ def write_labels(
     return new_labels
 
 
+def _forget_absent_concepts(data, concepts: dict[str, int]) -> None:
+    """Drop the concepts whose value is no longer in the layer.
+
+    napari's undo restores the data, not the metadata: after an undo, a concept's value
+    may be free again and taken by the next write (another concept, or an object), so a
+    later run of the first concept must not reuse it. A concept whose pixels were all
+    undone or erased gets a new value on its next run.
+    """
+    data = np.asarray(data)
+    for concept, value in list(concepts.items()):
+        if not (data == value).any():
+            del concepts[concept]
+
+
 def show_preview(viewer, image_layer, mask: np.ndarray):
-    """Show a plane's result in the preview layer (made on first use, over the image's plane)."""
+    """Show a copy of a plane's result in the preview layer (made on first use, over the image's plane).
+
+    A copy: the user may paint on the preview, and what they paint is what
+    :func:`preview_labels` hands back, while the job's result stays as it was computed.
+    """
     from napari.layers import Labels
 
+    mask = np.array(mask, copy=True)
     if PREVIEW_NAME in viewer.layers:
         preview = viewer.layers[PREVIEW_NAME]
         preview.data = mask
@@ -87,6 +115,13 @@ def show_preview(viewer, image_layer, mask: np.ndarray):
                      translate=spatial(image_layer, image_layer.translate)[-2:])
     viewer.add_layer(preview)
     return preview
+
+
+def preview_labels(viewer) -> np.ndarray | None:
+    """The preview as the viewer shows it now (with the user's edits); None without a preview layer."""
+    if PREVIEW_NAME not in viewer.layers:
+        return None
+    return np.asarray(viewer.layers[PREVIEW_NAME].data)
 
 
 def remove_preview(viewer) -> None:

@@ -60,6 +60,8 @@ class SegmentRequest:
         options: the pipeline options the result is computed with.
         replace: whether the result may overwrite existing labels.
         prompts: ``points``, ``point_labels``, ``box`` for :func:`iter_segment` (XY, XYXY).
+        prompts_version: how often the prompts had been cleared or accepted when asked:
+            a preview of prompts cleared since is out of date.
     """
 
     kind: str
@@ -70,6 +72,7 @@ class SegmentRequest:
     options: SegmentOptions
     replace: bool = False
     prompts: dict[str, Any] = field(default_factory=dict)
+    prompts_version: int = 0
     outcome: Outcome = field(default_factory=Outcome)
 
     def image_plane(self) -> np.ndarray:
@@ -80,6 +83,30 @@ class SegmentRequest:
 def normalise_concept(text: str) -> str | None:
     """The concept as the model sees it: single spaces, None when empty."""
     return " ".join(text.split()) or None
+
+
+def stale_reason(request: SegmentRequest, viewer, image_layer, concept: str | None,
+                 prompts_version: int) -> str | None:
+    """Why ``request``'s result no longer fits what the widget shows, or None when it still does.
+
+    Args:
+        image_layer: the image chosen now; concept: the normalised concept now.
+        prompts_version: the widget's count of prompt clears and accepts now.
+    """
+    layer = request.image_layer
+    if layer not in viewer.layers:
+        return "the image layer was removed"
+    if image_layer is not layer:
+        return "another image was chosen"
+    if layer.data is not request.data:
+        return "the image data changed"
+    if concept != request.concept:
+        return "the concept changed"
+    if request.kind != STACK and current_plane(viewer, layer) != request.plane:
+        return "the slice changed"
+    if request.kind == MANUAL and prompts_version != request.prompts_version:
+        return "the prompts were cleared or accepted"
+    return None
 
 
 def current_plane(viewer, layer) -> tuple[int, ...]:

@@ -1,19 +1,31 @@
 """The segmentation widget's own controls: what to segment, how, and where the labels go.
 
 They hold no state of their own beyond their values; :class:`SegmentControls` also
-reads them as the pipeline needs them (the kind of request, :class:`SegmentOptions`).
+reads them as the pipeline needs them (the kind of request, :class:`SegmentOptions`,
+the whole :class:`SegmentRequest`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit, PushButton, RadioButtons, SpinBox, create_widget
+from magicgui.widgets import CheckBox, ComboBox, LineEdit, PushButton, RadioButtons, SpinBox, create_widget
 
 from ..inference.layers import leading_ndim
 from ..inference.pipeline import SegmentOptions
-from .requests import MANUAL, STACK, TEXT
+from .label_layers import existing_output
+from .requests import (
+    MANUAL,
+    STACK,
+    TEXT,
+    NothingToSegment,
+    RequestError,
+    SegmentRequest,
+    current_plane,
+    normalise_concept,
+)
 from .settings import WidgetSettings
+from .text_width import WrappingLabel
 
 MODE_TEXT = "Semi-automatic (text only)"
 MODE_MANUAL = "Manual (points / box)"
@@ -50,8 +62,7 @@ class SegmentControls:
         self.commit_button = PushButton(text="Add mask to labels", enabled=False)
         self.commit_button.tooltip = "Write the preview into the output layer (C)."
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)  # long messages (offline paths) must not widen the dock
+        self.status = WrappingLabel(value="")  # long messages (offline paths) must not widen the dock
 
         for control in (self.mode, self.image, self.instances):
             control.changed.connect(self.update_visibility)
@@ -86,18 +97,57 @@ class SegmentControls:
         )
 
     def set_options(self, *, instances: bool | None = None, refine: bool | None = None, min_area: int | None = None,
-                    replace: bool | None = None, all_slices: bool | None = None, similarity: bool | None = None,
-                    output: str | None = None) -> None:
-        """See :meth:`ClipSamWidget.set_options`."""
+                    replace: bool | None = None, all_slices: bool | None = None,
+                    similarity: bool | None = None) -> None:
+        """See :meth:`ClipSamWidget.set_options` (the output is the widget's :class:`OutputChoice`)."""
         for control, value in ((self.instances, instances), (self.refine, refine), (self.min_area, min_area),
                                (self.replace, replace), (self.show_similarity, similarity)):
             if value is not None:
                 control.value = value
         if all_slices is not None:
             self.scope.value = SCOPE_ALL if all_slices else SCOPE_SLICE
-        if output is not None:
-            self.output.reset_choices()
-            self.output.value = output
+
+    def chosen_image(self):
+        """The image layer chosen; RequestError when there is none."""
+        layer = self.image.value
+        if layer is None:
+            raise RequestError("open an image first (File > Open Sample > CLIP-Guided SAM offers some).")
+        return layer
+
+    def request(self, viewer, prompts, prompts_version: int) -> SegmentRequest:
+        """What a Segment now asks for, checked before anything runs.
+
+        Args:
+            viewer: the napari viewer (its slider positions say the plane).
+            prompts: the :class:`PromptLayers` the manual mode reads.
+            prompts_version: how often the prompts were cleared or accepted so far.
+
+        Raises:
+            RequestError: the request cannot run (no image or concept, 3-D display, an
+                output layer of another shape); NothingToSegment for a manual request
+                without prompts or concept.
+        """
+        layer = self.chosen_image()
+        concept = normalise_concept(self.concept.value)
+        kind = self.kind(layer)
+        if kind != MANUAL and concept is None:
+            raise RequestError("type a concept, e.g. 'nucleus', for the text-only mode.")
+        if leading_ndim(layer) > 0 and viewer.dims.ndisplay != 2:
+            raise RequestError("switch the viewer to 2D to segment a slice.")
+        try:
+            existing_output(viewer, self.output.value, layer)
+        except ValueError as err:
+            raise RequestError(str(err)) from None
+        plane = () if kind == STACK else current_plane(viewer, layer)
+        request = SegmentRequest(kind, layer, layer.data, plane, concept, self.options(layer, kind, concept),
+                                 replace=bool(self.replace.value), prompts_version=prompts_version)
+        if kind == MANUAL:
+            ours = prompts.image_layer is layer
+            points, point_labels, box = prompts.prompts(plane) if ours else (None, None, None)
+            if points is None and box is None and concept is None:
+                raise NothingToSegment("Add points or a box (or type a concept) to segment.")
+            request.prompts = dict(points=points, point_labels=point_labels, box=box)
+        return request
 
     def update_visibility(self, *_: Any) -> None:
         layer = self.image.value

@@ -19,6 +19,7 @@ from .requests import STACK, Outcome, SegmentRequest
 
 # The model key of a model handed over with use_model(): kept whatever the fields say.
 _GIVEN_MODEL = "given"
+CANCELLED = "Cancelled: no layer was changed."
 
 
 class SegmentJobs:
@@ -61,7 +62,7 @@ class SegmentJobs:
     def submit(self, request: SegmentRequest) -> None:
         """Run now, or queue behind the running job; a newer request replaces a queued one."""
         self.outcome = request.outcome
-        if not self._runner.busy:
+        if not self._runner.busy and self._queued is None:
             self._run(request)
             return
         self._queue(request)
@@ -78,6 +79,8 @@ class SegmentJobs:
         if self._queued is not None:
             self._queued.outcome.fail(RuntimeError("Cancelled before it started."))
             self._queued = None
+            if not self._runner.busy:
+                self._set_status(CANCELLED)
         self._runner.cancel()
 
     def wait(self, timeout: float) -> Any:
@@ -118,8 +121,8 @@ class SegmentJobs:
     def _load(self, arguments: dict[str, Any], request: SegmentRequest | None) -> None:
         self._runner.start(
             "Loading model", iter_load_model, kwargs=arguments, on_event=self._on_progress,
-            on_result=partial(self._on_loaded, arguments, request), after=self._run_queued,
-            on_error=None if request is None else request.outcome.fail,
+            on_result=partial(self._on_loaded, arguments, request), after=partial(self._after, request),
+            on_error=None if request is None else request.outcome.fail, on_cancelled=lambda: CANCELLED,
         )
 
     def _on_loaded(self, arguments: dict[str, Any], request: SegmentRequest | None, model) -> None:
@@ -134,7 +137,8 @@ class SegmentJobs:
         # Set here, between jobs: a new size drops the predictor's features (none is running).
         self.predictor.image_size = self._image_size()
         handlers = dict(on_result=partial(self._on_result, request), on_event=self._on_progress,
-                        after=self._run_queued, on_error=request.outcome.fail)
+                        after=partial(self._after, request), on_error=request.outcome.fail,
+                        on_cancelled=lambda: CANCELLED)
         if request.kind == STACK:
             self._runner.start(
                 "Segmenting all slices", iter_segment_stack, args=(self.predictor, request.data, request.concept),
@@ -150,12 +154,15 @@ class SegmentJobs:
         if event.stage == "downloading weights" and event.total:
             self._set_status(f"Downloading weights: {event.done / 1e6:.0f} of {event.total / 1e6:.0f} MB")
 
-    def _run_queued(self) -> None:
+    def _after(self, request: SegmentRequest | None) -> None:
+        """A job's worker has finished: settle its request, start the queued one."""
+        if request is not None and not request.outcome.done and request is not self._queued:
+            request.outcome.fail(RuntimeError(CANCELLED))
+        if self._runner.busy:  # a job started meanwhile (events processed in a handler): it runs the queue
+            return
         queued, self._queued = self._queued, None
         if queued is not None:
             self._run(queued)
-        elif self.outcome is not None and not self.outcome.done:  # cancelled
-            self.outcome.fail(RuntimeError("Cancelled: no layer or file was changed."))
 
 
 def _model_key(arguments: dict[str, Any]) -> tuple:

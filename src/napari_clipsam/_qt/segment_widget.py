@@ -10,16 +10,18 @@ in a worker with the model they need), ``prompt_layers`` (the manual prompts),
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container
 
-from ..inference.layers import leading_ndim
 from ..inference.pipeline import SegmentResult
 from . import label_layers
+from .docking import watch_docking
 from .jobs import JobRunner
 from .label_layers import NEW_LAYER
 from .model_fields import SAM_INPUTS, ModelFields
+from .outputs import OutputChoice
 from .prompt_layers import POSITIVE, PromptLayers
 from .requests import (
     MANUAL,
@@ -31,11 +33,13 @@ from .requests import (
     StaleResultError,
     current_plane,
     normalise_concept,
+    stale_reason,
 )
 from .segment_controls import MODE_MANUAL, MODE_TEXT, SCOPE_ALL, SCOPE_SLICE, SegmentControls
 from .segment_jobs import SegmentJobs
 from .settings import load_settings, save_settings
 from .shortcuts import ACCEPT, CLEAR, SEGMENT, TOGGLE, ViewerShortcuts, shortcuts_text
+from .text_width import keep_width
 
 if TYPE_CHECKING:
     import napari
@@ -62,9 +66,12 @@ class ClipSamWidget(Container):
         self._settings = load_settings()
         self._model_fields = ModelFields(self._settings)
         self._adapters = self._model_fields.adapters  # the training panel fills it in
-        self._controls = SegmentControls(self._settings, self._output_choices, self._recent_choices)
+        self._controls = SegmentControls(self._settings, partial(label_layers.output_choices, napari_viewer),
+                                         self._recent_choices)
         self.extend([*self._model_fields.widgets, *self._controls.widgets])
         self.tooltip = f"Shortcuts while this panel is open:\n{shortcuts_text()}"
+        keep_width(self.native)
+        self._output = OutputChoice(napari_viewer, self._controls.output)
 
         runner = JobRunner(self._set_status, self._set_busy)
         self.native.destroyed.connect(lambda *_: runner.detach())  # a job may outlive the widget
@@ -73,8 +80,11 @@ class ClipSamWidget(Container):
             on_result=self._on_result, on_model=self._show_model, set_status=self._set_status,
         )
         self._preview: tuple[SegmentRequest, SegmentResult] | None = None
+        self._prompts_version = 0  # counts clears and accepts: older previews are out of date
+        self._closed = False  # taken out of its dock: prompt edits no longer segment
         self._shortcuts = ViewerShortcuts(napari_viewer, {
-            SEGMENT: self._key_segment, ACCEPT: self._key_accept, TOGGLE: self._key_toggle, CLEAR: self._key_clear,
+            SEGMENT: self._on_run_clicked, ACCEPT: self._commit_preview, TOGGLE: self._key_toggle,
+            CLEAR: self._key_clear,
         })
         self._prompts = PromptLayers(napari_viewer, self._on_prompts_edited, self._shortcuts.bind_layer)
 
@@ -83,7 +93,7 @@ class ClipSamWidget(Container):
         self._debounce = QTimer(singleShot=True, interval=DEBOUNCE_MS)
         self._debounce.timeout.connect(self._on_prompts_settled)
         self._connect_controls()
-        self._shortcuts.follow_docking(self.native)
+        watch_docking(self.native, self._on_docked, self._on_undocked)
         self._controls.update_visibility()
 
     # ------------------------------------------------------------- scripting
@@ -110,10 +120,13 @@ class ClipSamWidget(Container):
             replace: let new labels overwrite existing ones.
             all_slices: segment every plane of a stack (the text-only mode).
             similarity: show the concept's similarity map.
-            output: the name of an existing Labels layer, or ``"New layer"``.
+            output: the name of an existing Labels layer (it stays the output whatever the
+                image), or ``"New layer"`` (the output follows the image again).
         """
         self._controls.set_options(instances=instances, refine=refine, min_area=min_area, replace=replace,
-                                   all_slices=all_slices, similarity=similarity, output=output)
+                                   all_slices=all_slices, similarity=similarity)
+        if output is not None:
+            self._output.choose(output)
 
     def set_prompts(self, points=None, labels=None, box=None) -> None:
         """Replace the manual prompts of the chosen image and switch to the manual mode; does not segment.
@@ -129,7 +142,7 @@ class ClipSamWidget(Container):
             labels: (N,) 1 for a positive point, 0 for a negative one; default all positive.
             box: two opposite corners, or a Shapes rectangle's four, each (row, col) or (D,).
         """
-        layer = self._chosen_image()
+        layer = self._controls.chosen_image()
         self._controls.mode.value = MODE_MANUAL
         self._prompts.ensure(layer)
         self._prompts.set(current_plane(self._viewer, layer), points, labels, box)
@@ -165,27 +178,27 @@ class ClipSamWidget(Container):
         return self._jobs.wait(timeout)
 
     def accept_preview(self) -> list[int]:
-        """Write the manual mode's preview into the output labels (one undo step) and clear the prompts.
+        """Write the manual mode's preview, as the preview layer shows it (with any painting
+        on it), into the output labels (one undo step); then clear the prompts.
 
         Returns:
             The new label values.
         """
-        if self._preview is None:
+        shown = label_layers.preview_labels(self._viewer)
+        if self._preview is None or shown is None:
             raise RuntimeError("No preview to add: segment in the manual mode first.")
-        request, result = self._preview
-        if not self._is_current(request):
-            raise StaleResultError("The preview is out of date (image, slice or concept changed); update it first.")
-        new = self._write(request, [(request.plane, result.labels)])
-        self._drop_preview()
-        self._prompts.clear()
-        self._set_status(f"Added label(s) {new}.")
+        request, _ = self._preview
+        reason = self._stale_reason(request)
+        if reason is not None:
+            raise StaleResultError(f"The preview is out of date ({reason}); update it first.")
+        new = self._write(request, [(request.plane, shown)])
+        self._reset_prompts()
+        self._set_status(f"Added label(s) {new}." if new else "Nothing added: the preview is empty.")
         return new
 
     def clear_prompts(self) -> None:
         """Empty the prompt layers and drop the preview."""
-        self._debounce.stop()
-        self._prompts.clear()
-        self._drop_preview()
+        self._reset_prompts()
         self._set_status("Prompts cleared.")
 
     def use_model(self, model) -> None:
@@ -216,6 +229,7 @@ class ClipSamWidget(Container):
         controls.commit_button.changed.connect(self._commit_preview)
         controls.cancel_button.changed.connect(self.cancel)
         controls.recent.changed.connect(self._on_recent)
+        controls.image.changed.connect(self._output.follow)
         for control in (*self._model_fields.saved_fields, controls.mode):
             control.changed.connect(self._save_settings)
 
@@ -225,12 +239,19 @@ class ClipSamWidget(Container):
     def _set_busy(self, busy: bool) -> None:
         self._controls.cancel_button.enabled = busy
 
+    def _on_docked(self) -> None:
+        self._closed = False
+        self._shortcuts.bind()
+
+    def _on_undocked(self) -> None:
+        """The dock was closed: unbind the keys, cancel the job; nothing is written after this."""
+        self._closed = True
+        self._shortcuts.unbind()
+        self.cancel()
+
     def _show_model(self, model) -> None:
         self._model_fields.refresh_choices()  # open_clip is loaded now: its names are free
         self._set_status(f"Model: SAM {model.sam_name} + CLIP {model.clip_name} ({model.device}, {model.precision})")
-
-    def _output_choices(self, _widget: Any = None) -> list[str]:
-        return [NEW_LAYER, *label_layers.labels_layer_names(self._viewer)]
 
     def _recent_choices(self, _widget: Any = None) -> list[str]:
         return ["", *self._settings.recent_concepts]
@@ -253,11 +274,12 @@ class ClipSamWidget(Container):
         self._controls.recent.reset_choices()
         save_settings(self._settings)
 
-    def _chosen_image(self):
-        layer = self._controls.image.value
-        if layer is None:
-            raise RequestError("open an image first (File > Open Sample > CLIP-Guided SAM offers some).")
-        return layer
+    def _notify(self, message: str) -> None:
+        """A refusal the user must see even when a job's next stage overwrites the status line."""
+        from napari.utils.notifications import show_info
+
+        self._set_status(message)
+        show_info(f"napari-clipsam: {message}")
 
     def _report(self, error: BaseException) -> None:
         from napari.utils.notifications import show_error
@@ -276,11 +298,11 @@ class ClipSamWidget(Container):
 
     def _on_load_clicked(self, *_: Any) -> None:
         if not self._jobs.load():
-            self._set_status("A job is running: wait for it (or Cancel it), then load the model.")
+            self._notify("A job is running: wait for it (or Cancel it), then load the model.")
 
     def _add_prompt_layers(self, *_: Any) -> None:
         try:
-            layer = self._chosen_image()
+            layer = self._controls.chosen_image()
         except RequestError as err:
             self._report(err)
             return
@@ -297,12 +319,6 @@ class ClipSamWidget(Container):
         except (ValueError, KeyError, OSError) as err:
             self._report(err)
 
-    def _key_segment(self, _owner: Any) -> None:
-        self._on_run_clicked()
-
-    def _key_accept(self, _owner: Any) -> None:
-        self._commit_preview()
-
     def _key_toggle(self, _owner: Any) -> None:
         image = self._controls.image.value
         if image is not None and self._prompts.image_layer is image and self._prompts.get(POSITIVE) is not None:
@@ -317,49 +333,25 @@ class ClipSamWidget(Container):
         action = getattr(event, "action", None)
         if action is not None and str(action).lower().split(".")[-1] in {"adding", "removing", "changing"}:
             return  # the 'before' half of napari's paired data events
-        if self._controls.manual:
+        if self._controls.manual and not self._closed:
             self._debounce.start()
 
     def _on_prompts_settled(self) -> None:
-        if self._controls.manual:
+        if self._controls.manual and not self._closed:
             self._on_run_clicked()
 
     # ------------------------------------------------------ requests, results
     def _make_request(self) -> SegmentRequest:
-        layer = self._chosen_image()
-        concept = normalise_concept(self._controls.concept.value)
-        kind = self._controls.kind(layer)
-        if kind != MANUAL and concept is None:
-            raise RequestError("type a concept, e.g. 'nucleus', for the text-only mode.")
-        if leading_ndim(layer) > 0 and self._viewer.dims.ndisplay != 2:
-            raise RequestError("switch the viewer to 2D to segment a slice.")
-        try:
-            label_layers.existing_output(self._viewer, self._controls.output.value, layer)
-        except ValueError as err:
-            raise RequestError(str(err)) from None
-        plane = () if kind == STACK else current_plane(self._viewer, layer)
-        request = SegmentRequest(kind, layer, layer.data, plane, concept, self._controls.options(layer, kind, concept),
-                                 replace=bool(self._controls.replace.value))
-        if kind == MANUAL:
-            ours = self._prompts.image_layer is layer
-            points, point_labels, box = self._prompts.prompts(plane) if ours else (None, None, None)
-            if points is None and box is None and concept is None:
-                raise NothingToSegment("Add points or a box (or type a concept) to segment.")
-            request.prompts = dict(points=points, point_labels=point_labels, box=box)
-        return request
+        return self._controls.request(self._viewer, self._prompts, self._prompts_version)
 
-    def _is_current(self, request: SegmentRequest) -> bool:
-        """Whether the widget still shows what ``request`` was computed for."""
-        layer = request.image_layer
-        if layer not in self._viewer.layers or self._controls.image.value is not layer:
-            return False
-        if layer.data is not request.data or normalise_concept(self._controls.concept.value) != request.concept:
-            return False
-        return request.kind == STACK or current_plane(self._viewer, layer) == request.plane
+    def _stale_reason(self, request: SegmentRequest) -> str | None:
+        return stale_reason(request, self._viewer, self._controls.image.value,
+                            normalise_concept(self._controls.concept.value), self._prompts_version)
 
     def _on_result(self, request: SegmentRequest, result: Any) -> None:
-        if not self._is_current(request):
-            self._set_status("Result dropped: the image, slice or concept changed meanwhile.")
+        reason = self._stale_reason(request)
+        if reason is not None:
+            self._set_status(f"Result dropped: {reason} meanwhile.")
             request.outcome.fail(StaleResultError(self._controls.status.value))
             return
         try:
@@ -386,15 +378,14 @@ class ClipSamWidget(Container):
         return f"{request.concept}: {len(new)} new label(s), score {result.score:.2f}."
 
     def _write(self, request: SegmentRequest, results: list) -> list[int]:
-        output = label_layers.output_layer(self._viewer, self._controls.output.value, request.image_layer,
-                                           request.concept)
-        new = label_layers.write_labels(output, results, concept=request.concept,
-                                        instances=request.options.instances, replace=request.replace)
-        self._controls.output.reset_choices()
-        self._controls.output.value = output.name
-        return new
+        return self._output.write(request.image_layer, results, concept=request.concept,
+                                  instances=request.options.instances, replace=request.replace)
 
-    def _drop_preview(self) -> None:
+    def _reset_prompts(self) -> None:
+        """Empty the prompt layers and drop the preview; a preview still being computed is out of date."""
+        self._debounce.stop()
+        self._prompts_version += 1
+        self._prompts.clear()
         self._preview = None
         self._controls.commit_button.enabled = False
         label_layers.remove_preview(self._viewer)

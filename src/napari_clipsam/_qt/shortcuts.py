@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from qtpy.QtCore import QEvent, QObject
-
 SEGMENT, ACCEPT, TOGGLE, CLEAR = "S", "C", "T", "Shift-C"
 SHORTCUTS: dict[str, str] = {
     SEGMENT: "segment (manual mode: update the mask)",
@@ -79,13 +77,6 @@ class ViewerShortcuts:
                     owner.bind_key(key, None)
         self.bound = False
 
-    def follow_docking(self, native_widget) -> None:
-        """Bind while ``native_widget`` sits in a dock (it gets a parent), unbind when it leaves it.
-
-        napari removes a closed dock widget by taking its inner widget out (``setParent(None)``).
-        """
-        _DockWatcher(native_widget, self.bind, self.unbind)
-
     def _bind_on(self, layer) -> None:
         for key, action in self._actions.items():
             layer.bind_key(key, action, overwrite=True)
@@ -100,17 +91,3 @@ def _viewer_binding(viewer, key):
         if keymap and key in keymap:
             return keymap[key]
     return None
-
-
-class _DockWatcher(QObject):
-    """Reports a widget's moves into and out of a parent (a dock)."""
-
-    def __init__(self, widget, on_docked: Callable[[], None], on_undocked: Callable[[], None]) -> None:
-        super().__init__(widget)  # lives and dies with the widget
-        self._on_docked, self._on_undocked = on_docked, on_undocked
-        widget.installEventFilter(self)
-
-    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
-        if event.type() == QEvent.Type.ParentChange:
-            (self._on_docked if watched.parent() is not None else self._on_undocked)()
-        return False

@@ -19,7 +19,6 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     LineEdit,
     PushButton,
     SpinBox,
@@ -32,9 +31,12 @@ from ..training.config import TrainingConfig
 from ..training.data import ConceptDataset, parse_concepts
 from ..training.jobs import train_job
 from ..training.results import TrainProgress, TrainResult
+from .docking import watch_docking
 from .jobs import JobRunner
 from .plot import TrainingPlot
+from .run_files import FileStates, describe_changes, file_states
 from .segment_widget import SAM_INPUTS  # the sizes the segmentation widget offers
+from .text_width import WrappingLabel, keep_width
 
 if TYPE_CHECKING:
     import napari
@@ -88,10 +90,8 @@ class TrainingWidget(Container):
         self._train_button = PushButton(text="Train")
         self._cancel_button = PushButton(text="Cancel", enabled=False)
         self._use_button = PushButton(text="Use these adapters for segmentation", enabled=False)
-        self._status = Label(value="Add image / labels pairs, name the concepts, then Train.")
-        self._status.native.setWordWrap(True)
-        self._result_label = Label(value="")
-        self._result_label.native.setWordWrap(True)
+        self._status = WrappingLabel(value="Add image / labels pairs, name the concepts, then Train.")
+        self._result_label = WrappingLabel(value="")
         self._plot = TrainingPlot(napari_viewer)
         self.extend([
             self._pairs, self._add_pair_button, self._concepts, self._detect_button, self._mode,
@@ -101,12 +101,19 @@ class TrainingWidget(Container):
         ])
         self.native.layout().addWidget(self._plot)
         self.append(self._use_button)
+        keep_width(self.native)
 
         self._base_model = None
         self._model = None
         self._runner = runner = JobRunner(self._set_status, self._set_busy)
         self.native.destroyed.connect(lambda *_: runner.detach())  # training may outlive the panel
+        watch_docking(self.native, lambda: None, self.cancel)  # a closed panel trains no more
         self._result: TrainResult | None = None
+        # The run under way: its output's files before it started, how far it got, whether Cancel was pressed.
+        self._files_before: FileStates = {}
+        self._output_path: Path | None = None
+        self._last_step: tuple[int, int] | None = None
+        self._cancel_asked = False
 
         self._add_pair_button.changed.connect(lambda *_: self.add_pair())
         self._detect_button.changed.connect(self._list_label_values)
@@ -123,6 +130,7 @@ class TrainingWidget(Container):
     def add_pair(self, image_layer=None, labels_layer=None) -> _PairRow:
         row = _PairRow(self._remove_pair)
         self._pairs.append(row)
+        keep_width(row.native)
         row.reset_choices()
         if image_layer is not None:
             row.image.value = image_layer
@@ -135,8 +143,10 @@ class TrainingWidget(Container):
         return self._runner.busy
 
     def cancel(self, *_: Any) -> None:
-        """Stop training at the next step; the output file is left as it was."""
-        self._runner.cancel()
+        """Stop training at the next step; the status then says which files the run left."""
+        if self._runner.busy:
+            self._cancel_asked = True
+            self._runner.cancel()
 
     def _set_status(self, text: str) -> None:
         self._status.value = text
@@ -186,9 +196,12 @@ class TrainingWidget(Container):
         return dataset
 
     def _on_train_clicked(self, *_: Any) -> None:
-        from napari.utils.notifications import show_error
+        from napari.utils.notifications import show_error, show_info
 
         if self._runner.busy:
+            message = "Training is under way: Cancel it first to start another run."
+            show_info(f"napari-clipsam: {message}")
+            self._status.value = message
             return
         try:
             dataset = self._dataset()
@@ -197,24 +210,32 @@ class TrainingWidget(Container):
                 raise ValueError(
                     f"{output} exists. Choose another file name, or tick 'Replace an existing adapters file'."
                 )
+            train_set, val_set = dataset.split(self._val_fraction.value, seed=0)
+            config = TrainingConfig(
+                mode=MODES[self._mode.value], steps=self._steps.value, batch_size=self._batch_size.value,
+                learning_rate=self._learning_rate.value, augment=self._augment.value,
+                eval_every=max(1, self._steps.value // 8),
+            )
         except ValueError as err:
             show_error(f"napari-clipsam: {err}")
             self._status.value = str(err)
             return
-        train_set, val_set = dataset.split(self._val_fraction.value, seed=0)
-        config = TrainingConfig(
-            mode=MODES[self._mode.value], steps=self._steps.value, batch_size=self._batch_size.value,
-            learning_rate=self._learning_rate.value, augment=self._augment.value,
-            eval_every=max(1, self._steps.value // 8),
-        )
         self._plot.reset(config.steps)
         val_set = val_set if len(val_set) else None
+        self._files_before, self._output_path = file_states(output), output
+        self._last_step, self._cancel_asked = None, False
         if self._base_model is not None:
             self._start_training(self._base_model, train_set, val_set, config, output)
             return
+        loaded = []  # the model, once loaded
+
+        def train_when_loaded() -> None:  # runs when the loading worker has finished, whatever happened
+            if loaded:
+                self._start_training(loaded[0], train_set, val_set, config, output)
+
         self._runner.start(
-            "Loading model", iter_load_model, kwargs=self._model_arguments(),
-            on_result=lambda model: self._start_training_after(model, train_set, val_set, config, output),
+            "Loading model", iter_load_model, kwargs=self._model_arguments(), on_result=loaded.append,
+            after=train_when_loaded, on_cancelled=self._cancelled_status, on_error=self._on_error,
         )
 
     def _model_arguments(self) -> dict[str, Any]:
@@ -224,19 +245,17 @@ class TrainingWidget(Container):
 
         return dict(load_settings().model_arguments(), adapters=None)
 
-    def _start_training_after(self, model, *arguments) -> None:
-        # The loading worker is still finishing: start training once it has.
-        self._runner.then(lambda: self._start_training(model, *arguments))
-
     def _start_training(self, model, train_set, val_set, config: TrainingConfig, output: Path | None) -> None:
         config = dataclasses.replace(config, image_size=self._training_size(model))
         model.set_clip_attention_trainable(self._train_clip.value)
         self._model = model
         self._result = None
         self._use_button.enabled = False
+        # A run that finished before a Cancel reached it has saved its file: report it as finished.
         self._runner.start(
             "Training", train_job, args=(model, train_set, val_set, config, output),
-            on_result=self._on_result, on_event=self._on_event,
+            kwargs=dict(replace=bool(self._overwrite.value)), on_result=self._on_result, on_event=self._on_event,
+            on_cancelled=self._cancelled_status, on_error=self._on_error, keep_late_result=True,
         )
         self._status.value = (
             f"Training on {len(train_set)} samples, validating on {len(val_set or [])}, "
@@ -253,12 +272,15 @@ class TrainingWidget(Container):
         return None if size == model.image_size else size
 
     def _on_event(self, event: TrainProgress) -> None:
+        self._last_step = (event.step, event.total)
         if event.stage == "training":
             self._plot.add_loss(event.step, event.loss)
             self._status.value = f"Step {event.step}/{event.total}: loss {event.loss:.3f}, lr {event.learning_rate:.2e}"
         elif event.validation is not None:
             self._plot.add_validation(event.step, event.validation.iou)
             self._status.value = f"Step {event.step}: validation IoU {event.validation.iou:.3f}"
+        elif event.stage == "saving":
+            self._status.value = f"Saving the adapters to {self._output_path}..."
         else:
             self._status.value = event.stage
 
@@ -275,12 +297,31 @@ class TrainingWidget(Container):
         if result.stopped_early:
             lines.append("Stopped early: validation IoU stopped improving.")
         lines.append(f"Saved to {result.output}." if result.output else "Not saved (no file chosen).")
+        others = {path: state for path, state in file_states(self._output_path).items() if path != result.output}
+        beside = describe_changes({p: s for p, s in self._files_before.items() if p != result.output}, others)
+        if beside:
+            lines.append(f"Beside it, {beside}.")
         self._result_label.value = "\n".join(lines)
-        self._status.value = "Training finished."
+        self._status.value = ("The Cancel came after the last step: training finished." if self._cancel_asked
+                              else "Training finished.")
+
+    def _run_files(self) -> str:
+        """What the run did to the files named after its output, as one sentence."""
+        changes = describe_changes(self._files_before, file_states(self._output_path))
+        return f"Files {changes}." if changes else "No file was changed."
+
+    def _cancelled_status(self) -> str:
+        at = f" at step {self._last_step[0]} of {self._last_step[1]}" if self._last_step else ""
+        return f"Cancelled{at}. {self._run_files()}"
+
+    def _on_error(self, error: BaseException) -> None:
+        self._status.value = f"Error: {error} {self._run_files()}"
 
     def _use_adapters(self, *_: Any) -> None:
         """Give the trained model to the segmentation widget (opening it if needed)."""
-        if self._model is None or self._result is None:
+        if self._model is None or self._result is None or self._runner.busy:
+            self._status.value = ("Wait for the training to finish." if self._runner.busy
+                                  else "Train first: there are no trained adapters to use yet.")
             return
         _, segmentation = self._viewer.window.add_plugin_dock_widget("napari-clipsam", "Segment by concept")
         segmentation.use_model(self._model)
