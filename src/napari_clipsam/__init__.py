@@ -51,7 +51,7 @@ _PUBLIC = {
     "TrainProgress": "training.results",
     "TrainResult": "training.results",
     "iter_train": "training.engine",
-    "resume_path": "training.engine",
+    "resume_path": "training.run_files",
     "train": "training.engine",
     "Progress": "_jobs",
     "run": "_jobs",
@@ -117,8 +117,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
     from .model.device import resolve_device, resolve_precision
     from .training.config import TrainingConfig
     from .training.data import ConceptDataset
-    from .training.engine import iter_train, resume_path, train
+    from .training.engine import iter_train, train
     from .training.evaluate import evaluate, iter_evaluate
     from .training.results import EvaluationReport, TrainProgress, TrainResult
+    from .training.run_files import resume_path
     from .weights.adapters_file import read_adapters_metadata
     from .weights.registry import cache_dir, list_sam_weights

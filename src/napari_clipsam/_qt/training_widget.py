@@ -31,10 +31,10 @@ from ..training.config import TrainingConfig
 from ..training.data import ConceptDataset, parse_concepts
 from ..training.jobs import train_job
 from ..training.results import TrainProgress, TrainResult
+from ..training.run_files import FileStates, describe_changes, file_states
 from .docking import watch_docking
 from .jobs import JobRunner
 from .plot import TrainingPlot
-from .run_files import FileStates, describe_changes, file_states
 from .segment_widget import SAM_INPUTS  # the sizes the segmentation widget offers
 from .text_width import WrappingLabel, keep_width
 

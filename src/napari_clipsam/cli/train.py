@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..training.config import MODES
+from ..training.run_files import file_state
 from .common import check_outputs, job_progress, load_model, model_arguments
 
 
@@ -156,23 +157,14 @@ class _TrainingPrinter:
                   + ("  best so far" if better else ""), flush=True)
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    """What tells a file replaced from the same file left alone (writes replace files whole)."""
-    try:
-        status = path.stat()
-    except FileNotFoundError:
-        return None
-    return status.st_ino, status.st_mtime_ns, status.st_size
-
-
 def _interrupted_message(output: Path, output_before, state: Path, state_before, args) -> str:
     """One truthful line about the files after Ctrl+C."""
-    after = _signature(output)
+    after = file_state(output)
     if after == output_before:
         kept = f"{output} left as it was" if after is not None else f"{output} not written"
     else:  # the interrupt came during the final save, which completed (files are written whole)
         kept = f"the training had finished: {output} was written"
-    if state.is_file() and (args.resume or _signature(state) != state_before):
+    if state.is_file() and (args.resume or file_state(state) != state_before):
         return f"{kept}; --resume continues from the state kept in {state}"
     if after == output_before and not args.keep_resume_state:
         return f"{kept}; with --keep-resume-state a run keeps a state that --resume can continue after Ctrl+C"
@@ -182,7 +174,8 @@ def _interrupted_message(output: Path, output_before, state: Path, state_before,
 def run_train(args: argparse.Namespace) -> int:
     from ..errors import OutputExistsError
     from ..training.config import TrainingConfig
-    from ..training.engine import iter_train, resume_path
+    from ..training.engine import iter_train
+    from ..training.run_files import resume_path
 
     output, state = args.output, resume_path(args.output)
     if output.suffix.lower() != ".safetensors":
@@ -226,7 +219,7 @@ def run_train(args: argparse.Namespace) -> int:
           + (f", CLIP attention trained at lr {config.clip_learning_rate:g}" if args.train_clip_attention else ""),
           flush=True)
 
-    output_before, state_before = _signature(output), _signature(state)
+    output_before, state_before = file_state(output), file_state(state)
     job = iter_train(model, train_set, val_set or None, config, output=output, resume=args.resume,
                      replace=args.overwrite, keep_resume_state=args.keep_resume_state)
     printer = _TrainingPrinter(args.log_every, mark_best=not args.resume)

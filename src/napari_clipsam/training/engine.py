@@ -27,7 +27,8 @@ from .data import Sample
 from .evaluate import iter_evaluate, manual_prompts
 from .losses import low_res_target, segmentation_loss
 from .results import EvaluationReport, TrainProgress, TrainResult
-from .resume import ResumeState, read_resume_state, restore_optimizer, resume_path, write_resume_state
+from .resume import ResumeState, read_resume_state, restore_optimizer, write_resume_state
+from .run_files import resume_path
 
 
 def _learning_rate_factor(step: int, total: int, warmup_fraction: float) -> float:

@@ -10,7 +10,6 @@ refusal names the file and the entry, and leaves both untouched.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,14 +19,9 @@ import torch
 from .._io import write_atomically
 from ..errors import CheckpointMismatchError, CorruptFileError, UnsafeCheckpointError
 from .results import EvaluationReport
+from .run_files import resume_path
 
 _KEYS = {"trainable", "optimizer", "step", "losses", "best_state", "best_step", "best_report"}
-
-
-def resume_path(output: str | os.PathLike) -> Path:
-    """Where the resumable training state of ``output`` is kept: ``<output>.resume.pt``."""
-    output = Path(output)
-    return output.with_name(output.name + ".resume.pt")
 
 
 @dataclass
