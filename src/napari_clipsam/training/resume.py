@@ -62,19 +62,18 @@ def _load(path: Path) -> Any:
 
     try:
         return read_checkpoint(path)
-    except UnsafeCheckpointError as err:
-        if "unsupported operand" in str(err.__cause__).lower():
-            # PyTorch's safe loader met a byte that is no pickle instruction: damage, not code.
-            raise CorruptFileError(f"{path} is not a readable training state (damaged, or another kind of file).") \
-                from None
+    except UnsafeCheckpointError:
         # Our own message, without PyTorch's advice to turn the safe loading off.
         raise UnsafeCheckpointError(
             f"{path} holds pickled Python objects, which could run code when loaded; it was not loaded. "
             "napari-clipsam writes training states of tensors and plain values only, so this file was made "
             "elsewhere or altered: start afresh without resuming."
         ) from None
-    except ValueError as err:
-        raise CorruptFileError(f"{path} is not a readable training state (damaged or truncated?): {err}") from None
+    except CorruptFileError as err:
+        raise CorruptFileError(
+            f"{path} is not a readable training state (damaged, truncated, or another kind of file); "
+            "start afresh without resuming."
+        ) from err
 
 
 def _is_integer(value: Any) -> bool:

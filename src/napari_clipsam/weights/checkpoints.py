@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointMismatchError, UnsafeCheckpointError
+from ..errors import CheckpointMismatchError, CorruptFileError, UnsafeCheckpointError
 
 # Encoder width of the published SAM variants, to name the variant a file was made for.
 _EMBED_DIM_TO_VARIANT = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -31,7 +31,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
 
     Raises:
         UnsafeCheckpointError: the file holds pickled Python objects (not loaded).
-        ValueError: the file is no readable checkpoint (truncated, another format); names the file.
+        CorruptFileError: the file is no readable checkpoint (truncated, damaged, another format);
+            names the file. A ``ValueError``.
     """
     path = Path(path)
     try:
@@ -41,8 +42,12 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             return load_file(str(path), device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" not in str(err).lower():
-            raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+        message = str(err).lower()
+        # PyTorch's safe loader reports a byte that is no pickle instruction ("unsupported
+        # operand") like a refused object: that is damage, not code.
+        if "weights only" not in message or "unsupported operand" in message:
+            raise CorruptFileError(f"{path} is not a readable PyTorch checkpoint (damaged or another kind of "
+                                   f"file): {err}") from err
         raise UnsafeCheckpointError(
             f"{path} contains pickled Python objects (not only tensors), which could run code when loaded; "
             "it is not loaded, for safety. If you trust the file, re-save its state dict (tensors only) "
@@ -54,7 +59,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         # torch and safetensors report a damaged or foreign file with whatever their parser
         # hit first (SafetensorError, KeyError, RuntimeError, EOFError, ...).
         kind = "safetensors file" if path.suffix == ".safetensors" else "PyTorch checkpoint"
-        raise ValueError(
+        raise CorruptFileError(
             f"{path} is not a readable {kind} (truncated or another format?): {type(err).__name__}: {err}"
         ) from err
 
