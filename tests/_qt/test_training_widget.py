@@ -380,3 +380,4 @@ def test_long_text_never_widens_the_panel(qtbot, panel, tmp_path):
     panel._status.value = f"Error: cannot write {tmp_path / long}"
     panel._result_label.value = f"  {long}: 0.100 -> 0.500"
     assert widths() == before
+

@@ -177,7 +177,7 @@ class TrainingWidget(Container):
 
     def _dataset(self) -> ConceptDataset:
         concepts = parse_concepts(self._concepts.value)
-        items = []
+        items, names = [], []
         for row in self._rows():
             image_layer, labels_layer = row.image.value, row.labels.value
             if image_layer is None or labels_layer is None:
@@ -190,7 +190,8 @@ class TrainingWidget(Container):
                 )
             for plane in np.ndindex(*labels.shape[:-2]):  # every slice of a stack; () for 2-D
                 items.append((image[plane], labels[plane], concepts))
-        dataset = ConceptDataset.from_arrays(items)
+                names.append(f"Labels layer '{labels_layer.name}'" + (f", slice {plane}" if plane else ""))
+        dataset = ConceptDataset.from_arrays(items, names=names)
         if len(dataset) == 0:
             raise ValueError("The labels layers contain none of the label values named in Concepts.")
         return dataset
