@@ -117,11 +117,10 @@ def test_evaluate_checks_its_json_path_before_the_model_loads(folders, tmp_path,
     assert "a-file" in capsys.readouterr().err
 
 
-def test_ctrl_c_keeps_the_previous_file_and_exits_130(folders, tmp_path, capsys, monkeypatch):
+def _ctrl_c_at_the_third_step(monkeypatch) -> None:
+    """Ctrl+C arrives as the third training step begins (after steps 1 and 2 were saved as state)."""
     import napari_clipsam.training.engine as training
 
-    output = tmp_path / "adapters.safetensors"
-    output.write_bytes(b"previous adapters")
     real_step, calls = training._train_step, []
 
     def interrupted_step(*args, **kwargs):
@@ -131,6 +130,13 @@ def test_ctrl_c_keeps_the_previous_file_and_exits_130(folders, tmp_path, capsys,
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(training, "_train_step", interrupted_step)
+
+
+def test_ctrl_c_keeps_the_previous_file_and_exits_130(folders, tmp_path, capsys, monkeypatch):
+
+    output = tmp_path / "adapters.safetensors"
+    output.write_bytes(b"previous adapters")
+    _ctrl_c_at_the_third_step(monkeypatch)
     argv = ["train", *folders, "-o", str(output), "--overwrite", "--steps", "10", "--eval-every", "1",
             "--val-fraction", "0", "--image-size", "64", *TINY]
     assert main(argv) == 130
@@ -145,16 +151,8 @@ def test_ctrl_c_keeps_the_previous_file_and_exits_130(folders, tmp_path, capsys,
 def test_ctrl_c_with_keep_resume_state_then_resume(folders, tmp_path, capsys, monkeypatch):
     import napari_clipsam.training.engine as training
 
-    output = tmp_path / "adapters.safetensors"
-    real_step, calls = training._train_step, []
-
-    def interrupted_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(training, "_train_step", interrupted_step)
+    output, real_step = tmp_path / "adapters.safetensors", training._train_step
+    _ctrl_c_at_the_third_step(monkeypatch)
     common = ["train", *folders, "-o", str(output), "--eval-every", "1", "--val-fraction", "0", "--image-size", "64",
               *TINY]
     assert main([*common, "--steps", "4", "--keep-resume-state"]) == 130
