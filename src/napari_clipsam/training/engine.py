@@ -19,7 +19,6 @@ from .._jobs import Job, relay, run
 from ..errors import OutputExistsError, TrainingDivergedError
 from ..inference.prompts import check_prompts
 from ..inference.sam_frame import mask_prompt_from_similarity, text_mode_points, to_sam_frame
-from ..model.adapters import conditioned
 from ..model.clipsam import ClipSamModel
 from .augment import Augmented, augment, photometric
 from .config import TrainingConfig
@@ -300,18 +299,18 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
     conditioning = model.conditioning(text, patch_grid, similarity)
 
     optimizer.zero_grad(set_to_none=True)
-    with conditioned(model.adapters, conditioning):
-        embeddings = model.encode_image(torch.cat(sam_inputs), conditioning, config.gradient_checkpointing)
-        losses = []
-        for i, (view, input_size) in enumerate(zip(views, input_sizes)):
-            points, boxes, mask_prompt = _training_prompts(model, view, similarity[i : i + 1], input_size, config, rng)
-            logits, predicted_iou = model.decode(embeddings[i : i + 1], points, boxes, mask_prompt, False)
-            target = low_res_target(view.mask, input_size, model.image_size, model.mask_input_size, device)
-            losses.append(segmentation_loss(logits, predicted_iou, target)["loss"])
-        loss = torch.stack(losses).mean()
-        if not bool(torch.isfinite(loss)):
-            raise _NonFinite(f"the loss is {float(loss.detach())}")
-        loss.backward()
+    # encode_image carries the conditioning into every block, checkpointed recomputation in backward included.
+    embeddings = model.encode_image(torch.cat(sam_inputs), conditioning, config.gradient_checkpointing)
+    losses = []
+    for i, (view, input_size) in enumerate(zip(views, input_sizes)):
+        points, boxes, mask_prompt = _training_prompts(model, view, similarity[i : i + 1], input_size, config, rng)
+        logits, predicted_iou = model.decode(embeddings[i : i + 1], points, boxes, mask_prompt, False)
+        target = low_res_target(view.mask, input_size, model.image_size, model.mask_input_size, device)
+        losses.append(segmentation_loss(logits, predicted_iou, target)["loss"])
+    loss = torch.stack(losses).mean()
+    if not bool(torch.isfinite(loss)):
+        raise _NonFinite(f"the loss is {float(loss.detach())}")
+    loss.backward()
     norm = torch.nn.utils.clip_grad_norm_([p for _, p in model.trainable_parameters()], max_norm=1.0)
     if not bool(torch.isfinite(norm)):
         raise _NonFinite("the gradients are NaN or infinite")
