@@ -12,6 +12,7 @@ from napari_clipsam.training.augment import augment
 from napari_clipsam.training.config import TrainingConfig
 from napari_clipsam.training.data import ConceptDataset, Sample
 from napari_clipsam.training.engine import iter_train, resume_path, train
+from napari_clipsam.training import engine as engine_module
 from napari_clipsam.training.evaluate import evaluate
 from tests.helpers import load_tiny, two_kinds_image
 
@@ -307,20 +308,28 @@ def test_text_mode_training_decodes_the_prompts_the_predictor_uses(datasets, mon
     torch.testing.assert_close(mask_prompt, expected_mask)
 
 
-def test_manual_mode_training_prompts_land_on_the_object_in_sams_frame(datasets, monkeypatch):
+def test_manual_mode_training_prompts_land_on_one_object_in_sams_frame(datasets, monkeypatch):
+    """A click means "this object": prompts come from one object, the target is that object."""
     sample = datasets[0][0]  # 96 x 96; the tiny SAM's frame is 256
+    objects = sample.object_labels()
+    assert objects.max() >= 2  # several objects, so that "one of them" can be told from "all"
     model = _model()
     seen = _decoded_prompts(model, monkeypatch)
+    targets = []
+    original_loss = engine_module.low_res_target
+    monkeypatch.setattr(engine_module, "low_res_target", lambda mask, *a: targets.append(mask) or original_loss(mask, *a))
     train(model, ConceptDataset([sample]), None, TrainingConfig(mode="manual", steps=6, augment=False))
     scale = model.image_size / max(sample.mask.shape)
     assert len(seen) == 6 and any(boxes is not None for _, boxes, _ in seen)
-    for points, boxes, mask_prompt in seen:
+    for (points, boxes, mask_prompt), target in zip(seen, targets):
         coords, labels = points[0][0].numpy() / scale, points[1][0].numpy()
-        inside = sample.mask[np.rint(coords[:, 1]).astype(int), np.rint(coords[:, 0]).astype(int)]
-        np.testing.assert_array_equal(inside, labels == 1)  # XY order, positives on the object
+        rows, cols = np.rint(coords[:, 1]).astype(int), np.rint(coords[:, 0]).astype(int)
+        [value] = set(objects[rows[labels == 1], cols[labels == 1]])  # every positive on one object
+        np.testing.assert_array_equal(target, objects == value)  # and the target is that object alone
+        assert not (objects[rows[labels == 0], cols[labels == 0]] == value).any()  # XY order
         if boxes is not None:
             x0, y0, x1, y1 = boxes[0].numpy() / scale
-            ys, xs = np.nonzero(sample.mask)
+            ys, xs = np.nonzero(objects == value)
             assert (x0, y0, x1, y1) == pytest.approx((xs.min(), ys.min(), xs.max(), ys.max()), abs=1e-3)
         assert mask_prompt is not None  # the similarity mask prompt stays on, as in manual segmentation
 

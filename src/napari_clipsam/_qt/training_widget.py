@@ -41,7 +41,8 @@ from .text_width import WrappingLabel, keep_width
 if TYPE_CHECKING:
     import napari
 
-MODES = {"Semi-automatic (text only)": "text", "Manual (points / box)": "manual"}
+MODES = {"Semi-automatic (text only)": "text", "Manual (one object per click / box)": "manual",
+         "Both (text only and clicks)": "both"}
 
 
 class _PairRow(Container):

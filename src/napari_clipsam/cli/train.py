@@ -89,7 +89,8 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--channel", type=int, help="channel to use in multi-channel images")
     group.add_argument(
         "--mode", choices=MODES, default="text",
-        help="the inference mode the model is (to be) used in: text-only, or manual prompts (default text)",
+        help="the inference mode the model is (to be) used in: text-only (target: every object of the concept), "
+        "manual (clicks and a box drawn from one object, target: that object), or both (default text)",
     )
 
 

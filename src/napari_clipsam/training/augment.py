@@ -47,20 +47,26 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Augmented:
-    """A sample after geometric augmentation; ``key`` identifies its CLIP input for caching."""
+    """A sample after geometric augmentation; ``key`` identifies its CLIP input for caching.
+
+    ``objects`` are the sample's objects (int32, 0 elsewhere) under the same transform.
+    """
 
     image: np.ndarray
     mask: np.ndarray
     key: tuple | None
+    objects: np.ndarray
 
 
 def augment(sample: Sample, index: int, rng: np.random.Generator, enabled: bool) -> Augmented:
     """Flips, 90-degree rotations and random resized crops (microscopy has no up or down)."""
+    objects = sample.object_labels()
     if not enabled:
-        return Augmented(sample.image, sample.mask, (index, 0))
+        return Augmented(sample.image, sample.mask, (index, 0), objects)
     k = int(rng.integers(0, 8))
-    image, mask = _dihedral(sample.image, k), _dihedral(sample.mask, k)
+    image, mask, objects = _dihedral(sample.image, k), _dihedral(sample.mask, k), _dihedral(objects, k)
     crop = _random_crop(mask.shape, mask, rng) if rng.random() < 0.5 else None
     if crop is None:
-        return Augmented(image, mask, (index, k))
-    return Augmented(np.ascontiguousarray(image[crop]), np.ascontiguousarray(mask[crop]), None)
+        return Augmented(image, mask, (index, k), objects)
+    return Augmented(*(np.ascontiguousarray(array[crop]) for array in (image, mask)), None,
+                     np.ascontiguousarray(objects[crop]))

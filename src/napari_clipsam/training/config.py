@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from ..weights.adapters_file import TRAINING_IMAGE_SIZE_MULTIPLE, TRAINING_IMAGE_SIZE_RANGE
 
-MODES = ("text", "manual")
+# "both": each training sample is drawn in one of the two modes at random, so one model
+# serves text-only segmentation and clicks (the demo model is trained so).
+MODES = ("text", "manual", "both")
 
 
 @dataclass(frozen=True)
@@ -19,8 +21,10 @@ class TrainingConfig:
     """How to train. Defaults follow the paper (AdamW, lr 5e-5, weight decay 1e-3).
 
     Attributes:
-        mode: the inference mode the model will be used in, ``"text"`` or ``"manual"``;
-            training prompts are produced exactly as that mode produces them.
+        mode: the inference mode the model will be used in, ``"text"``, ``"manual"`` or
+            ``"both"``; training prompts are produced exactly as that mode produces them
+            (text: CLIP's points, target all objects of the concept; manual: clicks and
+            boxes drawn from one object, target that object).
         steps: optimiser steps at most.
         batch_size: samples per step.
         learning_rate: for adapters, prompt encoder and mask decoder.
@@ -37,6 +41,10 @@ class TrainingConfig:
             adapters file and in ``model.preferred_image_size``, so predictors made
             afterwards segment at it.
         seed: for sampling, augmentation and prompts.
+        train_base: train every weight (SAM's backbone, both CLIP towers) as well, with
+            ``learning_rate``, and supervise the similarity map with the mask: training
+            a model from scratch, as the demo model is (``napari_clipsam.synthetic``).
+            Adapting pretrained weights leaves this off (the paper's setting).
     """
 
     mode: str = "text"
@@ -52,6 +60,7 @@ class TrainingConfig:
     gradient_checkpointing: bool = True
     image_size: int | None = None
     seed: int = 0
+    train_base: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -1,4 +1,10 @@
-"""Training data: (image, concept, mask) samples from arrays, layers or folders."""
+"""Training data: (image, concept, objects) samples from arrays, layers or folders.
+
+Labels are read as instance labels: each label value is an object (split into its
+connected parts), so a label image with one value for every nucleus still gives one object
+per nucleus where they do not touch, and one with a value per nucleus keeps touching nuclei
+apart. The manual mode trains on one object at a time (docs/training.md).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from ..inference.image import to_rgb_uint8
 
@@ -17,19 +24,47 @@ _LABEL_SUFFIXES = ("_labels", "_label", "_masks", "_mask", "_gt")
 
 @dataclass
 class Sample:
-    """One training example: an RGB image, one concept and its binary mask.
+    """One training example: an RGB image, one concept, its mask and its objects.
 
     Attributes:
         image: (H, W, 3) uint8 RGB (see :func:`to_rgb_uint8`).
         mask: (H, W) bool, True where the concept is.
         concept: the text naming what the mask shows.
         source: where the sample came from (file name or layer name), for reports.
+        objects: (H, W) int32 objects of the concept, 1..N (0 elsewhere); None: the
+            connected components of ``mask`` (see :meth:`object_labels`).
     """
 
     image: np.ndarray
     mask: np.ndarray
     concept: str
     source: str = ""
+    objects: np.ndarray | None = None
+
+    def object_labels(self) -> np.ndarray:
+        """(H, W) int32 objects 1..N of the concept (0 elsewhere)."""
+        if self.objects is None:
+            self.objects = instance_objects(self.mask)
+        return self.objects
+
+
+def instance_objects(labels: np.ndarray) -> np.ndarray:
+    """Objects 1..N (int32) of a label image: each value's connected parts (8-connected), apart.
+
+    Two touching objects of different values stay two; one value drawn over several
+    separate places (semantic labels) becomes one object per place.
+    """
+    labels = np.asarray(labels)
+    components, count = ndimage.label(labels > 0, structure=np.ones((3, 3), dtype=bool))
+    if count == 0 or labels.dtype == bool:
+        return components.astype(np.int32)
+    # A component holding several label values is several objects: number (component, value) pairs.
+    inside = components > 0
+    pairs = np.stack([components[inside], labels[inside].astype(np.int64)])
+    _, numbered = np.unique(pairs, axis=1, return_inverse=True)
+    objects = np.zeros(labels.shape, dtype=np.int32)
+    objects[inside] = numbered.reshape(-1) + 1
+    return objects
 
 
 def label_values(labels, name: str) -> np.ndarray:
@@ -66,12 +101,12 @@ def _binary_samples(image, labels, concepts: str | Mapping[int, str], source: st
         )
     if isinstance(concepts, str):
         mask = labels > 0
-        return [Sample(rgb, mask, concepts, source)] if mask.any() else []
+        return [Sample(rgb, mask, concepts, source, instance_objects(labels))] if mask.any() else []
     samples = []
     for value, concept in sorted(concepts.items()):
         mask = labels == int(value)
-        if mask.any():  # one binary sample per class present
-            samples.append(Sample(rgb, mask, concept, source))
+        if mask.any():  # one binary sample per class present; its objects are the class's components
+            samples.append(Sample(rgb, mask, concept, source, instance_objects(mask)))
     return samples
 
 
@@ -143,6 +178,31 @@ class ConceptDataset(Sequence[Sample]):
         for index, (image, labels, concepts) in enumerate(items):
             name = names[index] if names is not None else f"item {index}"
             samples += _binary_samples(image, labels, concepts, name, channel)
+        return cls(samples)
+
+    @classmethod
+    def from_instance_labels(
+        cls,
+        items: Iterable[tuple[np.ndarray, Mapping[str, np.ndarray]]],
+        names: Sequence[str] | None = None,
+    ) -> ConceptDataset:
+        """Samples from (image, {concept: instance labels}) pairs, one sample per concept present.
+
+        Each concept's label image holds its objects (one value per object, 0 elsewhere),
+        as :func:`napari_clipsam.synthetic.generate_scene` gives them. The image is
+        converted once and shared by its samples.
+        """
+        samples = []
+        for index, (image, by_concept) in enumerate(items):
+            name = names[index] if names is not None else f"item {index}"
+            rgb = to_rgb_uint8(image)
+            for concept, labels in sorted(by_concept.items()):
+                labels = label_values(labels, f"{name} ({concept})")
+                if labels.shape != rgb.shape[:2]:
+                    raise ValueError(f"{name}: the {concept} labels have shape {labels.shape}, the image "
+                                     f"{rgb.shape[:2]}; they must have the same height and width.")
+                if (labels > 0).any():
+                    samples.append(Sample(rgb, labels > 0, concept, name, instance_objects(labels)))
         return cls(samples)
 
     @classmethod

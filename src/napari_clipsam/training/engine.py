@@ -23,8 +23,8 @@ from ..model.clipsam import ClipSamModel
 from .augment import Augmented, augment, photometric
 from .config import TrainingConfig
 from .data import Sample
-from .evaluate import iter_evaluate, manual_prompts
-from .losses import low_res_target, segmentation_loss
+from .evaluate import choose_object, iter_evaluate, manual_prompts
+from .losses import low_res_target, segmentation_loss, similarity_loss
 from .results import EvaluationReport, TrainProgress, TrainResult
 from .resume import ResumeState, read_resume_state, restore_optimizer, write_resume_state
 from .run_files import resume_path
@@ -39,10 +39,13 @@ def _learning_rate_factor(step: int, total: int, warmup_fraction: float) -> floa
 
 
 def _optimizer(model: ClipSamModel, config: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters only, CLIP's attention in its own low-lr group."""
+    """AdamW over the trainable parameters only, CLIP's attention in its own low-lr group.
+
+    Training from scratch (``train_base``) puts every weight in one group.
+    """
     clip_parameters, other = [], []
     for name, parameter in model.trainable_parameters():
-        (clip_parameters if name.startswith("clip.") else other).append(parameter)
+        (clip_parameters if name.startswith("clip.") and not config.train_base else other).append(parameter)
     groups = [{"params": other, "lr": config.learning_rate, "weight_decay": config.weight_decay}]
     if clip_parameters:
         groups.append({"params": clip_parameters, "lr": config.clip_learning_rate, "weight_decay": 0.0})
@@ -54,12 +57,13 @@ def _optimizer(model: ClipSamModel, config: TrainingConfig) -> torch.optim.Optim
 class _FeatureCache:
     """CLIP patch features per augmented view, reused while CLIP is frozen."""
 
-    def __init__(self, model: ClipSamModel) -> None:
+    def __init__(self, model: ClipSamModel, clip_trains: bool) -> None:
         self.model = model
+        self.frozen = not clip_trains
         self.features: dict[tuple, torch.Tensor] = {}
 
     def patches(self, view: Augmented) -> torch.Tensor:
-        frozen = not self.model.config.train_clip_attention
+        frozen = self.frozen
         if frozen and view.key is not None and view.key in self.features:
             return self.features[view.key]
         with torch.set_grad_enabled(not frozen):
@@ -144,6 +148,8 @@ def iter_train(
             )
     concepts = sorted({s.concept for s in train_set})
     model.freeze_base()
+    if config.train_base:
+        model.requires_grad_(True)
     trainable = dict(model.trainable_parameters())
     optimizer = _optimizer(model, config)
     saved = None
@@ -188,7 +194,7 @@ def _run(model: ClipSamModel, train_set, val_set, config: TrainingConfig, output
     if val_set and start_step == 0:
         initial = yield from _validate(model, val_set, config, 0)
         best_report, best_state = initial, _snapshot(trainable)
-    cache = _FeatureCache(model)
+    cache = _FeatureCache(model, model.config.train_clip_attention or config.train_base)
     stale_evaluations = 0
     stopped_early = False
     model.eval()  # SAM and CLIP have no dropout or batch norm: eval mode trains the same
@@ -232,7 +238,8 @@ def _run(model: ClipSamModel, train_set, val_set, config: TrainingConfig, output
     if output is not None:
         # The last point where a Cancel is honoured: past it, the save completes.
         yield TrainProgress("saving", len(losses), config.steps)
-        model.save_adapters(output, concepts=concepts, extra_metadata=extra, replace=replace)
+        model.save_adapters(output, concepts=concepts, extra_metadata=extra, replace=replace,
+                                every_weight=config.train_base)
     return TrainResult(initial, best_report, best_step, len(losses), stopped_early, losses, output)
 
 
@@ -263,7 +270,8 @@ def _diverged(model: ClipSamModel, step: int, problem: str, config: TrainingConf
         best_step, report = best
         where = "no output file was given"
         if output is not None:
-            model.save_adapters(output, concepts=concepts, extra_metadata=extra, replace=replace)
+            model.save_adapters(output, concepts=concepts, extra_metadata=extra, replace=replace,
+                                every_weight=config.train_base)
             where = f"it was saved to {output}"
         return TrainingDivergedError(f"{message} The model holds the best validated state (step {best_step}, "
                                      f"validation IoU {report.iou:.3f}); {where}.")
@@ -285,15 +293,14 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
                 cache: _FeatureCache, config: TrainingConfig, rng: np.random.Generator) -> float:
     device = model.device
     views = [augment(sample, index, rng, config.augment) for sample, index in zip(batch, indices)]
-    sam_inputs, input_sizes, texts, patches = [], [], [], []
-    for view, sample in zip(views, batch):
+    sam_inputs, input_sizes, patches = [], [], []
+    for view in views:
         image = photometric(view.image, rng) if config.augment else view.image
         sam_input, input_size = model.sam_input(image)
         sam_inputs.append(sam_input)
         input_sizes.append(input_size)
-        texts.append(model.text_embedding(sample.concept))
         patches.append(cache.patches(view))
-    text = torch.stack(texts)
+    text = _text_embeddings(model, [sample.concept for sample in batch], config.train_base)
     patch_grid = torch.cat(patches)
     similarity = model.similarity(patch_grid, text)
     conditioning = model.conditioning(text, patch_grid, similarity)
@@ -303,10 +310,13 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
     embeddings = model.encode_image(torch.cat(sam_inputs), conditioning, config.gradient_checkpointing)
     losses = []
     for i, (view, input_size) in enumerate(zip(views, input_sizes)):
-        points, boxes, mask_prompt = _training_prompts(model, view, similarity[i : i + 1], input_size, config, rng)
+        points, boxes, mask_prompt, target_mask = _training_prompts(model, view, similarity[i : i + 1], input_size,
+                                                                    config, rng)
         logits, predicted_iou = model.decode(embeddings[i : i + 1], points, boxes, mask_prompt, False)
-        target = low_res_target(view.mask, input_size, model.image_size, model.mask_input_size, device)
+        target = low_res_target(target_mask, input_size, model.image_size, model.mask_input_size, device)
         losses.append(segmentation_loss(logits, predicted_iou, target)["loss"])
+        if config.train_base:
+            losses[-1] = losses[-1] + similarity_loss(similarity[i], view.mask)
     loss = torch.stack(losses).mean()
     if not bool(torch.isfinite(loss)):
         raise _NonFinite(f"the loss is {float(loss.detach())}")
@@ -316,15 +326,26 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
         raise _NonFinite("the gradients are NaN or infinite")
     optimizer.step()
     model.weights_version += 1
+    if config.train_base:
+        model.forget_text_embeddings()
     return float(loss.detach())
 
 
+def _text_embeddings(model: ClipSamModel, concepts: list[str], trains_text: bool) -> torch.Tensor:
+    """(B, D) text embeddings; through the text tower's graph when it trains (once per concept)."""
+    if not trains_text:
+        return torch.stack([model.text_embedding(concept) for concept in concepts])
+    by_concept = {concept: model.text_embedder(concept, model.device, grad=True) for concept in set(concepts)}
+    return torch.stack([by_concept[concept] for concept in concepts])
+
+
 def _training_prompts(model: ClipSamModel, view: Augmented, similarity: torch.Tensor, input_size, config, rng):
-    """Prompts in SAM's input frame, made exactly as the chosen inference mode makes them.
+    """Prompts in SAM's input frame, made exactly as the chosen inference mode makes them, and the target mask.
 
     The same functions as :meth:`ClipSamPredictor.predict`: the text mode's points and
-    mask prompt from the similarity map, the manual mode's clicks checked as the
-    predictor checks a user's, one conversion into SAM's frame.
+    mask prompt from the similarity map (target: every object of the concept), the manual
+    mode's clicks and box drawn from one object and checked as the predictor checks a
+    user's (target: that object), one conversion into SAM's frame.
     """
     original_size = view.mask.shape
     mask_prompt = None
@@ -332,13 +353,15 @@ def _training_prompts(model: ClipSamModel, view: Augmented, similarity: torch.Te
         mask_prompt = mask_prompt_from_similarity(
             similarity.detach(), model.config.similarity_threshold, input_size, model.image_size, model.mask_input_size
         )
-    if config.mode == "text":
+    mode = config.mode if config.mode != "both" else ("text", "manual")[int(rng.integers(0, 2))]
+    if mode == "text":
         coords, labels = text_mode_points(similarity.detach(), original_size, model.config)
-        box = None
+        box, target = None, view.mask
     else:
-        coords, labels, box = check_prompts(*manual_prompts(view.mask, rng))
+        target = choose_object(view.objects, rng)
+        coords, labels, box = check_prompts(*manual_prompts(target, rng))
     points, boxes = to_sam_frame(coords, labels, box, original_size, model.image_size, model.device)
-    return points, boxes, mask_prompt
+    return points, boxes, mask_prompt, target
 
 
 __all__ = ["iter_train", "resume_path", "train"]

@@ -1,4 +1,8 @@
-"""Evaluation: IoU and Dice per concept, with prompts made as the inference mode makes them."""
+"""Evaluation: IoU and Dice per concept, with prompts made as the inference mode makes them.
+
+The text mode is scored on the whole concept mask; the manual mode on one object, the one
+its prompts were drawn from (a click means "this object").
+"""
 
 from __future__ import annotations
 
@@ -22,10 +26,31 @@ def _iou_dice(prediction: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return (intersection / union if union else 1.0), (2 * intersection / total if total else 1.0)
 
 
+def choose_object(objects: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) bool mask of one object of ``objects`` (int labels, 0 elsewhere), drawn uniformly.
+
+    An image without objects gives an empty mask.
+    """
+    present = np.unique(objects)
+    present = present[present > 0]
+    if present.size == 0:
+        return np.zeros(objects.shape, dtype=bool)
+    return objects == present[int(rng.integers(0, present.size))]
+
+
+# How many positive clicks a manual-mode prompt has: one most often, as users (and the
+# seeded instance segmentation) click once per object.
+_POSITIVE_COUNT_WEIGHTS = (0.5, 0.3, 0.2)
+
+
 def manual_prompts(mask: np.ndarray, rng: np.random.Generator, max_positive: int = 3, max_negative: int = 2,
                    box_probability: float = 0.5) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """Manual-mode prompts sampled from a ground-truth mask: points (XY) with labels, and maybe a box (XYXY)."""
-    positives = int(rng.integers(1, max_positive + 1))
+    """Manual-mode prompts sampled from a ground-truth mask: points (XY) with labels, and maybe a box (XYXY).
+
+    The mask is the one object the prompts point at (see :func:`choose_object`).
+    """
+    weights = np.array(_POSITIVE_COUNT_WEIGHTS if max_positive == len(_POSITIVE_COUNT_WEIGHTS) else [1.0] * max_positive)
+    positives = int(rng.choice(np.arange(1, max_positive + 1), p=weights / weights.sum()))
     negatives = int(rng.integers(0, max_negative + 1))
     coords, labels = points_from_mask(mask, positives, negatives, rng)
     box = None
@@ -42,6 +67,8 @@ def iter_evaluate(
 ) -> Job[EvaluationReport]:
     """Evaluate as the chosen inference mode would run; yields per sample, returns the report.
 
+    ``"both"`` scores every sample in the text mode and in the manual mode.
+
     ``image_size`` is SAM's input side (None: the model's own), as for the predictor.
     """
     if mode not in MODES:
@@ -57,13 +84,16 @@ def iter_evaluate(
             yield Progress(f"evaluating {index + 1}/{len(dataset)}", index, len(dataset))
             predictor.set_image(sample.image)
             predictor.set_concept(sample.concept)
-            if mode == "text":
+            if mode in ("text", "both"):
                 masks, _, _ = predictor.predict()
-            else:
-                # The same prompts for every evaluation of this sample: comparable runs.
-                coords, labels, box = manual_prompts(sample.mask, np.random.default_rng([seed, index]))
+                scores.setdefault(sample.concept, []).append(_iou_dice(masks[0], sample.mask))
+            if mode in ("manual", "both"):
+                # The same object and prompts for every evaluation of this sample: comparable runs.
+                rng = np.random.default_rng([seed, index])
+                target = choose_object(sample.object_labels(), rng)
+                coords, labels, box = manual_prompts(target, rng)
                 masks, _, _ = predictor.predict(point_coords=coords, point_labels=labels, box=box)
-            scores.setdefault(sample.concept, []).append(_iou_dice(masks[0], sample.mask))
+                scores.setdefault(sample.concept, []).append(_iou_dice(masks[0], target))
     finally:
         model.train(was_training)
     per_concept = {

@@ -72,3 +72,14 @@ def segmentation_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, target:
     }
     total = torch.stack(list(terms.values())).sum()
     return {"loss": total, **{name: term.detach() for name, term in terms.items()}}
+
+
+def similarity_loss(similarity: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
+    """Squared error of the (g, g) similarity map against the concept's share of each patch.
+
+    Supervises CLIP (both towers) when a model is trained from scratch: the text-only mode
+    draws its points and mask prompt from this map, so it must point at the concept.
+    """
+    target = torch.as_tensor(mask, dtype=torch.float32, device=similarity.device)[None, None]
+    target = F.interpolate(target, size=tuple(similarity.shape[-2:]), mode="area")[0, 0]
+    return F.mse_loss(similarity.float(), target)

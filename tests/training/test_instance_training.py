@@ -1,0 +1,131 @@
+"""Instance-aware training data, the "both" mode, and training a model from scratch (train_base)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import napari_clipsam as nc
+from napari_clipsam.training import engine as engine_module
+from napari_clipsam.training.augment import augment
+from napari_clipsam.training.config import TrainingConfig
+from napari_clipsam.training.data import ConceptDataset, Sample, instance_objects
+from napari_clipsam.training.engine import train
+from napari_clipsam.weights.adapters_file import read_adapters_metadata
+from tests.helpers import load_tiny
+
+
+def _touching_pair() -> tuple[np.ndarray, np.ndarray]:
+    """A 64x64 image with two touching squares (labels 1 and 2) and a separate one (label 3)."""
+    labels = np.zeros((64, 64), dtype=np.int32)
+    labels[10:30, 10:25] = 1
+    labels[10:30, 25:40] = 2  # shares an edge with 1
+    labels[45:55, 45:55] = 3
+    image = np.where(labels > 0, 200, 30).astype(np.uint8)
+    return image, labels
+
+
+def test_touching_objects_of_different_values_stay_apart():
+    _, labels = _touching_pair()
+    objects = instance_objects(labels)
+    assert objects.dtype == np.int32 and objects.max() == 3
+    for value in (1, 2, 3):  # each label value is exactly one object
+        assert len(np.unique(objects[labels == value])) == 1
+    assert len({int(objects[labels == v][0]) for v in (1, 2, 3)}) == 3
+
+
+def test_semantic_labels_become_one_object_per_connected_part():
+    semantic = np.zeros((40, 40), dtype=np.uint8)
+    semantic[2:10, 2:10] = 1
+    semantic[20:30, 20:30] = 1
+    objects = instance_objects(semantic)
+    assert objects.max() == 2
+    assert objects[5, 5] != objects[25, 25] and objects[0, 0] == 0
+    np.testing.assert_array_equal(instance_objects(semantic > 0), objects)
+
+
+def test_a_layer_of_instance_labels_gives_one_sample_whose_objects_are_its_values():
+    image, labels = _touching_pair()
+    [sample] = ConceptDataset.from_arrays([(image, labels, "nucleus")])
+    assert sample.object_labels().max() == 3
+    np.testing.assert_array_equal(sample.mask, labels > 0)
+
+
+def test_from_instance_labels_makes_a_sample_per_concept_present():
+    image, labels = _touching_pair()
+    empty = np.zeros_like(labels)
+    dataset = ConceptDataset.from_instance_labels([(image, {"nucleus": labels, "spot": empty})], names=["scene"])
+    [sample] = dataset
+    assert sample.concept == "nucleus" and sample.source == "scene"
+    assert sample.image.shape == (64, 64, 3) and sample.object_labels().max() == 3
+    with pytest.raises(ValueError, match="scene: the nucleus labels have shape"):
+        ConceptDataset.from_instance_labels([(image, {"nucleus": labels[:10]})], names=["scene"])
+
+
+def test_augmentation_moves_objects_with_the_image_and_mask():
+    image, labels = _touching_pair()
+    sample = Sample(np.repeat(image[..., None], 3, axis=-1), labels > 0, "nucleus", "", instance_objects(labels))
+    rng = np.random.default_rng(0)
+    for index in range(30):
+        view = augment(sample, index, rng, True)
+        np.testing.assert_array_equal(view.objects > 0, view.mask)
+        np.testing.assert_array_equal(view.image[..., 0] == 200, view.mask)
+
+
+def test_both_mode_trains_on_whole_concepts_and_on_single_objects(monkeypatch):
+    image, labels = _touching_pair()
+    dataset = ConceptDataset.from_arrays([(image, labels, "thing")])
+    targets = []
+    original = engine_module.low_res_target
+    monkeypatch.setattr(engine_module, "low_res_target", lambda mask, *a: targets.append(mask) or original(mask, *a))
+    train(load_tiny(), dataset, None, TrainingConfig(mode="both", steps=12, augment=False, seed=3))
+    whole = [t for t in targets if np.array_equal(t, labels > 0)]
+    single = [t for t in targets if len(np.unique(labels[t])) == 1 and t.sum() in (300, 100)]
+    assert whole and single and len(whole) + len(single) == 12
+
+
+def test_training_from_scratch_changes_every_part_and_saves_every_weight(tmp_path):
+    image, labels = _touching_pair()
+    dataset = ConceptDataset.from_arrays([(image, labels, "thing")])
+    torch.manual_seed(0)
+    model = load_tiny()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    text_before = model.text_embedding("thing").clone()
+    output = tmp_path / "scratch.safetensors"
+    train(model, dataset, dataset, TrainingConfig(mode="both", steps=3, augment=False, learning_rate=1e-3,
+                                                  eval_every=3, train_base=True), output=output)
+    changed = {name.split(".")[0] + "." + name.split(".")[1] for name, p in model.named_parameters()
+               if not torch.equal(p.detach(), before[name])}
+    # SAM's backbone and both CLIP towers trained, not only adapters and the decoder.
+    assert {"sam.image_encoder", "sam.mask_decoder", "clip.visual", "clip.transformer"} <= changed
+    # Cached text embeddings were dropped when the text tower changed.
+    assert not torch.allclose(model.text_embedding("thing"), text_before)
+    assert read_adapters_metadata(output)["weights"] == "all"
+
+    # The file alone turns a freshly initialised model of that architecture into the trained one.
+    torch.manual_seed(123)
+    reloaded = load_tiny(adapters=output)
+    assert reloaded.concepts == ("thing",)
+    # Every weight, buffers included (SAM's random Fourier features of prompt positions).
+    for name, weight in reloaded.state_dict().items():
+        torch.testing.assert_close(weight, model.state_dict()[name])
+    masks = []
+    for candidate in (model, reloaded):
+        predictor = nc.ClipSamPredictor(candidate)
+        predictor.set_image(image)
+        predictor.set_concept("thing")
+        masks.append(predictor.predict()[2])
+    np.testing.assert_allclose(masks[0], masks[1], atol=1e-4)
+
+
+def test_half_precision_files_of_every_weight_load_into_a_float32_model(tmp_path):
+    torch.manual_seed(0)
+    model = load_tiny()
+    path = model.save_adapters(tmp_path / "half.safetensors", concepts=["a"], every_weight=True,
+                               dtype=torch.float16)
+    reloaded = load_tiny(adapters=path)
+    for name, weight in reloaded.state_dict().items():
+        if weight.is_floating_point():
+            assert weight.dtype == torch.float32
+            torch.testing.assert_close(weight, model.state_dict()[name].half().float())
