@@ -36,10 +36,16 @@ def load_model(
     config: ClipSamConfig | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: ProgressCallback | None = None,
+    preset: str | None = None,
 ) -> ClipSamModel:
     """Build CLIP-guided SAM and load its weights.
 
     Args:
+        preset: a model shipped in the package instead of downloaded weights:
+            ``"demo"``, small CLIP-guided SAM trained on generated scenes (its concepts
+            in ``model.concepts``; for trying the plugin offline, not for real data).
+            ``sam``, ``clip``, the checkpoints and ``config`` then come from the preset;
+            ``adapters`` may still add weights fine-tuned on top of it.
         sam: SAM variant, ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` or ``"tiny"`` (tests).
         clip: open_clip model name (``"ViT-B-16"``), an ``"hf-hub:"`` name, or ``"tiny"``.
         sam_checkpoint: ``"default"`` (the official checkpoint of the variant), a
@@ -71,6 +77,8 @@ def load_model(
     from .clip import build_clip, clip_file_cfg, get_tokenizer
     from .clipsam import ClipSamModel
 
+    if preset is not None:
+        return _load_preset(preset, adapters, device, precision, config)
     if adapters is not None:
         # Checked (InvalidAdaptersError naming the file) before anything is built.
         file_config = read_adapters_config(adapters, ClipSamConfig.from_json)
@@ -115,6 +123,19 @@ def load_model(
         device=torch_device,
         precision=resolved_precision,
     )
+    if adapters is not None:
+        model.load_adapters(adapters)
+    return model
+
+
+def _load_preset(name: str, adapters, device, precision: str, config: ClipSamConfig | None) -> ClipSamModel:
+    """A model shipped in the package (``weights/presets.py``), with optional adapters trained on it."""
+    from ..weights.presets import get_preset, preset_path
+
+    preset = get_preset(name)
+    path = preset_path(name)
+    model = load_model(preset.sam, preset.clip, None, None, adapters=path, device=device, precision=precision,
+                       config=config)
     if adapters is not None:
         model.load_adapters(adapters)
     return model

@@ -133,16 +133,40 @@ def build_sam_tiny() -> Sam:
     )
 
 
+def build_sam_demo() -> Sam:
+    """The demo model's SAM: 256 px input, 8 px patches (a 32x32 grid, 128x128 mask logits).
+
+    Small enough to train from scratch on a CPU and ship in the package; the finer patch
+    grid than ``tiny`` keeps small objects (spots of 5 px) resolvable.
+    """
+    return _build_sam(
+        image_size=256,
+        patch_size=8,
+        encoder_embed_dim=64,
+        encoder_depth=4,
+        encoder_num_heads=4,
+        encoder_global_attn_indexes=(1, 3),
+        window_size=8,
+        prompt_embed_dim=64,
+        mask_in_chans=8,
+        decoder_depth=2,
+        decoder_mlp_dim=256,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=64,
+    )
+
+
 SAM_BUILDERS: dict[str, Callable[[], Sam]] = {
     "vit_b": build_sam_vit_b,
     "vit_l": build_sam_vit_l,
     "vit_h": build_sam_vit_h,
     "tiny": build_sam_tiny,
+    "demo": build_sam_demo,
 }
 
 
 def list_sam_variants() -> list[str]:
-    """The SAM architectures :func:`build_sam` builds (``"tiny"`` is for tests and quick checks)."""
+    """The SAM architectures :func:`build_sam` builds (``"tiny"`` is for tests, ``"demo"`` for the demo model)."""
     return list(SAM_BUILDERS)
 
 

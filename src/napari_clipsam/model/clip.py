@@ -14,24 +14,26 @@ from torch import nn
 from ..errors import AmbiguousWeightsError, MissingDependencyError
 from ..weights.registry import HUB_CONFIG_NAME, clip_folder, hub_repo_id, resolve_clip_checkpoint
 
-# Our name for the small test architecture, and the name it is registered under in
-# open_clip's model-config registry (so that it is built by open_clip's own factory).
+# Our names for our own small architectures (the test model's and the demo model's), and
+# the names they are registered under in open_clip's model-config registry (so that they
+# are built by open_clip's own factory).
 TINY_CLIP = "tiny"
-_TINY_OPEN_CLIP_NAME = "clipsam-tiny"
+DEMO_CLIP = "demo"
+_OWN_OPEN_CLIP_NAMES = {TINY_CLIP: "clipsam-tiny", DEMO_CLIP: "clipsam-demo"}
 
 
 def _open_clip_name(name: str) -> str:
-    if name == TINY_CLIP:
-        if _TINY_OPEN_CLIP_NAME not in open_clip.list_models():
-            config_path = files("napari_clipsam") / "model_configs" / f"{_TINY_OPEN_CLIP_NAME}.json"
-            open_clip.add_model_config(str(config_path))
-        return _TINY_OPEN_CLIP_NAME
-    return name
+    own = _OWN_OPEN_CLIP_NAMES.get(name)
+    if own is None:
+        return name
+    if own not in open_clip.list_models():
+        open_clip.add_model_config(str(files("napari_clipsam") / "model_configs" / f"{own}.json"))
+    return own
 
 
 def list_clip_models() -> list[str]:
-    """CLIP architectures that can be built (open_clip's names, plus ``"tiny"``)."""
-    return [TINY_CLIP, *open_clip.list_models()]
+    """CLIP architectures that can be built (open_clip's names, plus ``"tiny"`` and ``"demo"``)."""
+    return [*_OWN_OPEN_CLIP_NAMES, *open_clip.list_models()]
 
 
 def _require_transformers(name: str, text_cfg: dict[str, Any]) -> None:

@@ -78,6 +78,10 @@ class ClipSamModel(nn.Module):
         # Counts changes to the trainable weights (loading, training): predictors compare
         # it with the count their cached features were computed at.
         self.weights_version = 0
+        # The concepts the loaded weights were trained on (from the adapters file), and the
+        # file's description (the demo model says there what it is for).
+        self.concepts: tuple[str, ...] = ()
+        self.description: str | None = None
         self.freeze_base()
         self.to(device)
         # The decoder's transposed convolutions run about twice as fast in channels-last
@@ -153,18 +157,25 @@ class ClipSamModel(nn.Module):
             self.config = dataclasses.replace(self.config, train_clip_attention=trainable)
         self.freeze_base()
 
-    def assign_trainable(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Copy ``tensors`` into the trainable parameters of the same names.
+    def assign_trainable(self, tensors: dict[str, torch.Tensor], every_weight: bool = False) -> None:
+        """Copy ``tensors`` into the trainable parameters (or, ``every_weight``, any parameters) of the same names.
 
         Every replacement of trainable weights goes through here, so that predictors
         learn (through :attr:`weights_version`) that their cached features are stale.
         """
-        parameters = dict(self.trainable_parameters())
+        parameters = self.every_weight() if every_weight else dict(self.trainable_parameters())
         with torch.no_grad():
             for name, value in tensors.items():
                 parameter = parameters[name]
                 parameter.copy_(value.to(parameter.device, parameter.dtype))
         self.weights_version += 1
+        if every_weight:
+            self.forget_text_embeddings()
+
+    def every_weight(self) -> dict[str, torch.Tensor]:
+        """Every parameter and saved buffer by name (SAM's random Fourier features of prompt
+        positions are a buffer that a model trained from scratch must keep)."""
+        return {name: tensor for name, tensor in self.state_dict(keep_vars=True).items() if tensor.is_floating_point()}
 
     def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         return ((name, p) for name, p in self.named_parameters() if p.requires_grad)
@@ -200,6 +211,12 @@ class ClipSamModel(nn.Module):
             while len(self._text_cache) > 256:
                 self._text_cache.popitem(last=False)
             return embedding
+
+    def forget_text_embeddings(self) -> None:
+        """Drop cached text embeddings: the text tower changed (training it from scratch)."""
+        with _TEXT_EMBEDDINGS:
+            self._text_cache.clear()
+            self.text_embedder.forget()
 
     def clip_input(self, image: np.ndarray) -> torch.Tensor:
         """(1, 3, S, S) CLIP input from an (H, W, 3) uint8 RGB image, S = config.clip_image_size."""
@@ -320,13 +337,14 @@ class ClipSamModel(nn.Module):
         return compile_decoder(self, warm_up)
 
     # --------------------------------------------------------------- adapters
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything trainable (adapters, prompt encoder, mask decoder, optional CLIP attention)."""
-        return {name: p.detach().cpu().contiguous() for name, p in self.trainable_parameters()}
+    def trainable_state_dict(self, every_weight: bool = False) -> dict[str, torch.Tensor]:
+        """Everything trainable (adapters, prompt encoder, mask decoder, optional CLIP attention), or every weight."""
+        parameters = self.every_weight().items() if every_weight else self.trainable_parameters()
+        return {name: p.detach().cpu().contiguous() for name, p in parameters}
 
     def save_adapters(
         self, path: str | os.PathLike, concepts: Sequence[str] = (), extra_metadata: dict[str, str] | None = None,
-        *, replace: bool = True,
+        *, replace: bool = True, every_weight: bool = False, dtype: torch.dtype | None = None,
     ) -> Path:
         """Write the trainable weights and what they fit to an adapters file, atomically.
 
@@ -334,34 +352,52 @@ class ClipSamModel(nn.Module):
         file at ``path`` untouched. With ``replace=False`` an existing file stays as it is
         (:class:`OutputExistsError`). Weights that are not finite are never written
         (:class:`InvalidAdaptersError`).
+
+        Args:
+            every_weight: write every weight of the model (a model trained from scratch,
+                such as the demo model), loadable onto a randomly initialised model of the
+                same architecture.
+            dtype: store floating-point tensors in this type (float16 halves the file).
         """
         from ..weights.adapters_file import adapters_metadata, write_adapters_file
 
+        extra = dict(extra_metadata or {})
+        if every_weight:
+            extra["weights"] = "all"
         metadata = adapters_metadata(
-            sam=self.sam_name, clip=self.clip_name, config_json=self.config.to_json(), concepts=concepts,
-            extra=extra_metadata,
+            sam=self.sam_name, clip=self.clip_name, config_json=self.config.to_json(), concepts=concepts, extra=extra,
         )
-        return write_adapters_file(path, self.trainable_state_dict(), metadata, replace=replace)
+        tensors = self.trainable_state_dict(every_weight)
+        if dtype is not None:
+            tensors = {name: tensor.to(dtype) for name, tensor in tensors.items()}
+        return write_adapters_file(path, tensors, metadata, replace=replace)
 
     def load_adapters(self, path: str | os.PathLike) -> dict[str, str]:
         """Load weights saved by :meth:`save_adapters`; returns the file's metadata.
 
         The whole file is checked before any weight is copied in (``weights/adapters_file.py``):
-        after a refusal the model is as it was.
+        after a refusal the model is as it was. A file of every weight (``every_weight``)
+        replaces all of the model's weights.
 
         Raises:
             InvalidAdaptersError: the file is damaged, malformed or unsafe (an entry missing,
                 unknown or out of range, a tensor of another name, shape or dtype, or not finite).
             AdaptersMismatchError: a valid file made for another base model or configuration.
         """
-        from ..weights.adapters_file import preferred_image_size, read_adapters
+        import json
 
+        from ..weights.adapters_file import holds_all_weights, preferred_image_size, read_adapters, read_adapters_metadata
+
+        every_weight = holds_all_weights(read_adapters_metadata(path))
+        parameters = self.every_weight().items() if every_weight else self.trainable_parameters()
         tensors, metadata = read_adapters(
             path, sam=self.sam_name, clip=self.clip_name, config=self.config, parse_config=ClipSamConfig.from_json,
-            shapes={name: tuple(p.shape) for name, p in self.trainable_parameters()},
+            shapes={name: tuple(p.shape) for name, p in parameters},
         )
-        self.assign_trainable(tensors)
+        self.assign_trainable(tensors, every_weight=every_weight)
         self.preferred_image_size = preferred_image_size(metadata, self.image_size)
+        self.concepts = tuple(json.loads(metadata["concepts"]))
+        self.description = metadata.get("description")
         return metadata
 
 

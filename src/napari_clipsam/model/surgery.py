@@ -311,7 +311,6 @@ class TextEmbedder:
         self.templates = tuple(templates)
         self._empty: torch.Tensor | None = None
 
-    @torch.no_grad()
     def _ensemble(self, concept: str, device: torch.device) -> torch.Tensor:
         texts = [template.format(concept) for template in self.templates]
         tokens = self.tokenizer(texts).to(device)
@@ -321,11 +320,22 @@ class TextEmbedder:
         embeddings = F.normalize(embeddings, dim=-1).mean(dim=0)
         return F.normalize(embeddings, dim=-1)
 
-    def __call__(self, concept: str, device: torch.device) -> torch.Tensor:
-        """(D,) float32 unit vector for ``concept``."""
-        if self._empty is None or self._empty.device != device:
-            self._empty = self._ensemble("", device)
-        return F.normalize(self._ensemble(concept, device) - self._empty, dim=-1)
+    def __call__(self, concept: str, device: torch.device, grad: bool = False) -> torch.Tensor:
+        """(D,) float32 unit vector for ``concept``.
+
+        ``grad``: keep the graph through the text tower (training it, as for a model
+        trained from scratch); the empty-concept part is then computed afresh too.
+        """
+        with torch.set_grad_enabled(grad):
+            if grad:
+                return F.normalize(self._ensemble(concept, device) - self._ensemble("", device), dim=-1)
+            if self._empty is None or self._empty.device != device:
+                self._empty = self._ensemble("", device)
+            return F.normalize(self._ensemble(concept, device) - self._empty, dim=-1)
+
+    def forget(self) -> None:
+        """Drop the cached empty-concept embedding (the text tower's weights changed)."""
+        self._empty = None
 
 
 def similarity_map(patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """The adapters file: trained weights in safetensors, with metadata that names what they fit.
 
 The file holds every trainable tensor (adapters, prompt encoder, mask decoder, and
-CLIP's attention when it was co-trained) under the model's own parameter names, and
+CLIP's attention when it was co-trained) under the model's own parameter names or, for a
+model trained from scratch such as the demo model (metadata ``weights: "all"``), every
+weight of the model, and
 string metadata: the format and its version, the SAM and CLIP names, the model
 configuration as JSON, the concepts trained on, and the package version. Only this
 module reads and writes the format; it knows nothing of the model's code (the model
@@ -36,6 +38,10 @@ TRAINING_IMAGE_SIZE_RANGE = (64, 4096)
 _MAX_NAME_CHARACTERS = 256
 _MAX_CONCEPTS = 4096
 _MAX_CONCEPT_CHARACTERS = 1000
+_MAX_DESCRIPTION_CHARACTERS = 2000
+# What the tensors cover: the trainable weights (adapters, decoder...) on a base model
+# loaded apart, or every weight of the model (trained from scratch).
+WEIGHTS_KINDS = ("trainable", "all")
 
 # Names as safetensors spells the dtypes it stores; anything else (integers, bool, fp8) is
 # refused rather than cast, which would silently turn a wrong file into weights.
@@ -92,6 +98,12 @@ def _training_mode(value: str) -> str | None:
     return None if value in MODES else f"must be one of {', '.join(MODES)}"
 
 
+def _description(value: str) -> str | None:
+    if not value or len(value) > _MAX_DESCRIPTION_CHARACTERS or not value.replace("\n", " ").isprintable():
+        return f"must be a non-empty printable text of at most {_MAX_DESCRIPTION_CHARACTERS} characters"
+    return None
+
+
 def _equals(expected: str, problem: str) -> Callable[[str], str | None]:
     return lambda value: None if value == expected else problem
 
@@ -109,7 +121,14 @@ METADATA_SCHEMA: dict[str, tuple[bool, Callable[[str], str | None]]] = {
     "napari_clipsam_version": (True, _name),
     "training_mode": (False, _training_mode),
     "training_image_size": (False, _training_image_size),
+    "weights": (False, lambda value: None if value in WEIGHTS_KINDS else f"must be one of {', '.join(WEIGHTS_KINDS)}"),
+    "description": (False, _description),
 }
+
+
+def holds_all_weights(metadata: Mapping[str, str]) -> bool:
+    """Whether a (checked) file's tensors are every weight of the model, not only the trainable ones."""
+    return metadata.get("weights") == "all"
 
 
 def _invalid(path: str | os.PathLike, entry: str, problem: str) -> InvalidAdaptersError:
