@@ -19,6 +19,7 @@ from napari_clipsam._sample_data import (
     SAMPLE_IMAGES,
     make_cell_sample,
     make_coins_sample,
+    make_demo_sample,
     make_nuclei_sample,
     sample_image,
     synthetic_nuclei,
@@ -121,6 +122,18 @@ def test_nuclei_sample_has_image_and_ground_truth(default_nuclei):
     )
     np.testing.assert_array_equal(layers[0][0], default_nuclei[0])
     np.testing.assert_array_equal(layers[1][0], default_nuclei[1])
+
+
+def test_demo_sample_has_image_and_ground_truth_per_concept():
+    layers = make_demo_sample()
+    _check_layer_data(layers, [((512, 512), np.uint8, "image")] + [((512, 512), np.int32, "labels")] * 3)
+    names = [metadata["name"] for _, metadata, _ in layers[1:]]
+    assert names == ["nucleus ground truth", "cell membrane ground truth", "spot ground truth"]
+    np.testing.assert_array_equal(layers[0][0], sample_image("demo"))
+    # Instance labels 1..n, and no pixel in two concepts.
+    for labels, _, _ in layers[1:]:
+        np.testing.assert_array_equal(np.unique(labels), np.arange(labels.max() + 1))
+    assert sum((labels > 0).astype(int) for labels, _, _ in layers[1:]).max() == 1
 
 
 def test_every_manifest_sample_command_returns_layers(manifest):

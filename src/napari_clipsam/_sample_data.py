@@ -10,6 +10,9 @@ from typing import Any, Callable
 import numpy as np
 from scipy import ndimage
 
+from .synthetic.scenes import generate_scene
+from .synthetic.shapes import ellipse_field
+
 LayerDataTuple = tuple[np.ndarray, dict[str, Any], str]
 
 
@@ -98,18 +101,9 @@ def _ellipse(
     shape: tuple[int, int],
 ) -> tuple[tuple[slice, slice], np.ndarray]:
     """The filled ellipse as (window into an image of `shape`, boolean mask of the window)."""
-    center_row, center_column = center
-    reach = semi_major
-    top = max(int(np.floor(center_row - reach)), 0)
-    bottom = min(int(np.ceil(center_row + reach)) + 1, shape[0])
-    left = max(int(np.floor(center_column - reach)), 0)
-    right = min(int(np.ceil(center_column + reach)) + 1, shape[1])
-    row, column = np.mgrid[top:bottom, left:right]
-    d_row, d_column = row - center_row, column - center_column
-    along = d_column * np.cos(angle) + d_row * np.sin(angle)
-    across = -d_column * np.sin(angle) + d_row * np.cos(angle)
-    mask = (along / semi_major) ** 2 + (across / semi_minor) ** 2 <= 1.0
-    return (slice(top, bottom), slice(left, right)), mask
+    # The generated scenes' ellipse geometry; the centre is always inside, so never None.
+    window, rho = ellipse_field(center, semi_major, semi_minor, angle, shape)
+    return window, rho <= 1.0
 
 
 def _cell() -> np.ndarray:
@@ -128,11 +122,21 @@ def _nuclei() -> np.ndarray:
     return synthetic_nuclei()[0]
 
 
+# The demo scene: a generated tissue (cell membranes, nuclei, spots) like the demo model's
+# training data. Seed 1 has all three concepts.
+DEMO_SCENE = {"seed": 1, "size": 512, "kind": "tissue"}
+
+
+def _demo() -> np.ndarray:
+    return generate_scene(**DEMO_SCENE).image
+
+
 # Name -> 2D image; the CLI's --sample choices. All work offline.
 SAMPLE_IMAGES: dict[str, Callable[[], np.ndarray]] = {
     "nuclei": _nuclei,
     "cell": _cell,
     "coins": _coins,
+    "demo": _demo,
 }
 
 
@@ -167,3 +171,12 @@ def make_nuclei_sample() -> list[LayerDataTuple]:
         (image, {"name": "synthetic nuclei", "colormap": "gray"}, "image"),
         (labels, {"name": "synthetic nuclei ground truth"}, "labels"),
     ]
+
+
+def make_demo_sample() -> list[LayerDataTuple]:
+    """A generated tissue scene (512x512 uint8) with a ground-truth labels layer per concept."""
+    scene = generate_scene(**DEMO_SCENE)
+    layers: list[LayerDataTuple] = [(scene.image, {"name": "demo scene", "colormap": "gray"}, "image")]
+    for concept, instances in scene.labels.items():
+        layers.append((instances, {"name": f"{concept} ground truth"}, "labels"))
+    return layers

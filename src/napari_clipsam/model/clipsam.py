@@ -7,6 +7,7 @@ format is in ``weights/adapters_file.py``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -319,13 +320,8 @@ class ClipSamModel(nn.Module):
                 position = prompt_encoder.get_dense_pe()
             finally:
                 prompt_encoder.input_image_size, prompt_encoder.image_embedding_size = native
-        return self.sam.mask_decoder(
-            image_embeddings=image_embedding,
-            image_pe=position,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-        )
+        return self.sam.mask_decoder(image_embeddings=image_embedding, image_pe=position, sparse_prompt_embeddings=sparse,
+                                     dense_prompt_embeddings=dense, multimask_output=multimask_output)
 
     def compile_decoder(self, warm_up: bool = True) -> bool:
         """Compile SAM's prompt decoder with ``torch.compile`` for faster clicks (see ``model/compile.py``).
@@ -384,8 +380,6 @@ class ClipSamModel(nn.Module):
                 unknown or out of range, a tensor of another name, shape or dtype, or not finite).
             AdaptersMismatchError: a valid file made for another base model or configuration.
         """
-        import json
-
         from ..weights.adapters_file import holds_all_weights, preferred_image_size, read_adapters, read_adapters_metadata
 
         every_weight = holds_all_weights(read_adapters_metadata(path))

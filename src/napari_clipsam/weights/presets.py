@@ -4,7 +4,7 @@ The demo model is small CLIP-guided SAM trained from scratch by our own engine o
 generated microscopy-like scenes (``napari_clipsam.synthetic``), so that the plugin shows a
 real result with no download. It knows only the generated scenes' concepts and is not
 meant for real data; the real (pretrained SAM and CLIP) weights stay the default.
-``benchmarks/train_demo.py`` reproduces the file from its seed.
+``scripts/train_demo_model.py`` reproduces the file from its seed.
 """
 
 from __future__ import annotations
