@@ -145,6 +145,8 @@ def test_a_stack_segments_all_slices(qtbot, viewer, widget, blobs_image):
     viewer.add_image(stack, name="stack")
     widget.set_image("stack")
     widget.set_options(instances=True, all_slices=True)
+    # Connected components: random weights give every seeded object a score of 0 (unstable masks).
+    widget.set_options(instance_method="components")
     widget.set_concept("nucleus")
     widget.segment()
     labels = widget.wait(TIMEOUT_S)

@@ -72,3 +72,53 @@ def test_light_commands_import_no_model_stack(argv, tmp_path):
                                env={"NAPARI_CLIPSAM_CACHE": str(tmp_path), "PATH": ""})
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout.strip().splitlines()[-1]) == []
+
+
+def _segment_options(*flags: str):
+    from napari_clipsam.cli.segment import _options
+
+    return _options(build_parser().parse_args(["segment", "-c", "x", "-o", "o.tif", *flags]))
+
+
+def test_instance_flags_become_the_pipeline_options():
+    from napari_clipsam.inference.pipeline import SegmentOptions
+
+    assert _segment_options("--instances") == SegmentOptions(instances=True)  # seeds, diameter estimated
+    assert _segment_options("--instances", "--diameter", "18.5", "--score-threshold", "0") == SegmentOptions(
+        instances=True, instance_method="seeds", diameter=18.5, score_threshold=0.0
+    )
+    assert _segment_options("--instances", "--instance-method", "components", "--refine", "--min-area", "9") == (
+        SegmentOptions(instances=True, instance_method="components", refine=True, min_area=9)
+    )
+
+
+def test_the_instance_methods_are_the_pipelines():
+    from napari_clipsam.cli.segment import INSTANCE_METHODS
+    from napari_clipsam.inference import pipeline
+
+    assert INSTANCE_METHODS == pipeline.INSTANCE_METHODS
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--diameter", "20"], "--diameter apply to objects: add --instances"),
+        (["--instance-method", "seeds"], "--instance-method apply to objects: add --instances"),
+        (["--score-threshold", "0"], "--score-threshold apply to objects: add --instances"),
+        (["--instances", "--instance-method", "components", "--diameter", "20"],
+         "--diameter apply to --instance-method seeds, not to components"),
+        (["--instances", "--diameter", "0"], "--diameter must be more than 0 pixels"),
+        (["--instances", "--score-threshold", "1.5"], "--score-threshold must be between 0 and 1"),
+    ],
+)
+def test_instance_flags_that_do_not_apply_name_the_fix(tmp_path, capsys, flags, message):
+    argv = ["segment", "--sample", "coins", "-c", "coin", "-o", str(tmp_path / "l.tif"), *flags, *TINY]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "l.tif").exists()
+
+
+def test_an_unknown_instance_method_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["segment", "-c", "x", "-o", "o.tif", "--instance-method", "watershed"])
+    assert "seeds" in capsys.readouterr().err

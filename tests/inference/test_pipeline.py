@@ -16,7 +16,11 @@ from napari_clipsam.inference.instances import remove_small_labels
 from napari_clipsam.inference.pipeline import SegmentOptions, iter_segment, iter_segment_stack, leading_ndim
 from tests.helpers import load_tiny, randomize_adapters
 
-OPTIONS = dict(instances=True, refine=True, min_area=20)
+OPTIONS = dict(instances=True, instance_method="components", refine=True, min_area=20)
+# Random weights score every mask 0 (unstable logits): a threshold of 0 keeps objects to compare.
+SEEDS = dict(instances=True, instance_method="seeds", min_area=20, diameter=24, score_threshold=0.0)
+MODEL_FLAGS = ["--sam", "tiny", "--clip", "tiny", "--sam-checkpoint", "none", "--clip-pretrained", "none",
+               "--device", "cpu", "--precision", "fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +35,13 @@ def model():
     model = load_tiny()
     randomize_adapters(model, seed=3)
     return model
+
+
+@pytest.fixture(scope="module")
+def seeded(model, nuclei) -> np.ndarray:
+    labels = nc.segment(nuclei, "nucleus", model=model, **SEEDS)
+    assert labels.max() >= 1, "the test model finds no object to compare"
+    return labels
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +62,7 @@ def test_refined_touching_objects_stay_apart(model, nuclei):
     """Refinement never merges objects (segment() once re-labelled connected components after it)."""
     predictor = nc.ClipSamPredictor(model)
     result = run(iter_segment(predictor, nuclei, "nucleus", options=SegmentOptions(**OPTIONS)))
-    unrefined = run(iter_segment(predictor, nuclei, "nucleus", options=SegmentOptions(instances=True, min_area=20)))
+    unrefined = run(iter_segment(predictor, nuclei, "nucleus", options=SegmentOptions(instances=True, instance_method="components", min_area=20)))
     assert unrefined.labels.max() >= 1
     # Refined objects touch here (fewer connected regions than objects), and keep their labels.
     _, regions = ndimage.label(result.labels > 0)
@@ -65,12 +76,50 @@ def test_the_cli_gives_the_labels_of_segment(model, nuclei, reference, tmp_path)
     model.save_adapters(adapters)
     torch.manual_seed(0)
     argv = [
-        "segment", str(source), "-c", "nucleus", "-o", str(output), "--instances", "--refine", "--min-area", "20",
-        "--sam", "tiny", "--clip", "tiny", "--sam-checkpoint", "none", "--clip-pretrained", "none",
-        "--adapters", str(adapters), "--device", "cpu", "--precision", "fp32",
+        "segment", str(source), "-c", "nucleus", "-o", str(output), "--instances", "--instance-method", "components",
+        "--refine", "--min-area", "20", *MODEL_FLAGS, "--adapters", str(adapters),
     ]
     assert main(argv) == 0
     np.testing.assert_array_equal(tifffile.imread(output), reference)
+
+
+def test_the_cli_gives_the_seeded_labels_of_segment(model, nuclei, seeded, tmp_path):
+    source, output, adapters = tmp_path / "nuclei.tif", tmp_path / "labels.tif", tmp_path / "adapters.safetensors"
+    tifffile.imwrite(source, nuclei)
+    model.save_adapters(adapters)
+    torch.manual_seed(0)
+    argv = [
+        "segment", str(source), "-c", "nucleus", "-o", str(output), "--instances", "--min-area", "20",
+        "--diameter", "24", "--score-threshold", "0", *MODEL_FLAGS, "--adapters", str(adapters),
+    ]
+    assert main(argv) == 0  # seeds: the default method
+    np.testing.assert_array_equal(tifffile.imread(output), seeded)
+
+
+def test_seeded_instances_are_consecutive_and_planes_numbered_after_each_other(model, nuclei, seeded):
+    assert seeded.dtype == np.int32
+    values, areas = np.unique(seeded, return_counts=True)
+    np.testing.assert_array_equal(values, np.arange(seeded.max() + 1))
+    assert areas[1:].min() >= SEEDS["min_area"]
+    labels = nc.segment(np.stack([nuclei, nuclei]), "nucleus", model=model, **SEEDS)
+    np.testing.assert_array_equal(labels[0], seeded)
+    np.testing.assert_array_equal(labels[1], np.where(seeded > 0, seeded + seeded.max(), 0))
+
+
+def test_seeded_objects_stay_inside_the_concepts_mask(model, nuclei, seeded):
+    result = run(iter_segment(nc.ClipSamPredictor(model), nuclei, "nucleus", options=SegmentOptions(**SEEDS)))
+    np.testing.assert_array_equal(result.labels, seeded)
+    assert not (seeded[~result.mask]).any()
+
+
+def test_the_users_positive_points_give_at_most_one_object_each(model, nuclei):
+    predictor = nc.ClipSamPredictor(model)
+    points = np.array([[40, 40], [120, 40], [80, 120], [5, 150]], dtype=float)  # XY
+    events = []
+    options = SegmentOptions(instances=True, score_threshold=0.9)  # the user's clicks are kept whatever the score
+    result = run(iter_segment(predictor, nuclei, "nucleus", points, [1, 1, 1, 0], options=options), events.append)
+    assert 1 <= result.labels.max() <= 3
+    assert [event.stage for event in events][-1] == "separating objects"
 
 
 def test_each_plane_of_a_stack_gives_the_labels_of_segment(model, nuclei, reference):
@@ -124,5 +173,21 @@ def test_bad_options_are_refused_with_the_fix():
         SegmentOptions(refine=True)
     with pytest.raises(ValueError, match="0 or more"):
         SegmentOptions(instances=True, min_area=-1)
+    with pytest.raises(ValueError, match="'seeds'.*'components'"):
+        SegmentOptions(instances=True, instance_method="watershed")
+    for diameter in (0, -3, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="diameter"):
+            SegmentOptions(instances=True, diameter=diameter)
+    for threshold in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"score_threshold must be in \[0, 1\]"):
+            SegmentOptions(instances=True, score_threshold=threshold)
+    with pytest.raises(ValueError, match="diameter and score_threshold apply to objects: set instances=True"):
+        SegmentOptions(diameter=20, score_threshold=0.7)
+    with pytest.raises(ValueError, match="diameter apply to instance_method='seeds'"):
+        SegmentOptions(instances=True, instance_method="components", diameter=20)
+    with pytest.raises(ValueError, match="instances=True"):
+        nc.segment(np.zeros((8, 8)), "x", model=object(), instance_method="components")
+    # Refinement applies to objects made either way.
+    assert SegmentOptions(instances=True, instance_method="seeds", refine=True, diameter=12.5).diameter == 12.5
     with pytest.raises(ValueError, match="no 2-D plane"):
         leading_ndim((7,))

@@ -156,10 +156,11 @@ def test_segment_semantic_and_instances(tiny_model, blobs_image):
     semantic = nc.segment(blobs_image, "nucleus", model=tiny_model)
     assert semantic.shape == blobs_image.shape and semantic.dtype == np.int32
     assert set(np.unique(semantic)) <= {0, 1}
-    instances = nc.segment(blobs_image, "nucleus", model=tiny_model, instances=True)
+    instances = nc.segment(blobs_image, "nucleus", model=tiny_model, instances=True, instance_method="components")
     assert instances.dtype == np.int32
     np.testing.assert_array_equal(instances > 0, semantic > 0)
-    refined = nc.segment(blobs_image, "nucleus", model=tiny_model, instances=True, refine=True)
+    refined = nc.segment(blobs_image, "nucleus", model=tiny_model, instances=True, refine=True,
+                         instance_method="components")
     assert refined.shape == blobs_image.shape and refined.max() <= instances.max()
     with pytest.raises(ValueError, match="type a concept"):
         nc.segment(blobs_image, " ", model=tiny_model)

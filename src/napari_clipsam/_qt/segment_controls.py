@@ -7,9 +7,19 @@ the whole :class:`SegmentRequest`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
-from magicgui.widgets import CheckBox, ComboBox, LineEdit, PushButton, RadioButtons, SpinBox, create_widget
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    FloatSpinBox,
+    LineEdit,
+    PushButton,
+    RadioButtons,
+    SpinBox,
+    create_widget,
+)
 
 from ..inference.layers import leading_ndim
 from ..inference.pipeline import SegmentOptions
@@ -24,7 +34,7 @@ from .requests import (
     current_plane,
     normalise_concept,
 )
-from .settings import WidgetSettings
+from .settings import WidgetSettings, save_settings
 from .text_width import WrappingLabel
 
 MODE_TEXT = "Semi-automatic (text only)"
@@ -32,6 +42,10 @@ MODE_MANUAL = "Manual (points / box)"
 SCOPE_SLICE = "Current slice"
 SCOPE_ALL = "All slices"
 CHANNEL_ALL = "All (RGB)"
+METHOD_SEEDS = "Separate touching objects (seeds)"
+METHOD_COMPONENTS = "Connected components (fast)"
+# The choices' words in SegmentOptions.instance_method.
+INSTANCE_METHODS = {METHOD_SEEDS: "seeds", METHOD_COMPONENTS: "components"}
 
 
 class SegmentControls:
@@ -53,6 +67,21 @@ class SegmentControls:
         self.refine.tooltip = "Prompt SAM again at each object (its box and an inner point): one more pass per object."
         self.min_area = SpinBox(label="Smallest object (px)", min=0, max=10_000_000, step=10, value=0)
         self.min_area.tooltip = "Objects with fewer pixels are dropped."
+        self.instance_method = ComboBox(label="Objects", choices=list(INSTANCE_METHODS), value=METHOD_SEEDS)
+        self.instance_method.tooltip = (
+            "Seeds: one SAM click per object found in the mask (or per positive point), so touching objects "
+            "stay apart. Connected components: each connected region of the mask is one object (fast)."
+        )
+        self.diameter = SpinBox(label="Object diameter (px)", min=0, max=100_000, step=1, value=0)
+        self.diameter.tooltip = "The expected diameter of one object in pixels; 0 (auto): estimated from the mask."
+        self.diameter.native.setSpecialValueText("auto")  # shown at 0
+        self.score_threshold = FloatSpinBox(label="Score threshold", min=0.0, max=1.0, step=0.05, value=0.5)
+        self.score_threshold.tooltip = (
+            "Objects SAM is less sure of (predicted IoU times stability, 0 to 1) are dropped; "
+            "objects of your own positive points are kept."
+        )
+        self._settings = settings
+        self._restore(settings)
         self.replace = CheckBox(text="Replace existing labels", value=False)
         self.show_similarity = CheckBox(text="Show similarity map", value=False)
 
@@ -64,14 +93,17 @@ class SegmentControls:
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = WrappingLabel(value="")  # long messages (offline paths) must not widen the dock
 
-        for control in (self.mode, self.image, self.instances):
+        for control in (self.mode, self.image, self.instances, self.instance_method):
             control.changed.connect(self.update_visibility)
+        for control, _ in self._saved:
+            control.changed.connect(self._store)
 
     @property
     def widgets(self) -> list:
         return [
             self.image, self.channel, self.concept, self.recent, self.mode, self.scope,
-            self.output, self.instances, self.refine, self.min_area, self.replace, self.show_similarity,
+            self.output, self.instances, self.instance_method, self.diameter, self.score_threshold, self.refine,
+            self.min_area, self.replace, self.show_similarity,
             self.run_button, self.prompts_button, self.commit_button, self.cancel_button, self.status,
         ]
 
@@ -85,27 +117,71 @@ class SegmentControls:
             return MANUAL
         return STACK if leading_ndim(layer) > 0 and self.scope.value == SCOPE_ALL else TEXT
 
+    @property
+    def method(self) -> str:
+        """The instance method chosen, as :class:`SegmentOptions` names it (``"seeds"``, ``"components"``)."""
+        return INSTANCE_METHODS[self.instance_method.value]
+
     def options(self, layer, kind: str, concept: str | None) -> SegmentOptions:
         """The pipeline options the controls say, for a request of ``kind`` on ``layer``."""
         instances = bool(self.instances.value)
+        seeds = instances and self.method == "seeds"
         return SegmentOptions(
             instances=instances,
             refine=instances and bool(self.refine.value),
             min_area=int(self.min_area.value) if instances else 0,
             channel=None if self.channel.value == CHANNEL_ALL or not layer.rgb else int(self.channel.value),
             with_similarity=bool(self.show_similarity.value) and concept is not None and kind != STACK,
+            instance_method=self.method if instances else "seeds",
+            diameter=(float(self.diameter.value) or None) if seeds else None,
+            score_threshold=float(self.score_threshold.value) if seeds else 0.5,
         )
 
     def set_options(self, *, instances: bool | None = None, refine: bool | None = None, min_area: int | None = None,
-                    replace: bool | None = None, all_slices: bool | None = None,
-                    similarity: bool | None = None) -> None:
-        """See :meth:`ClipSamWidget.set_options` (the output is the widget's :class:`OutputChoice`)."""
+                    replace: bool | None = None, all_slices: bool | None = None, similarity: bool | None = None,
+                    instance_method: str | None = None, diameter: float | None = None,
+                    score_threshold: float | None = None) -> None:
+        """See :meth:`ClipSamWidget.set_options` (the output is the widget's :class:`OutputChoice`).
+
+        ``instance_method`` is ``"seeds"`` or ``"components"``; ``diameter`` 0 means estimated.
+        """
+        if instance_method is not None:
+            names = {word: choice for choice, word in INSTANCE_METHODS.items()}
+            if instance_method not in names:
+                raise ValueError(f"instance_method must be one of {', '.join(names)}, got {instance_method!r}.")
+            self.instance_method.value = names[instance_method]
         for control, value in ((self.instances, instances), (self.refine, refine), (self.min_area, min_area),
-                               (self.replace, replace), (self.show_similarity, similarity)):
+                               (self.replace, replace), (self.show_similarity, similarity),
+                               (self.diameter, None if diameter is None else round(diameter)),
+                               (self.score_threshold, score_threshold)):
             if value is not None:
                 control.value = value
         if all_slices is not None:
             self.scope.value = SCOPE_ALL if all_slices else SCOPE_SLICE
+
+    @property
+    def _saved(self) -> tuple[tuple[Any, str], ...]:
+        """The controls whose values persist, each with its :class:`WidgetSettings` field."""
+        return ((self.instances, "instances"), (self.instance_method, "instance_method"), (self.refine, "refine"),
+                (self.min_area, "min_area"), (self.diameter, "diameter"), (self.score_threshold, "score_threshold"))
+
+    def _restore(self, settings: WidgetSettings) -> None:
+        """The saved objects options; a value the controls refuse (an edited file) keeps the default."""
+        for control, name in self._saved:
+            value = getattr(settings, name)
+            try:
+                if control is self.instance_method:
+                    value = {word: choice for choice, word in INSTANCE_METHODS.items()}[value]
+                elif control is self.diameter:
+                    value = round(float(value))
+                control.value = value
+            except (KeyError, TypeError, ValueError) as err:
+                logging.getLogger(__name__).warning("Ignoring the saved %s %r: %s", name, value, err)
+
+    def _store(self, *_: Any) -> None:
+        for control, name in self._saved:
+            setattr(self._settings, name, self.method if control is self.instance_method else control.value)
+        save_settings(self._settings)
 
     def chosen_image(self):
         """The image layer chosen; RequestError when there is none."""
@@ -154,7 +230,9 @@ class SegmentControls:
         manual = self.manual
         self.channel.visible = bool(layer is not None and layer.rgb)
         self.scope.visible = bool(layer is not None and leading_ndim(layer) > 0 and not manual)
-        self.refine.visible = self.min_area.visible = bool(self.instances.value)
+        instances = bool(self.instances.value)
+        self.refine.visible = self.min_area.visible = self.instance_method.visible = instances
+        self.diameter.visible = self.score_threshold.visible = instances and self.method == "seeds"
         self.prompts_button.visible = self.commit_button.visible = manual
         self.run_button.text = "Update mask" if manual else "Segment"
         self.run_button.tooltip = f"{self.run_button.text} (S)"

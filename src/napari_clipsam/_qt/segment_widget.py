@@ -65,6 +65,7 @@ class ClipSamWidget(Container):
         self._viewer = napari_viewer
         self._settings = load_settings()
         self._model_fields = ModelFields(self._settings)
+        self._model_concepts: list[str] = []  # the loaded model's (the demo model lists its own)
         self._adapters = self._model_fields.adapters  # the training panel fills it in
         self._controls = SegmentControls(self._settings, partial(label_layers.output_choices, napari_viewer),
                                          self._recent_choices)
@@ -110,7 +111,8 @@ class ClipSamWidget(Container):
 
     def set_options(self, *, instances: bool | None = None, refine: bool | None = None, min_area: int | None = None,
                     replace: bool | None = None, all_slices: bool | None = None, similarity: bool | None = None,
-                    output: str | None = None) -> None:
+                    output: str | None = None, instance_method: str | None = None, diameter: float | None = None,
+                    score_threshold: float | None = None) -> None:
         """Set the output options as the controls do; None leaves one as it is.
 
         Args:
@@ -122,9 +124,11 @@ class ClipSamWidget(Container):
             similarity: show the concept's similarity map.
             output: the name of an existing Labels layer (it stays the output whatever the
                 image), or ``"New layer"`` (the output follows the image again).
+            instance_method, diameter, score_threshold: how objects are made (see ``nc.segment``).
         """
         self._controls.set_options(instances=instances, refine=refine, min_area=min_area, replace=replace,
-                                   all_slices=all_slices, similarity=similarity)
+                                   all_slices=all_slices, similarity=similarity, instance_method=instance_method,
+                                   diameter=diameter, score_threshold=score_threshold)
         if output is not None:
             self._output.choose(output)
 
@@ -251,10 +255,14 @@ class ClipSamWidget(Container):
 
     def _show_model(self, model) -> None:
         self._model_fields.refresh_choices()  # open_clip is loaded now: its names are free
-        self._set_status(f"Model: SAM {model.sam_name} + CLIP {model.clip_name} ({model.device}, {model.precision})")
+        self._model_concepts = list(model.concepts)  # offered beside the recent ones
+        self._controls.recent.reset_choices()
+        demo = " DEMO model: generated scenes only, not for real data." if model.sam_name == "demo" else ""
+        self._set_status(f"Model: SAM {model.sam_name} + CLIP {model.clip_name} ({model.device}, {model.precision}).{demo}")
 
     def _recent_choices(self, _widget: Any = None) -> list[str]:
-        return ["", *self._settings.recent_concepts]
+        recent = self._settings.recent_concepts
+        return ["", *recent, *[c for c in self._model_concepts if c not in recent]]
 
     def _on_recent(self, value: str) -> None:
         if value:

@@ -25,6 +25,15 @@ class WidgetSettings:
     sam_input: str = "auto"
     mode: str = "text"
     recent_concepts: list[str] = field(default_factory=list)
+    # The model fields' "Model" choice (model_fields.py): a preset name, "" for SAM + CLIP as chosen.
+    preset: str = ""
+    # The objects options of the segmentation widget (see SegmentOptions); diameter 0: estimated.
+    instances: bool = False
+    instance_method: str = "seeds"
+    refine: bool = False
+    min_area: int = 0
+    diameter: float = 0.0
+    score_threshold: float = 0.5
 
     def model_arguments(self) -> dict[str, Any]:
         """The :func:`napari_clipsam.load_model` keyword arguments these settings describe.
@@ -34,6 +43,9 @@ class WidgetSettings:
         """
         from ..weights.registry import parse_weights_choice
 
+        if self.preset:  # a model shipped in the package brings its own architecture and weights
+            return dict(preset=self.preset, adapters=self.adapters or None, device=self.device,
+                        precision=self.precision)
         return dict(
             sam=self.sam,
             sam_checkpoint=parse_weights_choice(self.sam_weights),

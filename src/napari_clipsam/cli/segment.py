@@ -12,6 +12,10 @@ import numpy as np
 
 from .common import check_outputs, job_progress, load_model, model_arguments
 
+# The pipeline's INSTANCE_METHODS, spelled out: importing the pipeline (scipy) would slow
+# every command's start, --help included (a test keeps the two equal).
+INSTANCE_METHODS = ("seeds", "components")
+
 
 def add_parser(commands, parents) -> None:
     seg = commands.add_parser(
@@ -26,7 +30,8 @@ def add_parser(commands, parents) -> None:
         ),
     )
     seg.add_argument("images", nargs="*", type=Path, help="image files (TIFF, PNG, JPEG, ...)")
-    seg.add_argument("--sample", choices=["nuclei", "cell", "coins"], help="use a bundled sample image")
+    seg.add_argument("--sample", choices=["nuclei", "cell", "coins", "demo"],
+                     help="use a bundled sample image (demo: a generated scene for the demo model, --preset demo)")
     seg.add_argument("-c", "--concept", required=True, help="what to segment, e.g. 'nucleus'")
     seg.add_argument(
         "-o", "--output", type=Path, required=True,
@@ -35,6 +40,19 @@ def add_parser(commands, parents) -> None:
     seg.add_argument("--instances", action="store_true", help="distinct labels for separate objects")
     seg.add_argument("--refine", action="store_true", help="with --instances: re-prompt SAM per object")
     seg.add_argument("--min-area", type=int, default=0, help="with --instances: drop smaller objects (pixels)")
+    seg.add_argument(
+        "--instance-method", choices=INSTANCE_METHODS, default=None,
+        help="with --instances: 'seeds' keeps touching objects apart, one SAM click per object, "
+             "the --points when given (default); 'components' labels connected regions (fast)",
+    )
+    seg.add_argument(
+        "--diameter", type=float, metavar="PX",
+        help="with --instance-method seeds: expected object diameter in pixels (default: estimated)",
+    )
+    seg.add_argument(
+        "--score-threshold", type=float, metavar="X",
+        help="with --instance-method seeds: drop objects SAM scores lower, 0 to 1 (default 0.5)",
+    )
     seg.add_argument("--points", type=lambda t: _pairs(t, 2, "--points"), help="positive points 'x,y;x,y'")
     seg.add_argument("--box", type=lambda t: _pairs(t, 4, "--box")[0], help="box 'x0,y0,x1,y1'")
     seg.add_argument("--channel", type=int, help="channel to use in multi-channel images")
@@ -55,11 +73,10 @@ def _pairs(text: str, size: int, what: str) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     from .._io import read_image, write_labels
-    from ..inference.pipeline import SegmentOptions, iter_segment_stack
+    from ..inference.pipeline import iter_segment_stack
     from ..inference.predictor import ClipSamPredictor
 
-    if (args.refine or args.min_area) and not args.instances:
-        raise ValueError("--refine and --min-area apply to objects: add --instances.")
+    options = _options(args)
     # Everything that can be told from the paths is checked before the model loads (seconds to
     # minutes): a batch must not fail, or lose a file, after that wait.
     inputs = _inputs(args)
@@ -67,9 +84,6 @@ def run(args: argparse.Namespace) -> int:
     _refuse_shared_outputs(inputs, outputs)
     _refuse_replacing_an_input(inputs, outputs)
     check_outputs(outputs, overwrite=args.overwrite)
-    options = SegmentOptions(
-        instances=args.instances, refine=args.refine, min_area=args.min_area, channel=args.channel
-    )
 
     model = load_model(args)
     predictor = ClipSamPredictor(model, image_size=args.image_size)
@@ -88,6 +102,31 @@ def run(args: argparse.Namespace) -> int:
         unit = "objects" if args.instances else "pixels"
         print(f"{name}: {count} {unit} of '{args.concept}' -> {output}")
     return 0
+
+
+def _options(args: argparse.Namespace):
+    """The pipeline options the flags say; flags that do not apply are refused with the fix."""
+    from ..inference.pipeline import SegmentOptions
+
+    # --refine and --min-area default to off and 0; the others to None (not given).
+    given = [flag for flag, value in (("--refine", args.refine), ("--min-area", args.min_area)) if value]
+    given += [flag for flag, value in (("--instance-method", args.instance_method), ("--diameter", args.diameter),
+                                       ("--score-threshold", args.score_threshold)) if value is not None]
+    if given and not args.instances:
+        raise ValueError(f"{' and '.join(given)} apply to objects: add --instances.")
+    seeded = [flag for flag in ("--diameter", "--score-threshold") if flag in given]
+    method = args.instance_method or "seeds"
+    if seeded and method != "seeds":
+        raise ValueError(f"{' and '.join(seeded)} apply to --instance-method seeds, not to {method}.")
+    if args.diameter is not None and not (np.isfinite(args.diameter) and args.diameter > 0):
+        raise ValueError(f"--diameter must be more than 0 pixels (leave it out to estimate it), got {args.diameter}.")
+    if args.score_threshold is not None and not 0 <= args.score_threshold <= 1:
+        raise ValueError(f"--score-threshold must be between 0 and 1, got {args.score_threshold}.")
+    extra = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
+    return SegmentOptions(
+        instances=args.instances, refine=args.refine, min_area=args.min_area, channel=args.channel,
+        instance_method=method, diameter=args.diameter, **extra,
+    )
 
 
 def _inputs(args: argparse.Namespace) -> list[tuple[str, np.ndarray | Path]]:

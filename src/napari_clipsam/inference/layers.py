@@ -81,6 +81,9 @@ def segment_layer(
     image_size: int | None = None,
     predictor: ClipSamPredictor | None = None,
     name: str | None = None,
+    instance_method: str = "seeds",
+    diameter: float | None = None,
+    score_threshold: float = 0.5,
 ) -> tuple[np.ndarray, dict[str, Any], str]:
     """Segment ``concept`` in a napari image layer; returns a napari ``LayerDataTuple`` of labels.
 
@@ -97,8 +100,8 @@ def segment_layer(
         points: (N, 2) napari data coordinates (row, col) of the image's planes.
         point_labels: (N,) 1 positive, 0 negative (default all 1).
         box: (row, col) corners of a rectangle: two opposite ones or a Shapes rectangle's four.
-        instances, refine, min_area, channel, image_size, predictor: as for
-            :func:`napari_clipsam.segment`.
+        instances, refine, min_area, channel, image_size, predictor, instance_method, diameter,
+            score_threshold: as for :func:`napari_clipsam.segment`.
         name: the labels layer's name; default ``"<image name> <concept>"``.
 
     Returns:
@@ -112,7 +115,8 @@ def segment_layer(
     labels = segment(
         data, concept, model, instances=instances, refine=refine, min_area=min_area, channel=channel,
         predictor=predictor, points=rows_cols_to_xy(points), point_labels=point_labels,
-        box=corners_to_xyxy(box), image_size=image_size, rgb=rgb,
+        box=corners_to_xyxy(box), image_size=image_size, rgb=rgb, instance_method=instance_method,
+        diameter=diameter, score_threshold=score_threshold,
     )
     metadata: dict[str, Any] = {}
     if concept is not None and not instances:

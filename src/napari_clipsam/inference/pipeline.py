@@ -19,10 +19,14 @@ from .._jobs import Job, Progress, relay, run
 from .image import MAX_CHANNELS
 from .instances import iter_refine_instances, masks_to_instances, remove_small_labels
 from .prompts import check_prompts
+from .seeds import iter_concept_instances
 
 if TYPE_CHECKING:
     from ..model.clipsam import ClipSamModel
     from .predictor import ClipSamPredictor
+
+# How ``instances`` are made: seeds keep touching objects apart, components are the fast option.
+INSTANCE_METHODS = ("seeds", "components")
 
 
 @dataclass(frozen=True)
@@ -30,11 +34,18 @@ class SegmentOptions:
     """How SAM's mask becomes labels, and what else to return.
 
     Attributes:
-        instances: one label per connected object (1..N) instead of one value for the concept.
+        instances: one label per object (1..N) instead of one value for the concept.
         refine: with ``instances``, re-prompt SAM at each object (its box and an interior point).
         min_area: with ``instances``, drop objects smaller than this many pixels.
         channel: the channel to use in a multi-channel image (None: all, see ``to_rgb_uint8``).
         with_similarity: also return the concept's similarity map.
+        instance_method: with ``instances``, ``"seeds"`` keeps touching objects apart (one
+            SAM click per seed, see ``inference/seeds.py``; the user's positive points are
+            the seeds when given); ``"components"`` labels the mask's connected regions (fast).
+        diameter: with ``"seeds"``, the expected object diameter in pixels; None: estimated
+            from the mask.
+        score_threshold: with ``"seeds"``, drop objects whose score (SAM's predicted IoU
+            times the mask's stability, in [0, 1]) is lower; the user's clicks are kept.
     """
 
     instances: bool = False
@@ -42,12 +53,33 @@ class SegmentOptions:
     min_area: int = 0
     channel: int | None = None
     with_similarity: bool = False
+    instance_method: str = "seeds"
+    diameter: float | None = None
+    score_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if self.min_area < 0:
             raise ValueError(f"min_area must be 0 or more pixels, got {self.min_area}.")
-        if (self.refine or self.min_area) and not self.instances:
-            raise ValueError("refine and min_area apply to objects: set instances=True as well.")
+        if self.instance_method not in INSTANCE_METHODS:
+            raise ValueError(
+                "instance_method must be 'seeds' (keep touching objects apart) or 'components' "
+                f"(connected regions, fast), got {self.instance_method!r}."
+            )
+        if self.diameter is not None and not (np.isfinite(self.diameter) and self.diameter > 0):
+            raise ValueError(
+                f"diameter must be the expected object diameter in pixels (more than 0), or None to "
+                f"estimate it, got {self.diameter}."
+            )
+        if not 0 <= self.score_threshold <= 1:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}.")
+        defaults = SegmentOptions.__dataclass_fields__
+        changed = [name for name in ("refine", "min_area", "instance_method", "diameter", "score_threshold")
+                   if getattr(self, name) != defaults[name].default]
+        if changed and not self.instances:
+            raise ValueError(f"{' and '.join(changed)} apply to objects: set instances=True as well.")
+        seeded = [name for name in ("diameter", "score_threshold") if name in changed]
+        if seeded and self.instance_method != "seeds":
+            raise ValueError(f"{' and '.join(seeded)} apply to instance_method='seeds', not to connected components.")
 
 
 @dataclass
@@ -115,12 +147,19 @@ def iter_segment(
     for index, stage in enumerate(predictor.iter_prepare()):
         yield Progress(stage, index, total)
     yield Progress("decoding masks", len(stages), total)
+    user_points = points
     if points is None and box is None:
         points, point_labels = predictor.text_prompts()
     masks, scores, logits = predictor.predict(point_coords=points, point_labels=point_labels, box=box)
     mask = masks[0]
     if options.instances:
-        labels = masks_to_instances(mask, min_area=options.min_area)
+        if options.instance_method == "seeds":
+            labels = yield from iter_concept_instances(
+                predictor, mask, user_points, point_labels if user_points is not None else None, box,
+                diameter=options.diameter, min_area=options.min_area, score_threshold=options.score_threshold,
+            )
+        else:
+            labels = masks_to_instances(mask, min_area=options.min_area)
         if options.refine:
             labels = yield from iter_refine_instances(predictor, labels)
             # Refined objects can shrink below the size; they are dropped, never merged.
@@ -186,6 +225,9 @@ def segment(
     box: np.ndarray | None = None,
     image_size: int | None = None,
     rgb: bool | None = None,
+    instance_method: str = "seeds",
+    diameter: float | None = None,
+    score_threshold: float = 0.5,
 ) -> np.ndarray:
     """Segment ``concept`` in an image, or in each plane of a stack, and return labels.
 
@@ -195,7 +237,7 @@ def segment(
         concept: what to segment, e.g. ``"nucleus"``; None for plain SAM with prompts.
         model: a model from :func:`load_model`; default: ``load_model()`` (published
             weights, downloaded on first use).
-        instances: one label per connected object.
+        instances: one label per object.
         refine: with ``instances``, re-prompt SAM at each object (box + point).
         min_area: with ``instances``, drop objects smaller than this many pixels.
         channel: channel to use for multi-channel images.
@@ -203,11 +245,18 @@ def segment(
         points, point_labels, box: manual prompts (XY pixels, 1/0, XYXY), for every plane.
         image_size: SAM input side (None: the adapters' training size, else 1024).
         rgb: whether the last axis holds channels (None: guessed, see :func:`leading_ndim`).
+        instance_method, diameter, score_threshold: with ``instances``, how objects are
+            made: ``"seeds"`` keeps touching objects apart (objects of about ``diameter``
+            pixels, None: estimated; less sure than ``score_threshold`` dropped),
+            ``"components"`` labels connected regions (see :class:`SegmentOptions`).
 
     Returns:
         int32 labels of the image's spatial shape: 0 background, 1 the concept
         (semantic) or 1..N (instances, distinct across planes).
     """
+    # Checked first: a mistake must not wait for a model to load (or download).
+    options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel,
+                             instance_method=instance_method, diameter=diameter, score_threshold=score_threshold)
     if predictor is None:
         if model is None:
             from ..model.build import load_model
@@ -218,9 +267,11 @@ def segment(
         predictor = ClipSamPredictor(model, image_size=image_size)
     elif image_size is not None:
         predictor.image_size = image_size
-    options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel)
     with predictor:  # one thread drains the whole job: other threads sharing the predictor wait
         return run(iter_segment_stack(predictor, image, concept, points, point_labels, box, options, rgb))
 
 
-__all__ = ["SegmentOptions", "SegmentResult", "iter_segment", "iter_segment_stack", "leading_ndim", "segment"]
+__all__ = [
+    "INSTANCE_METHODS", "SegmentOptions", "SegmentResult", "iter_segment", "iter_segment_stack", "leading_ndim",
+    "segment",
+]

@@ -1,0 +1,97 @@
+"""The widget's objects options: seeds or components, diameter, score threshold; they reach the pipeline and persist."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import napari_clipsam as nc
+from napari_clipsam._qt.segment_controls import METHOD_COMPONENTS, METHOD_SEEDS
+from napari_clipsam._qt.settings import load_settings
+from napari_clipsam.inference.pipeline import SegmentOptions
+from tests._qt.widget_helpers import TIMEOUT_S
+
+
+def _options(widget) -> SegmentOptions:
+    controls = widget._controls
+    return controls.options(controls.image.value, controls.kind(controls.image.value), "nucleus")
+
+
+def _shown(control) -> bool:
+    return not control.native.isHidden()  # hidden on purpose, whether or not the dock is on screen
+
+
+def test_the_controls_say_the_pipeline_options(widget):
+    controls = widget._controls
+    assert _options(widget) == SegmentOptions()  # no instances: the object options are not sent
+    controls.set_options(instances=True)
+    assert controls.instance_method.value == METHOD_SEEDS  # touching objects apart by default
+    assert _options(widget) == SegmentOptions(instances=True, instance_method="seeds", diameter=None)
+    controls.set_options(diameter=18, score_threshold=0.25, min_area=12)
+    assert _options(widget) == SegmentOptions(instances=True, diameter=18.0, score_threshold=0.25, min_area=12)
+    controls.set_options(diameter=0)  # 0: estimated from the mask
+    assert _options(widget).diameter is None
+    controls.set_options(instance_method="components", diameter=30, refine=True)
+    # The seeds' settings stay in their fields but do not apply to components.
+    assert _options(widget) == SegmentOptions(instances=True, instance_method="components", refine=True,
+                                              min_area=12)
+    controls.set_options(instances=False)
+    assert _options(widget) == SegmentOptions()
+    with pytest.raises(ValueError, match="seeds, components"):
+        controls.set_options(instance_method="watershed")
+
+
+def test_seed_fields_show_only_for_seeds(widget):
+    controls = widget._controls
+    seed_fields = (controls.diameter, controls.score_threshold)
+    assert not any(_shown(c) for c in (controls.instance_method, *seed_fields))
+    controls.instances.value = True
+    assert _shown(controls.instance_method) and all(_shown(c) for c in seed_fields)
+    controls.instance_method.value = METHOD_COMPONENTS
+    assert not any(_shown(c) for c in seed_fields) and _shown(controls.refine)
+    assert controls.diameter.native.specialValueText() == "auto"
+
+
+def test_the_widget_gives_segments_seeded_labels(viewer, widget, tiny_model, blobs_image):
+    options = dict(instances=True, instance_method="seeds", diameter=20, score_threshold=0.0, min_area=10)
+    widget._controls.set_options(**options)
+    widget.set_concept("nucleus")
+    widget.segment()
+    widget.wait(TIMEOUT_S)
+    labels = np.asarray(viewer.layers["blobs nucleus"].data)
+    expected = nc.segment(blobs_image, "nucleus", model=tiny_model, **options)
+    assert expected.max() >= 1
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_the_object_options_persist(tmp_path, monkeypatch, make_napari_viewer):
+    from napari_clipsam._qt.segment_widget import ClipSamWidget
+
+    path = tmp_path / "widget.json"
+    monkeypatch.setenv("NAPARI_CLIPSAM_SETTINGS", str(path))
+    first = ClipSamWidget(make_napari_viewer())
+    first._controls.set_options(instances=True, instance_method="components", min_area=25, refine=True)
+    first._controls.set_options(diameter=22, score_threshold=0.7)
+    saved = load_settings()
+    assert (saved.instances, saved.instance_method, saved.refine, saved.min_area) == (True, "components", True, 25)
+    assert (saved.diameter, saved.score_threshold) == (22, pytest.approx(0.7))
+    assert json.loads(path.read_text())["instance_method"] == "components"
+    controls = ClipSamWidget(make_napari_viewer())._controls
+    assert controls.instances.value and controls.instance_method.value == METHOD_COMPONENTS
+    assert (controls.min_area.value, controls.refine.value, controls.diameter.value) == (25, True, 22)
+    assert controls.score_threshold.value == pytest.approx(0.7)
+
+
+def test_damaged_object_settings_keep_the_defaults(tmp_path, monkeypatch, make_napari_viewer):
+    from napari_clipsam._qt.segment_widget import ClipSamWidget
+
+    path = tmp_path / "widget.json"
+    path.write_text(json.dumps({"instance_method": "watershed", "min_area": -5, "diameter": "wide",
+                                "score_threshold": 0.3, "sam": "tiny"}))
+    monkeypatch.setenv("NAPARI_CLIPSAM_SETTINGS", str(path))
+    controls = ClipSamWidget(make_napari_viewer())._controls
+    assert controls.instance_method.value == METHOD_SEEDS
+    assert (controls.min_area.value, controls.diameter.value) == (0, 0)
+    assert controls.score_threshold.value == pytest.approx(0.3)  # the readable values are kept
