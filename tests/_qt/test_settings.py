@@ -30,3 +30,12 @@ def test_the_training_panel_loads_what_the_segmentation_widget_saved(tmp_path, m
     arguments = TrainingWidget(make_napari_viewer())._model_arguments()
     assert arguments == dict(load_settings().model_arguments(), adapters=None)
     assert arguments["clip_pretrained"] is None and arguments["sam_checkpoint"] is None
+
+
+def test_a_preset_choice_loads_the_shipped_model_not_the_fields_architecture():
+    from napari_clipsam._qt.settings import WidgetSettings
+
+    settings = WidgetSettings(preset="demo", sam="vit_h", clip="ViT-L-14", device="cpu", precision="fp32")
+    assert settings.model_arguments() == dict(preset="demo", adapters=None, device="cpu", precision="fp32")
+    settings.preset = ""
+    assert settings.model_arguments()["sam"] == "vit_h" and "preset" not in settings.model_arguments()

@@ -21,16 +21,31 @@ SAM_INPUTS = ["auto", "1024", "768", "512"]
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 PRECISIONS = ["auto", "fp32", "bf16"]
 DEFAULT_WEIGHTS = "default"
+# The model choice: SAM and CLIP as the fields below say, or a model shipped in the package.
+OWN_CHOICE = "SAM + CLIP (as chosen below)"
 # A CLIP name kept out of the way at the end of the list: the test architecture.
 _TEST_MODEL = "tiny"
 
 
+def model_choices() -> dict[str, str]:
+    """Label -> preset name ("" for SAM and CLIP as the fields say), the presets labelled as what they are for."""
+    from ..weights.presets import PRESETS
+
+    return {OWN_CHOICE: "", **{preset.label: name for name, preset in PRESETS.items()}}
+
+
 def sam_variant_choices() -> list[str]:
-    """SAM variants: those with published weights first, the test variant(s) at the end."""
+    """SAM variants: those with published weights first, the test variant(s) at the end.
+
+    A preset's own architecture (the demo model's) is left out: without the preset's
+    weights it would only ever have random ones; the Model choice offers the preset.
+    """
     from ..model.build_sam import list_sam_variants
+    from ..weights.presets import PRESETS
     from ..weights.registry import DEFAULT_SAM_WEIGHTS
 
-    variants = list_sam_variants()
+    own = {preset.sam for preset in PRESETS.values()}
+    variants = [v for v in list_sam_variants() if v not in own]
     return [v for v in variants if v in DEFAULT_SAM_WEIGHTS] + [v for v in variants if v not in DEFAULT_SAM_WEIGHTS]
 
 
@@ -77,6 +92,14 @@ class ModelFields:
     """The model controls, their choices, and the settings they read from and write to."""
 
     def __init__(self, settings: WidgetSettings) -> None:
+        self._presets = model_choices()
+        labels = {name: label for label, name in self._presets.items()}
+        self.model = ComboBox(label="Model", choices=list(self._presets), value=labels.get(settings.preset, OWN_CHOICE))
+        self.model.tooltip = (
+            "SAM and CLIP with pretrained weights (downloaded once), or the demo model shipped with the plugin: "
+            "trained on generated scenes only (nucleus, cell membrane, spot, bacterium), to try the plugin "
+            "offline; not for real data."
+        )
         variants = sam_variant_choices()
         self.sam = ComboBox(label="SAM", choices=variants, value=_choice(settings.sam, variants))
         self.sam.tooltip = "Segment Anything's image encoder. 'tiny' is a small test model (random weights only)."
@@ -98,13 +121,15 @@ class ModelFields:
         self._clip_completer = _attach_completer(self.clip.native)
         self._weights_completer = _attach_completer(self.clip_pretrained.native)
         self.sam.changed.connect(self.sam_weights.reset_choices)
+        self.model.changed.connect(self._enable_architecture_fields)
+        self._enable_architecture_fields()
         self.clip.changed.connect(self._suggest_weights)
         self.refresh_choices()
 
     @property
     def widgets(self) -> list:
         """The controls in the order the dock shows them."""
-        return [self.sam, self.sam_weights, self.clip, self.clip_pretrained, self.adapters,
+        return [self.model, self.sam, self.sam_weights, self.clip, self.clip_pretrained, self.adapters,
                 self.device, self.precision, self.sam_input, self.load_button]
 
     @property
@@ -120,8 +145,19 @@ class ModelFields:
     def _suggest_weights(self, *_: Any) -> None:
         self._weights_completer.model().setStringList(clip_weight_names(self.clip.value))
 
+    @property
+    def preset(self) -> str:
+        """The preset chosen ("demo"), or "" for SAM and CLIP as the fields say."""
+        return self._presets[self.model.value]
+
+    def _enable_architecture_fields(self, *_: Any) -> None:
+        # A preset brings its own architecture and weights: the fields would not apply.
+        for field in (self.sam, self.sam_weights, self.clip, self.clip_pretrained):
+            field.enabled = not self.preset
+
     def store(self, settings: WidgetSettings) -> None:
         """Write the current values into ``settings``."""
+        settings.preset = self.preset
         settings.sam = self.sam.value
         settings.sam_weights = self.sam_weights.value
         settings.clip = self.clip.value

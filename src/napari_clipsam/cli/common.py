@@ -24,7 +24,15 @@ def model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that choose and load the model (see :func:`napari_clipsam.load_model`)."""
     from ..model.build_sam import list_sam_variants
 
+    from ..weights.presets import PRESETS
+
     group = parser.add_argument_group("model")
+    group.add_argument(
+        "--preset", choices=list(PRESETS),
+        help="a model shipped with the plugin instead of SAM and CLIP weights: 'demo' is small CLIP-guided SAM "
+        "trained on generated scenes (nucleus, cell membrane, spot, bacterium) for trying the plugin offline, "
+        "not for real data; --sam, --clip and their weights are then ignored",
+    )
     group.add_argument("--sam", default="vit_b", choices=list_sam_variants(), help="SAM variant (default vit_b)")
     group.add_argument(
         "--sam-checkpoint", type=parse_weights_choice, default="default",
@@ -103,7 +111,7 @@ def load_model(args: argparse.Namespace):
         return load_model(
             sam=args.sam, clip=args.clip, sam_checkpoint=args.sam_checkpoint, clip_pretrained=args.clip_pretrained,
             adapters=args.adapters, device=args.device, precision=args.precision, cache_dir=args.cache_dir,
-            progress=progress,
+            progress=progress, preset=args.preset,
         )
 
 
