@@ -129,3 +129,22 @@ def test_half_precision_files_of_every_weight_load_into_a_float32_model(tmp_path
         if weight.is_floating_point():
             assert weight.dtype == torch.float32
             torch.testing.assert_close(weight, model.state_dict()[name].half().float())
+
+
+def test_absent_concepts_give_empty_samples_trained_and_scored_in_the_text_mode(monkeypatch):
+    image, labels = _touching_pair()
+    dataset = ConceptDataset.from_instance_labels([(image, {"nucleus": labels})], absent=["nucleus", "spot"])
+    assert [(s.concept, bool(s.mask.any())) for s in dataset] == [("nucleus", True), ("spot", False)]
+    seen = []
+    original = engine_module._training_prompts
+
+    def recording(model, view, *args):
+        prompts = original(model, view, *args)
+        seen.append((bool(view.mask.any()), prompts[1], prompts[3]))
+        return prompts
+
+    monkeypatch.setattr(engine_module, "_training_prompts", recording)
+    result = train(load_tiny(), dataset, dataset, TrainingConfig(mode="manual", steps=8, augment=False, eval_every=8))
+    empty = [(boxes, target) for present, boxes, target in seen if not present]
+    assert empty and all(boxes is None and not target.any() for boxes, target in empty)  # text mode, nothing to find
+    assert result.best.per_concept["spot"]["count"] == 1  # scored as text only: no object to click

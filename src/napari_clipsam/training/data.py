@@ -185,12 +185,18 @@ class ConceptDataset(Sequence[Sample]):
         cls,
         items: Iterable[tuple[np.ndarray, Mapping[str, np.ndarray]]],
         names: Sequence[str] | None = None,
+        absent: Sequence[str] = (),
     ) -> ConceptDataset:
         """Samples from (image, {concept: instance labels}) pairs, one sample per concept present.
 
         Each concept's label image holds its objects (one value per object, 0 elsewhere),
         as :func:`napari_clipsam.synthetic.generate_scene` gives them. The image is
         converted once and shared by its samples.
+
+        Args:
+            absent: concepts that, where an image has none of them, give a sample with an
+                empty mask: "there is no such thing here" (trained in the text mode only),
+                so that a concept typed on an image without it finds nothing.
         """
         samples = []
         for index, (image, by_concept) in enumerate(items):
@@ -203,6 +209,10 @@ class ConceptDataset(Sequence[Sample]):
                                      f"{rgb.shape[:2]}; they must have the same height and width.")
                 if (labels > 0).any():
                     samples.append(Sample(rgb, labels > 0, concept, name, instance_objects(labels)))
+            for concept in absent:
+                if concept not in by_concept or not np.any(by_concept[concept]):
+                    empty = np.zeros(rgb.shape[:2], dtype=np.int32)
+                    samples.append(Sample(rgb, empty > 0, concept, name, empty))
         return cls(samples)
 
     @classmethod

@@ -146,7 +146,7 @@ def iter_train(
                 "To start afresh over them allow replacing (replace=True, --overwrite, or the panel's 'Replace "
                 "an existing adapters file'), or resume that training (resume=True, --resume)."
             )
-    concepts = sorted({s.concept for s in train_set})
+    concepts = sorted({s.concept for s in train_set if s.mask.any()}) or sorted({s.concept for s in train_set})
     model.freeze_base()
     if config.train_base:
         model.requires_grad_(True)
@@ -315,7 +315,7 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
         logits, predicted_iou = model.decode(embeddings[i : i + 1], points, boxes, mask_prompt, False)
         target = low_res_target(target_mask, input_size, model.image_size, model.mask_input_size, device)
         losses.append(segmentation_loss(logits, predicted_iou, target)["loss"])
-        if config.train_base:
+        if config.train_base and view.mask.any():  # an absent concept's map has nothing to point at
             losses[-1] = losses[-1] + similarity_loss(similarity[i], view.mask)
     loss = torch.stack(losses).mean()
     if not bool(torch.isfinite(loss)):
@@ -354,6 +354,8 @@ def _training_prompts(model: ClipSamModel, view: Augmented, similarity: torch.Te
             similarity.detach(), model.config.similarity_threshold, input_size, model.image_size, model.mask_input_size
         )
     mode = config.mode if config.mode != "both" else ("text", "manual")[int(rng.integers(0, 2))]
+    if not view.mask.any():
+        mode = "text"  # nothing to click on: the concept is absent, and the text mode must find nothing
     if mode == "text":
         coords, labels = text_mode_points(similarity.detach(), original_size, model.config)
         box, target = None, view.mask

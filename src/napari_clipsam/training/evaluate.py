@@ -84,10 +84,10 @@ def iter_evaluate(
             yield Progress(f"evaluating {index + 1}/{len(dataset)}", index, len(dataset))
             predictor.set_image(sample.image)
             predictor.set_concept(sample.concept)
-            if mode in ("text", "both"):
+            if mode in ("text", "both") or not sample.mask.any():  # an absent concept: text only, as trained
                 masks, _, _ = predictor.predict()
                 scores.setdefault(sample.concept, []).append(_iou_dice(masks[0], sample.mask))
-            if mode in ("manual", "both"):
+            if mode in ("manual", "both") and sample.mask.any():  # an absent concept has no object to click
                 # The same object and prompts for every evaluation of this sample: comparable runs.
                 rng = np.random.default_rng([seed, index])
                 target = choose_object(sample.object_labels(), rng)
