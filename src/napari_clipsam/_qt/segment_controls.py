@@ -23,6 +23,7 @@ from magicgui.widgets import (
 
 from ..inference.layers import leading_ndim
 from ..inference.pipeline import SegmentOptions
+from ..inference.seeds import DEFAULT_SCORE_THRESHOLD
 from .label_layers import existing_output
 from .requests import (
     MANUAL,
@@ -75,7 +76,8 @@ class SegmentControls:
         self.diameter = SpinBox(label="Object diameter (px)", min=0, max=100_000, step=1, value=0)
         self.diameter.tooltip = "The expected diameter of one object in pixels; 0 (auto): estimated from the mask."
         self.diameter.native.setSpecialValueText("auto")  # shown at 0
-        self.score_threshold = FloatSpinBox(label="Score threshold", min=0.0, max=1.0, step=0.05, value=0.5)
+        self.score_threshold = FloatSpinBox(label="Score threshold", min=0.0, max=1.0, step=0.05,
+                                            value=DEFAULT_SCORE_THRESHOLD)
         self.score_threshold.tooltip = (
             "Objects SAM is less sure of (predicted IoU times stability, 0 to 1) are dropped; "
             "objects of your own positive points are kept."
@@ -134,7 +136,7 @@ class SegmentControls:
             with_similarity=bool(self.show_similarity.value) and concept is not None and kind != STACK,
             instance_method=self.method if instances else "seeds",
             diameter=(float(self.diameter.value) or None) if seeds else None,
-            score_threshold=float(self.score_threshold.value) if seeds else 0.5,
+            score_threshold=float(self.score_threshold.value) if seeds else DEFAULT_SCORE_THRESHOLD,
         )
 
     def set_options(self, *, instances: bool | None = None, refine: bool | None = None, min_area: int | None = None,

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..inference.seeds import DEFAULT_SCORE_THRESHOLD
+
 SETTINGS_ENV = "NAPARI_CLIPSAM_SETTINGS"
 _RECENT_KEPT = 10
 
@@ -33,7 +35,7 @@ class WidgetSettings:
     refine: bool = False
     min_area: int = 0
     diameter: float = 0.0
-    score_threshold: float = 0.5
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
 
     def model_arguments(self) -> dict[str, Any]:
         """The :func:`napari_clipsam.load_model` keyword arguments these settings describe.

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import pipeline
 from .pipeline import segment
+from .seeds import DEFAULT_SCORE_THRESHOLD
 
 if TYPE_CHECKING:
     from ..model.clipsam import ClipSamModel
@@ -83,7 +84,7 @@ def segment_layer(
     name: str | None = None,
     instance_method: str = "seeds",
     diameter: float | None = None,
-    score_threshold: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
 ) -> tuple[np.ndarray, dict[str, Any], str]:
     """Segment ``concept`` in a napari image layer; returns a napari ``LayerDataTuple`` of labels.
 

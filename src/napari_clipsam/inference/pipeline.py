@@ -19,7 +19,7 @@ from .._jobs import Job, Progress, relay, run
 from .image import MAX_CHANNELS
 from .instances import iter_refine_instances, masks_to_instances, remove_small_labels
 from .prompts import check_prompts
-from .seeds import iter_concept_instances
+from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
 
 if TYPE_CHECKING:
     from ..model.clipsam import ClipSamModel
@@ -55,7 +55,7 @@ class SegmentOptions:
     with_similarity: bool = False
     instance_method: str = "seeds"
     diameter: float | None = None
-    score_threshold: float = 0.5
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.min_area < 0:
@@ -227,7 +227,7 @@ def segment(
     rgb: bool | None = None,
     instance_method: str = "seeds",
     diameter: float | None = None,
-    score_threshold: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
 ) -> np.ndarray:
     """Segment ``concept`` in an image, or in each plane of a stack, and return labels.
 

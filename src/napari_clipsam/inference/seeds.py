@@ -23,6 +23,10 @@ from .instances import masks_to_instances
 if TYPE_CHECKING:
     from .predictor import ClipSamPredictor
 
+# Objects scoring less (SAM's predicted IoU times stability) are dropped by default. Chosen on
+# the demo model's validation scenes (docs/quality.md): its predicted IoUs of right masks
+# lie around 0.3-0.6, so a threshold of 0.5 dropped nearly every object.
+DEFAULT_SCORE_THRESHOLD = 0.2
 # A mask must keep at least this part of itself where no better mask is (and, when
 # restricted, inside the concept's mask); less means it mostly repeats another object.
 KEEP_FRACTION = 0.5
@@ -247,7 +251,7 @@ def iter_seeded_instances(
     *,
     restrict_to: np.ndarray | None = None,
     min_area: int = 0,
-    score_threshold: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     batch_size: int = 64,
 ) -> Job[np.ndarray]:
     """One object per seed: each seed decoded as one positive click, overlaps resolved; yields per batch.
@@ -281,7 +285,7 @@ def iter_mask_instances(
     *,
     diameter: float | None = None,
     min_area: int = 0,
-    score_threshold: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     batch_size: int = 64,
 ) -> Job[np.ndarray]:
     """The objects in the concept's (H, W) bool mask, touching ones apart; yields per batch of seeds.
@@ -336,7 +340,7 @@ def iter_concept_instances(
     *,
     diameter: float | None = None,
     min_area: int = 0,
-    score_threshold: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     batch_size: int = 64,
 ) -> Job[np.ndarray]:
     """Objects of one prediction that keep touching objects apart; yields per batch of seeds.
