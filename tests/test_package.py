@@ -126,7 +126,7 @@ def test_nuclei_sample_has_image_and_ground_truth(default_nuclei):
 
 def test_demo_sample_has_image_and_ground_truth_per_concept():
     layers = make_demo_sample()
-    _check_layer_data(layers, [((512, 512), np.uint8, "image")] + [((512, 512), np.int32, "labels")] * 3)
+    _check_layer_data(layers, [((256, 256), np.uint8, "image")] + [((256, 256), np.int32, "labels")] * 3)
     names = [metadata["name"] for _, metadata, _ in layers[1:]]
     assert names == ["nucleus ground truth", "cell membrane ground truth", "spot ground truth"]
     np.testing.assert_array_equal(layers[0][0], sample_image("demo"))

@@ -124,7 +124,7 @@ def _nuclei() -> np.ndarray:
 
 # The demo scene: a generated tissue (cell membranes, nuclei, spots) like the demo model's
 # training data. Seed 1 has all three concepts.
-DEMO_SCENE = {"seed": 1, "size": 512, "kind": "tissue"}
+DEMO_SCENE = {"seed": 1, "size": 256, "kind": "tissue"}
 
 
 def _demo() -> np.ndarray:
@@ -174,7 +174,8 @@ def make_nuclei_sample() -> list[LayerDataTuple]:
 
 
 def make_demo_sample() -> list[LayerDataTuple]:
-    """A generated tissue scene (512x512 uint8) with a ground-truth labels layer per concept."""
+    """A generated tissue scene (256x256 uint8, the demo model's pixel scale) with a ground-truth
+    labels layer per concept."""
     scene = generate_scene(**DEMO_SCENE)
     layers: list[LayerDataTuple] = [(scene.image, {"name": "demo scene", "colormap": "gray"}, "image")]
     for concept, instances in scene.labels.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from importlib.resources import files
 from pathlib import Path
@@ -81,19 +82,33 @@ def clip_file_cfg(name: str, path: Path, cache_dir=None) -> dict[str, Any]:
     )
 
 
+class _NoRandomInitWarning(logging.Filter):
+    """Hide open_clip's "No pretrained weights loaded ... initialized randomly": we load the weights next,
+    and users of the demo model read it as a broken model."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
 def _create_open_clip(open_clip_name: str, quick_gelu: bool) -> nn.Module:
     # pretrained_text=False: open_clip would otherwise download a Hugging Face text
     # tower's base weights, which the CLIP checkpoint loaded afterwards replaces.
-    return open_clip.create_model(
-        open_clip_name,
-        pretrained=None,
-        load_weights=False,
-        pretrained_image=False,
-        pretrained_text=False,
-        force_quick_gelu=quick_gelu,
-        precision="fp32",
-        device="cpu",
-    )
+    quiet = _NoRandomInitWarning()
+    root = logging.getLogger()  # open_clip logs through the root logger
+    root.addFilter(quiet)
+    try:
+        return open_clip.create_model(
+            open_clip_name,
+            pretrained=None,
+            load_weights=False,
+            pretrained_image=False,
+            pretrained_text=False,
+            force_quick_gelu=quick_gelu,
+            precision="fp32",
+            device="cpu",
+        )
+    finally:
+        root.removeFilter(quiet)
 
 
 def build_clip(
