@@ -3,6 +3,7 @@ here, only that they are produced, so that the scripts do not rot between GPU ru
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -42,3 +43,16 @@ def test_training_benchmark_prints_its_figures():
     assert set(rows) == {"on", "off"}, output
     for row in rows.values():
         assert float(row[1]) > 0 and float(row[2]) > 0  # seconds per step, peak GB
+
+
+def test_quality_benchmark_prints_its_figures(tmp_path):
+    output = _run("bench_quality.py", "--model", "random", "--scenes", "1", "--clicks", "1", "--threads", "1",
+                  "--json", str(tmp_path / "quality.json"))
+    for label in ("text-only IoU, nucleus", "cross-concept overlap, worst pair", "touching fraction of true nuclei",
+                  "instance F1 @0.5, seeds", "instance F1 @0.5, components", "click IoU, all clicks"):
+        assert 0 <= _figure(output, label) <= 1
+    assert re.search(r"text-only IoU, nucleus\s+[0-9.]+\s+target >= 0.85\s+(PASS|MISS)", output)
+    assert "sample coins" in output and "sample synthetic_nuclei" in output
+    figures = json.loads((tmp_path / "quality.json").read_text())
+    assert set(figures["scenes"]["text_iou"]) == {"nucleus", "cell membrane", "spot", "bacterium"}
+    assert set(figures["samples"]) == {"synthetic_nuclei", "coins"}

@@ -1,0 +1,123 @@
+"""The shipped demo model segments held-out generated scenes well, end to end.
+
+A few scenes from the seeds ``benchmarks/bench_quality.py`` starts at (2,000,000: neither
+training nor validation sees them), through the public API. The thresholds sit below the
+figures the shipped file gives on these scenes (see docs/quality.md), so float noise of
+another CPU or torch build cannot fail them, while a broken model file, text path,
+decoder or instance method does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import napari_clipsam as nc
+from napari_clipsam.synthetic import SCENE_KINDS, generate_scene
+from napari_clipsam.training.metrics import click_quality, cross_overlap, match_instances, semantic_iou
+
+FIRST_SEED = 2_000_000  # as bench_quality.py: scene i of kind k has seed FIRST_SEED + 4 * i + k
+SCENES_PER_KIND = 2
+
+# Measured on these scenes with the shipped file (2026-11-26): text IoU per concept 0.56 to
+# 0.75, worst cross overlap 0.81, seeds F1 0.34 against components 0.19, a click's IoU
+# 0.50 with 0.39 of its mask outside. These are far below the issue's targets (see
+# docs/quality.md); the thresholds keep a margin below them, so a broken file, text path,
+# decoder or instance method fails (a model that masks everything covers other concepts
+# wholly, a random one scores near 0).
+MIN_TEXT_IOU = 0.45
+MAX_CROSS_OVERLAP = 0.95
+MIN_SEEDS_F1 = 0.25
+MIN_SEEDS_GAIN = 0.05  # seeds F1 minus connected-components F1
+MIN_CLICK_IOU = 0.40
+MAX_CLICK_OUTSIDE = 0.50
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    # The file is package data: missing, it is a packaging error and fails here.
+    return nc.load_model(preset="demo", device="cpu", precision="fp32")
+
+
+def _scenes(kinds=SCENE_KINDS, count=SCENES_PER_KIND):
+    for index in range(count):
+        for offset, kind in enumerate(SCENE_KINDS):
+            if kind in kinds:
+                yield generate_scene(FIRST_SEED + index * len(SCENE_KINDS) + offset, size=256, kind=kind)
+
+
+@pytest.fixture(scope="module")
+def text_masks(demo_model):
+    """(scene, {concept: text-only mask}, predictor with the scene set) per held-out scene."""
+    results = []
+    for scene in _scenes():
+        predictor = nc.ClipSamPredictor(demo_model)
+        predictor.set_image(scene.image)
+        masks = {}
+        for concept in scene.labels:
+            predictor.set_concept(concept)
+            masks[concept] = predictor.predict()[0][0]
+        results.append((scene, masks, predictor))
+    return results
+
+
+def test_the_demo_model_knows_the_generated_concepts(demo_model):
+    assert set(demo_model.concepts) == {"nucleus", "cell membrane", "spot", "bacterium"}
+
+
+def test_text_alone_segments_each_concept(text_masks):
+    ious: dict[str, list[float]] = {}
+    for scene, masks, _ in text_masks:
+        for concept, mask in masks.items():
+            ious.setdefault(concept, []).append(semantic_iou(mask, scene.labels[concept] > 0))
+    means = {concept: float(np.mean(values)) for concept, values in ious.items()}
+    assert set(means) == {"nucleus", "cell membrane", "spot", "bacterium"}
+    assert all(value >= MIN_TEXT_IOU for value in means.values()), means
+
+
+def test_one_concept_does_not_take_another(text_masks):
+    overlaps: dict[tuple[str, str], list[float]] = {}
+    for scene, masks, _ in text_masks:
+        for first in masks:
+            for second in masks:
+                if first != second:
+                    overlaps.setdefault((first, second), []).append(
+                        cross_overlap(masks[first], scene.labels[second] > 0, scene.labels[first] > 0))
+    means = {pair: float(np.mean(values)) for pair, values in overlaps.items()}
+    assert means and max(means.values()) <= MAX_CROSS_OVERLAP, means
+
+
+def test_touching_nuclei_are_kept_apart(demo_model, text_masks):
+    scores = {"seeds": [], "components": []}
+    for scene, _, predictor in text_masks:
+        if scene.kind != "nuclei":
+            continue
+        for method, found in scores.items():
+            labels = nc.segment(scene.image, "nucleus", demo_model, instances=True, instance_method=method,
+                                predictor=predictor)
+            found.append(match_instances(labels, scene.labels["nucleus"], 0.5).f1)
+    seeds, components = np.mean(scores["seeds"]), np.mean(scores["components"])
+    assert seeds >= MIN_SEEDS_F1 and seeds - components >= MIN_SEEDS_GAIN, scores
+
+
+def _interior_point(object_mask: np.ndarray) -> list[float]:
+    distance = ndimage.distance_transform_edt(np.pad(object_mask, 1))[1:-1, 1:-1]
+    row, col = np.unravel_index(np.argmax(distance), distance.shape)
+    return [float(col), float(row)]
+
+
+def test_a_click_gives_its_object(text_masks):
+    qualities = []
+    for scene, _, predictor in text_masks:
+        rng = np.random.default_rng(0)
+        for concept, truth in scene.labels.items():
+            predictor.set_concept(concept)
+            ids = np.unique(truth)[1:]
+            for label in rng.choice(ids, size=min(2, len(ids)), replace=False):
+                object_mask = truth == label
+                mask = predictor.predict(point_coords=np.array([_interior_point(object_mask)]),
+                                         point_labels=np.array([1]))[0][0]
+                qualities.append(click_quality(mask, object_mask))
+    iou, outside = np.mean(qualities, axis=0)
+    assert iou >= MIN_CLICK_IOU and outside <= MAX_CLICK_OUTSIDE, (iou, outside)
