@@ -70,30 +70,27 @@ def test_refined_touching_objects_stay_apart(model, nuclei):
     np.testing.assert_array_equal(remove_small_labels(result.labels, OPTIONS["min_area"]), result.labels)
 
 
-def test_the_cli_gives_the_labels_of_segment(model, nuclei, reference, tmp_path):
+def _cli_labels(model, nuclei, tmp_path, *flags) -> np.ndarray:
+    """The labels the CLI writes for the nuclei image with ``model``'s adapters and these instance flags."""
     source, output, adapters = tmp_path / "nuclei.tif", tmp_path / "labels.tif", tmp_path / "adapters.safetensors"
     tifffile.imwrite(source, nuclei)
     model.save_adapters(adapters)
     torch.manual_seed(0)
-    argv = [
-        "segment", str(source), "-c", "nucleus", "-o", str(output), "--instances", "--instance-method", "components",
-        "--refine", "--min-area", "20", *MODEL_FLAGS, "--adapters", str(adapters),
-    ]
+    argv = ["segment", str(source), "-c", "nucleus", "-o", str(output), "--instances", *flags, *MODEL_FLAGS,
+            "--adapters", str(adapters)]
     assert main(argv) == 0
-    np.testing.assert_array_equal(tifffile.imread(output), reference)
+    return tifffile.imread(output)
+
+
+def test_the_cli_gives_the_labels_of_segment(model, nuclei, reference, tmp_path):
+    labels = _cli_labels(model, nuclei, tmp_path, "--instance-method", "components", "--refine", "--min-area", "20")
+    np.testing.assert_array_equal(labels, reference)
 
 
 def test_the_cli_gives_the_seeded_labels_of_segment(model, nuclei, seeded, tmp_path):
-    source, output, adapters = tmp_path / "nuclei.tif", tmp_path / "labels.tif", tmp_path / "adapters.safetensors"
-    tifffile.imwrite(source, nuclei)
-    model.save_adapters(adapters)
-    torch.manual_seed(0)
-    argv = [
-        "segment", str(source), "-c", "nucleus", "-o", str(output), "--instances", "--min-area", "20",
-        "--diameter", "24", "--score-threshold", "0", *MODEL_FLAGS, "--adapters", str(adapters),
-    ]
-    assert main(argv) == 0  # seeds: the default method
-    np.testing.assert_array_equal(tifffile.imread(output), seeded)
+    # Seeds: the default method.
+    labels = _cli_labels(model, nuclei, tmp_path, "--min-area", "20", "--diameter", "24", "--score-threshold", "0")
+    np.testing.assert_array_equal(labels, seeded)
 
 
 def test_seeded_instances_are_consecutive_and_planes_numbered_after_each_other(model, nuclei, seeded):

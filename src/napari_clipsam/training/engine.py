@@ -63,12 +63,11 @@ class _FeatureCache:
         self.features: dict[tuple, torch.Tensor] = {}
 
     def patches(self, view: Augmented) -> torch.Tensor:
-        frozen = self.frozen
-        if frozen and view.key is not None and view.key in self.features:
+        if self.frozen and view.key is not None and view.key in self.features:
             return self.features[view.key]
-        with torch.set_grad_enabled(not frozen):
+        with torch.set_grad_enabled(not self.frozen):
             _, patches = self.model.clip_features(self.model.clip_input(view.image))
-        if frozen and view.key is not None:
+        if self.frozen and view.key is not None:
             self.features[view.key] = patches.detach()
         return patches
 
