@@ -65,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this file of every weight (continue an earlier run) instead of random weights")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (a GPU's file differs from a CPU's in the last bits)")
+    parser.add_argument("--sam", default="demo", help="SAM architecture (a variant of napari_clipsam.model.build_sam)")
+    parser.add_argument("--evaluations", type=int, default=6, help="validations during the run")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop after this long; the output then holds the best state validated so far")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
@@ -76,37 +81,20 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the random initial weights
-    print(f"CPU: {cpu_name()}, torch {torch.__version__}, {args.threads} threads",
-          flush=True)
+    device = f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""
+    print(f"CPU: {cpu_name()}{device}, torch {torch.__version__}, {args.threads} threads", flush=True)
     started = time.perf_counter()
     train_set = scenes_dataset(args.scenes, args.seed * 100_000, 256)
     val_set = scenes_dataset(args.validation_scenes, VALIDATION_SEED, 256)
     print(f"{len(train_set)} training samples from {args.scenes} scenes, {len(val_set)} validation samples "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
-    model = nc.load_model(sam="demo", clip="demo", sam_checkpoint=None, clip_pretrained=None, device="cpu",
+    model = nc.load_model(sam=args.sam, clip="demo", sam_checkpoint=None, clip_pretrained=None, device=args.device,
                           precision="fp32", config=demo_config(), adapters=args.init)
     config = TrainingConfig(
         mode="both", steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        weight_decay=1e-3, warmup_fraction=0.05, eval_every=max(1, args.steps // 6), patience=0, augment=True,
+        weight_decay=1e-3, warmup_fraction=0.05, eval_every=max(1, args.steps // args.evaluations), patience=0, augment=True,
         gradient_checkpointing=False, image_size=256, seed=args.seed, train_base=True,
     )
-    last = time.perf_counter()
-    job = iter_train(model, train_set, val_set, config)
-    while True:
-        try:
-            event = next(job)
-        except StopIteration as stop:
-            result = stop.value
-            break
-        if event.stage == "training" and event.step % 25 == 0:
-            now = time.perf_counter()
-            print(f"step {event.step}/{event.total} loss {event.loss:.4f} lr {event.learning_rate:.2e} "
-                  f"({(now - last) / 25:.2f} s/step)", flush=True)
-            last = now
-        elif event.stage == "validated":
-            report = event.validation
-            print(f"step {event.step}: validation IoU {report.iou:.3f} "
-                  + json.dumps({c: round(v["iou"], 3) for c, v in report.per_concept.items()}), flush=True)
     concepts = sorted({sample.concept for sample in train_set if sample.mask.any()})
     command = "python scripts/train_demo_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.init is not None:
@@ -114,15 +102,42 @@ def main(argv: list[str] | None = None) -> int:
 
         earlier = read_adapters_metadata(args.init).get("description", "")
         command = earlier.split("Made by: ")[-1].split(" (seed")[0] + ", then " + command.strip()
-    description = (
-        "napari-clipsam DEMO model: small CLIP-guided SAM trained from scratch on generated microscopy-like scenes "
-        f"(napari_clipsam.synthetic) for the concepts {', '.join(concepts)}. For trying the plugin offline; it "
-        f"knows nothing of real microscopy images. Made by: {command.strip()} (seed {args.seed}, best validation "
-        f"step {result.best_step}, validation IoU {result.best.iou:.3f})."
-    )
-    model.save_adapters(args.output, concepts=concepts, replace=args.overwrite, every_weight=True,
-                        dtype=torch.float16, extra_metadata={"training_mode": "both", "description": description})
-    print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB) in "
+
+    def save(step: int, iou: float) -> None:
+        """Write the model as it is now (the state just validated) with how it was made."""
+        description = (
+            "napari-clipsam DEMO model: small CLIP-guided SAM trained from scratch on generated microscopy-like "
+            f"scenes (napari_clipsam.synthetic) for the concepts {', '.join(concepts)}. For trying the plugin "
+            f"offline; it knows nothing of real microscopy images. Made by: {command.strip()} (seed {args.seed}, "
+            f"best validation step {step}, validation IoU {iou:.3f})."
+        )
+        model.save_adapters(args.output, concepts=concepts, replace=args.overwrite or saved, every_weight=True,
+                            dtype=torch.float16,
+                            extra_metadata={"training_mode": "both", "description": description})
+
+    # The output is written at each better validation, so a stopped or killed run leaves its best state.
+    saved, best, last = False, -1.0, time.perf_counter()
+    deadline = started + args.max_minutes * 60 if args.max_minutes else None
+    job = iter_train(model, train_set, val_set, config)
+    for event in job:
+        if event.stage == "training" and event.step % 25 == 0:
+            now = time.perf_counter()
+            print(f"step {event.step}/{event.total} loss {event.loss:.4f} lr {event.learning_rate:.2e} "
+                  f"({(now - last) / 25:.3f} s/step)", flush=True)
+            last = now
+        elif event.stage == "validated":
+            report = event.validation
+            print(f"step {event.step}: validation IoU {report.iou:.3f} "
+                  + json.dumps({c: round(v["iou"], 3) for c, v in report.per_concept.items()}), flush=True)
+            if report.iou > best:
+                best = report.iou
+                save(event.step, report.iou)
+                saved = True
+        if deadline is not None and time.perf_counter() > deadline and event.stage == "training":
+            job.close()
+            print(f"stopped at step {event.step}: --max-minutes {args.max_minutes} reached", flush=True)
+            break
+    print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB, best validation IoU {best:.3f}) in "
           f"{(time.perf_counter() - started) / 60:.1f} min", flush=True)
     return 0
 
