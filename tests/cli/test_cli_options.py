@@ -92,11 +92,31 @@ def test_instance_flags_become_the_pipeline_options():
     )
 
 
-def test_the_instance_methods_are_the_pipelines():
-    from napari_clipsam.cli.segment import INSTANCE_METHODS
-    from napari_clipsam.inference import pipeline
+def test_the_instance_methods_and_default_threshold_are_the_pipelines():
+    from napari_clipsam.cli.segment import DEFAULT_SCORE_THRESHOLD, INSTANCE_METHODS
+    from napari_clipsam.inference import pipeline, seeds
 
     assert INSTANCE_METHODS == pipeline.INSTANCE_METHODS
+    assert DEFAULT_SCORE_THRESHOLD == seeds.DEFAULT_SCORE_THRESHOLD
+
+
+def test_tiling_flags_become_the_pipeline_options():
+    from napari_clipsam.inference.pipeline import SegmentOptions
+
+    assert _segment_options() == SegmentOptions(tile_shape="auto", halo="auto")
+    assert _segment_options("--tile-shape", "none") == SegmentOptions(tile_shape=None)
+    assert _segment_options("--tile-shape", "512", "--halo", "32,48") == SegmentOptions(
+        tile_shape=(512, 512), halo=(32, 48))
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--tile-shape", "0"], "--tile-shape must be pixels"), (["--tile-shape", "big"], "--tile-shape must be pixels"),
+    (["--halo", "-4"], "--halo must be pixels"),
+])
+def test_bad_tiling_flags_exit_2_naming_the_flag(flags, words, capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["segment", "-c", "x", "-o", "o.tif", *flags])
+    assert exited.value.code == 2 and words in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from .common import check_outputs, job_progress, load_model, model_arguments
 # The pipeline's INSTANCE_METHODS, spelled out: importing the pipeline (scipy) would slow
 # every command's start, --help included (a test keeps the two equal).
 INSTANCE_METHODS = ("seeds", "components")
+DEFAULT_SCORE_THRESHOLD = 0.2  # inference.seeds.DEFAULT_SCORE_THRESHOLD (a test keeps the two equal)
 
 
 def add_parser(commands, parents) -> None:
@@ -51,14 +52,42 @@ def add_parser(commands, parents) -> None:
     )
     seg.add_argument(
         "--score-threshold", type=float, metavar="X",
-        help="with --instance-method seeds: drop objects SAM scores lower, 0 to 1 (default 0.5)",
+        help=f"with --instance-method seeds: drop objects SAM scores lower, 0 to 1 (default {DEFAULT_SCORE_THRESHOLD})",
     )
+    seg.add_argument(
+        "--tile-shape", type=_tile_shape, default="auto", metavar="PX|H,W|auto|none",
+        help="segment images larger than SAM's input in tiles of this core size, at native resolution "
+             "(default auto: tiles when the image is more than twice the input; none: resize the image to the input)",
+    )
+    seg.add_argument("--halo", type=_halo, default="auto", metavar="PX|H,W|auto",
+                     help="pixels of context around each tile (default auto: a quarter of the input)")
     seg.add_argument("--points", type=lambda t: _pairs(t, 2, "--points"), help="positive points 'x,y;x,y'")
     seg.add_argument("--box", type=lambda t: _pairs(t, 4, "--box")[0], help="box 'x0,y0,x1,y1'")
     seg.add_argument("--channel", type=int, help="channel to use in multi-channel images")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     model_arguments(seg)
     seg.set_defaults(run=run)
+
+
+def _tile_shape(text: str):
+    if text.strip().lower() in ("auto", "none"):
+        return None if text.strip().lower() == "none" else "auto"
+    return _pixels(text, "--tile-shape", least=1)
+
+
+def _halo(text: str):
+    return "auto" if text.strip().lower() == "auto" else _pixels(text, "--halo", least=0)
+
+
+def _pixels(text: str, what: str, least: int) -> tuple[int, int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < least:
+        raise argparse.ArgumentTypeError(
+            f"{what} must be pixels ({'more than 0' if least else '0 or more'}) as N or H,W, or auto, got {text!r}")
+    return (values[0], values[-1])
 
 
 def _pairs(text: str, size: int, what: str) -> np.ndarray:
@@ -125,7 +154,7 @@ def _options(args: argparse.Namespace):
     extra = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
     return SegmentOptions(
         instances=args.instances, refine=args.refine, min_area=args.min_area, channel=args.channel,
-        instance_method=method, diameter=args.diameter, **extra,
+        instance_method=method, diameter=args.diameter, tile_shape=args.tile_shape, halo=args.halo, **extra,
     )
 
 

@@ -20,6 +20,7 @@ from .image import MAX_CHANNELS
 from .instances import iter_refine_instances, masks_to_instances, remove_small_labels
 from .prompts import check_prompts
 from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
+from .tiling import AUTO, iter_segment_tiled, resolve_tiling
 
 if TYPE_CHECKING:
     from ..model.clipsam import ClipSamModel
@@ -46,6 +47,10 @@ class SegmentOptions:
             from the mask.
         score_threshold: with ``"seeds"``, drop objects whose score (SAM's predicted IoU
             times the mask's stability, in [0, 1]) is lower; the user's clicks are kept.
+        tile_shape, halo: images larger than SAM's input in overlapping tiles at native
+            resolution (see ``inference/tiling.py``): ``"auto"`` tiles an image more than twice
+            the input's size, None never tiles (the image is resized to the input), (h, w)
+            is each tile's core; ``halo`` the context around it (``"auto"``: input / 4).
     """
 
     instances: bool = False
@@ -56,8 +61,11 @@ class SegmentOptions:
     instance_method: str = "seeds"
     diameter: float | None = None
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    tile_shape: object = AUTO
+    halo: object = AUTO
 
     def __post_init__(self) -> None:
+        resolve_tiling((1, 1), 256, self.tile_shape, self.halo)  # checks the values alone
         if self.min_area < 0:
             raise ValueError(f"min_area must be 0 or more pixels, got {self.min_area}.")
         if self.instance_method not in INSTANCE_METHODS:
@@ -179,6 +187,7 @@ def iter_segment_stack(
     box: np.ndarray | None = None,
     options: SegmentOptions = SegmentOptions(),
     rgb: bool | None = None,
+    out=None,
 ) -> Job[np.ndarray]:
     """Segment every 2-D plane of ``stack`` (*leading, H, W[, C]) with :func:`iter_segment`.
 
@@ -186,28 +195,54 @@ def iter_segment_stack(
     loading the whole stack. The same prompts apply to every plane. A 2-D image is a
     stack of one plane. Yields per stage of each plane.
 
+    A plane larger than SAM's input is segmented in tiles as ``options.tile_shape`` says
+    (:mod:`.tiling`), read tile by tile.
+
+    Args:
+        out: an integer array of shape (*leading, H, W) to write the labels into (numpy
+            or zarr: with tiles, memory is then bounded by the tile); None: a new one.
+
     Returns:
-        (*leading, H, W) int32 labels; with ``instances`` every object of every plane has
-        its own value (plane 0's objects first).
+        (*leading, H, W) int32 labels (``out`` when given); with ``instances`` every object
+        of every plane has its own value (plane 0's objects first).
     """
     shape = tuple(stack.shape)
     leading = shape[: leading_ndim(shape, rgb)]
     planes = list(np.ndindex(*leading))
     spatial = shape[len(leading) : len(leading) + 2]
-    labels = np.zeros((*leading, *spatial), dtype=np.int32)
+    if out is not None and tuple(out.shape) != (*leading, *spatial):
+        raise ValueError(f"out has shape {tuple(out.shape)}; the labels of this image need {(*leading, *spatial)}.")
+    labels = np.zeros((*leading, *spatial), dtype=np.int32) if out is None else out
+    tiling = resolve_tiling(spatial, predictor.image_size or predictor.model.image_size, options.tile_shape,
+                            options.halo)
     offset = 0
     for number, index in enumerate(planes):
         prefix = f"plane {number + 1}/{len(planes)}: " if leading else ""
-        job = iter_segment(predictor, np.asarray(stack[index]), concept, points, point_labels, box, options)
-        result = yield from relay(
-            job, lambda event: Progress(f"{prefix}{event.stage}", number, len(planes)) if leading else event
-        )
-        plane = result.labels
+        if tiling is None:
+            job = iter_segment(predictor, np.asarray(stack[index]), concept, points, point_labels, box, options)
+            plane = (yield from relay(job, lambda event: Progress(f"{prefix}{event.stage}", number, len(planes))
+                                      if leading else event)).labels
+        else:
+            plane_image = _Plane(stack, index)
+            job = iter_segment_tiled(predictor, plane_image, concept, points, point_labels, box, options, tiling)
+            plane = yield from relay(job, lambda event: Progress(f"{prefix}{event.stage}", number, len(planes))
+                                     if leading else event)
         if options.instances:
             plane = np.where(plane > 0, plane + offset, 0)
             offset = int(plane.max(initial=offset))
         labels[index] = plane
     return labels
+
+
+class _Plane:
+    """One plane of a stack, read region by region (a dask or zarr stack is never read whole)."""
+
+    def __init__(self, stack, index: tuple[int, ...]) -> None:
+        self.stack, self.index = stack, index
+        self.shape = tuple(stack.shape)[len(index):]
+
+    def __getitem__(self, region):
+        return np.asarray(self.stack[self.index + tuple(region)])
 
 
 def segment(
@@ -228,6 +263,9 @@ def segment(
     instance_method: str = "seeds",
     diameter: float | None = None,
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    tile_shape=AUTO,
+    halo=AUTO,
+    out=None,
 ) -> np.ndarray:
     """Segment ``concept`` in an image, or in each plane of a stack, and return labels.
 
@@ -249,14 +287,18 @@ def segment(
             made: ``"seeds"`` keeps touching objects apart (objects of about ``diameter``
             pixels, None: estimated; less sure than ``score_threshold`` dropped),
             ``"components"`` labels connected regions (see :class:`SegmentOptions`).
+        tile_shape, halo: tiles at native resolution for images larger than SAM's input
+            (``"auto"``: when more than twice its size; None: never, the image is resized).
+        out: an integer array (numpy, zarr) of the labels' shape to write into.
 
     Returns:
-        int32 labels of the image's spatial shape: 0 background, 1 the concept
-        (semantic) or 1..N (instances, distinct across planes).
+        int32 labels of the image's spatial shape (``out`` when given): 0 background, 1 the
+        concept (semantic) or 1..N (instances, distinct across planes).
     """
     # Checked first: a mistake must not wait for a model to load (or download).
     options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel,
-                             instance_method=instance_method, diameter=diameter, score_threshold=score_threshold)
+                             instance_method=instance_method, diameter=diameter, score_threshold=score_threshold,
+                             tile_shape=tile_shape, halo=halo)
     if predictor is None:
         if model is None:
             from ..model.build import load_model
@@ -268,7 +310,7 @@ def segment(
     elif image_size is not None:
         predictor.image_size = image_size
     with predictor:  # one thread drains the whole job: other threads sharing the predictor wait
-        return run(iter_segment_stack(predictor, image, concept, points, point_labels, box, options, rgb))
+        return run(iter_segment_stack(predictor, image, concept, points, point_labels, box, options, rgb, out))
 
 
 __all__ = [
