@@ -8,11 +8,11 @@ import torch
 
 import napari_clipsam as nc
 from napari_clipsam.inference.sam_frame import to_sam_frame
+from napari_clipsam.training import engine as engine_module
 from napari_clipsam.training.augment import augment
 from napari_clipsam.training.config import TrainingConfig
 from napari_clipsam.training.data import ConceptDataset, Sample
 from napari_clipsam.training.engine import iter_train, resume_path, train
-from napari_clipsam.training import engine as engine_module
 from napari_clipsam.training.evaluate import evaluate
 from tests.helpers import load_tiny, two_kinds_image
 

@@ -23,7 +23,6 @@ def verbose_parent() -> argparse.ArgumentParser:
 def model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that choose and load the model (see :func:`napari_clipsam.load_model`)."""
     from ..model.build_sam import list_sam_variants
-
     from ..weights.presets import PRESETS
 
     group = parser.add_argument_group("model")

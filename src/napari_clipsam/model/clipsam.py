@@ -380,16 +380,16 @@ class ClipSamModel(nn.Module):
                 unknown or out of range, a tensor of another name, shape or dtype, or not finite).
             AdaptersMismatchError: a valid file made for another base model or configuration.
         """
-        from ..weights.adapters_file import holds_all_weights, preferred_image_size, read_adapters, read_adapters_metadata
+        from ..weights import adapters_file as files
 
-        every_weight = holds_all_weights(read_adapters_metadata(path))
+        every_weight = files.holds_all_weights(files.read_adapters_metadata(path))  # which shapes to expect
         parameters = self.every_weight().items() if every_weight else self.trainable_parameters()
-        tensors, metadata = read_adapters(
+        tensors, metadata = files.read_adapters(
             path, sam=self.sam_name, clip=self.clip_name, config=self.config, parse_config=ClipSamConfig.from_json,
             shapes={name: tuple(p.shape) for name, p in parameters},
         )
         self.assign_trainable(tensors, every_weight=every_weight)
-        self.preferred_image_size = preferred_image_size(metadata, self.image_size)
+        self.preferred_image_size = files.preferred_image_size(metadata, self.image_size)
         self.concepts = tuple(json.loads(metadata["concepts"]))
         self.description = metadata.get("description")
         return metadata
