@@ -30,7 +30,7 @@ def test_existing_output_is_never_overwritten_without_asking(tmp_path, capsys):
     assert tifffile.imread(output).shape == (303, 384)
 
 
-def test_a_stack_is_segmented_plane_by_plane_with_distinct_instances(tmp_path):
+def test_a_stack_is_segmented_plane_by_plane_with_objects_linked_across_planes(tmp_path):
     rng = np.random.default_rng(0)
     stack = rng.normal(100, 10, size=(3, 40, 50)).astype(np.float32)
     stack[:, 10:20, 10:20] += 200
@@ -40,10 +40,14 @@ def test_a_stack_is_segmented_plane_by_plane_with_distinct_instances(tmp_path):
     assert main(["segment", str(source), "-c", "blob", "-o", str(output), "--instances", *TINY]) == 0
     labels = np.load(output)
     assert labels.shape == (3, 40, 50)
-    plane_labels = [set(np.unique(plane)) - {0} for plane in labels]
-    for a in range(3):
-        for b in range(a + 1, 3):
-            assert not plane_labels[a] & plane_labels[b]
+    # Each plane's objects either continue an object of the plane before (linked) or are new.
+    seen = set()
+    for before, plane in zip([None, *labels[:-1]], labels):
+        values = set(np.unique(plane)) - {0}
+        continued = values & seen
+        assert before is None or continued <= set(np.unique(before))
+        assert all(value > max(seen, default=0) for value in values - continued)
+        seen |= values
 
 
 def test_several_inputs_go_to_a_folder(tmp_path):

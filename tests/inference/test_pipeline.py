@@ -93,12 +93,16 @@ def test_the_cli_gives_the_seeded_labels_of_segment(model, nuclei, seeded, tmp_p
     np.testing.assert_array_equal(labels, seeded)
 
 
-def test_seeded_instances_are_consecutive_and_planes_numbered_after_each_other(model, nuclei, seeded):
+def test_seeded_instances_are_consecutive_and_planes_linked_or_numbered_after_each_other(model, nuclei, seeded):
     assert seeded.dtype == np.int32
     values, areas = np.unique(seeded, return_counts=True)
     np.testing.assert_array_equal(values, np.arange(seeded.max() + 1))
     assert areas[1:].min() >= SEEDS["min_area"]
-    labels = nc.segment(np.stack([nuclei, nuclei]), "nucleus", model=model, **SEEDS)
+    # The same plane twice: every object is one 3-D object (linked), or two without linking.
+    linked = nc.segment(np.stack([nuclei, nuclei]), "nucleus", model=model, **SEEDS)
+    np.testing.assert_array_equal(linked[0], seeded)
+    np.testing.assert_array_equal(linked[1], seeded)
+    labels = nc.segment(np.stack([nuclei, nuclei]), "nucleus", model=model, link_planes=False, **SEEDS)
     np.testing.assert_array_equal(labels[0], seeded)
     np.testing.assert_array_equal(labels[1], np.where(seeded > 0, seeded + seeded.max(), 0))
 
@@ -124,8 +128,10 @@ def test_each_plane_of_a_stack_gives_the_labels_of_segment(model, nuclei, refere
     labels = nc.segment(stack, "nucleus", model=model, **OPTIONS)
     assert labels.shape == stack.shape and labels.dtype == np.int32
     np.testing.assert_array_equal(labels[0], reference)
-    # Plane 1's objects are the same, numbered after plane 0's.
-    np.testing.assert_array_equal(labels[1], np.where(reference > 0, reference + reference.max(), 0))
+    # Plane 1's objects are the same 3-D objects; without linking, numbered after plane 0's.
+    np.testing.assert_array_equal(labels[1], reference)
+    unlinked = nc.segment(stack, "nucleus", model=model, link_planes=False, **OPTIONS)
+    np.testing.assert_array_equal(unlinked[1], np.where(reference > 0, reference + reference.max(), 0))
 
 
 def test_a_lazy_stack_is_read_plane_by_plane(model, nuclei, reference):

@@ -18,6 +18,7 @@ import numpy as np
 from .._jobs import Job, Progress, relay, run
 from .image import MAX_CHANNELS
 from .instances import iter_refine_instances, masks_to_instances, remove_small_labels
+from .linking import link_to_previous
 from .prompts import check_prompts
 from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
 from .tiling import AUTO, iter_segment_tiled, resolve_tiling
@@ -51,6 +52,9 @@ class SegmentOptions:
             resolution (see ``inference/tiling.py``): ``"auto"`` tiles an image more than twice
             the input's size, None never tiles (the image is resized to the input), (h, w)
             is each tile's core; ``halo`` the context around it (``"auto"``: input / 4).
+        link_planes: with ``instances`` in a stack, one label per 3-D object: each plane's
+            objects continue the previous plane's they overlap (``inference/linking.py``),
+            along the last leading axis; False: every object of every plane its own label.
     """
 
     instances: bool = False
@@ -63,6 +67,7 @@ class SegmentOptions:
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     tile_shape: object = AUTO
     halo: object = AUTO
+    link_planes: bool = True
 
     def __post_init__(self) -> None:
         resolve_tiling((1, 1), 256, self.tile_shape, self.halo)  # checks the values alone
@@ -81,7 +86,8 @@ class SegmentOptions:
         if not 0 <= self.score_threshold <= 1:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}.")
         defaults = SegmentOptions.__dataclass_fields__
-        changed = [name for name in ("refine", "min_area", "instance_method", "diameter", "score_threshold")
+        changed = [name for name in ("refine", "min_area", "instance_method", "diameter", "score_threshold",
+                                     "link_planes")
                    if getattr(self, name) != defaults[name].default]
         if changed and not self.instances:
             raise ValueError(f"{' and '.join(changed)} apply to objects: set instances=True as well.")
@@ -203,8 +209,8 @@ def iter_segment_stack(
             or zarr: with tiles, memory is then bounded by the tile); None: a new one.
 
     Returns:
-        (*leading, H, W) int32 labels (``out`` when given); with ``instances`` every object
-        of every plane has its own value (plane 0's objects first).
+        (*leading, H, W) int32 labels (``out`` when given); with ``instances`` one value per
+        object linked across planes (``options.link_planes``), else per object of each plane.
     """
     shape = tuple(stack.shape)
     leading = shape[: leading_ndim(shape, rgb)]
@@ -215,7 +221,7 @@ def iter_segment_stack(
     labels = np.zeros((*leading, *spatial), dtype=np.int32) if out is None else out
     tiling = resolve_tiling(spatial, predictor.image_size or predictor.model.image_size, options.tile_shape,
                             options.halo)
-    offset = 0
+    next_label, previous, previous_index = 1, None, None
     for number, index in enumerate(planes):
         prefix = f"plane {number + 1}/{len(planes)}: " if leading else ""
         if tiling is None:
@@ -228,8 +234,9 @@ def iter_segment_stack(
             plane = yield from relay(job, lambda event: Progress(f"{prefix}{event.stage}", number, len(planes))
                                      if leading else event)
         if options.instances:
-            plane = np.where(plane > 0, plane + offset, 0)
-            offset = int(plane.max(initial=offset))
+            linked = options.link_planes and previous is not None and index[:-1] == previous_index[:-1]
+            plane, next_label = link_to_previous(plane, previous if linked else None, next_label)
+            previous, previous_index = plane, index
         labels[index] = plane
     return labels
 
@@ -266,6 +273,7 @@ def segment(
     tile_shape=AUTO,
     halo=AUTO,
     out=None,
+    link_planes: bool = True,
 ) -> np.ndarray:
     """Segment ``concept`` in an image, or in each plane of a stack, and return labels.
 
@@ -290,15 +298,17 @@ def segment(
         tile_shape, halo: tiles at native resolution for images larger than SAM's input
             (``"auto"``: when more than twice its size; None: never, the image is resized).
         out: an integer array (numpy, zarr) of the labels' shape to write into.
+        link_planes: with ``instances`` in a stack, one label per 3-D object (linked by
+            overlap between consecutive planes); False: per object of each plane.
 
     Returns:
         int32 labels of the image's spatial shape (``out`` when given): 0 background, 1 the
-        concept (semantic) or 1..N (instances, distinct across planes).
+        concept (semantic) or 1..N (instances; in a stack one value per linked 3-D object).
     """
     # Checked first: a mistake must not wait for a model to load (or download).
     options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel,
                              instance_method=instance_method, diameter=diameter, score_threshold=score_threshold,
-                             tile_shape=tile_shape, halo=halo)
+                             tile_shape=tile_shape, halo=halo, link_planes=link_planes)
     if predictor is None:
         if model is None:
             from ..model.build import load_model
