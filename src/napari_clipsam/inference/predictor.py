@@ -15,6 +15,7 @@ from ..errors import ConcurrentUseError
 from ..model.clipsam import ClipSamModel
 from .image import to_rgb_uint8
 from .prompts import check_prompts
+from .recent_images import DEFAULT_IMAGES_KEPT, RecentImages
 from .sam_frame import logits_to_image, mask_prompt_from_similarity, resize_map, text_mode_points, to_sam_frame
 
 # Image embeddings kept per concept for the current image (4 MB each for vit_b).
@@ -47,19 +48,23 @@ class ClipSamPredictor:
     ``with predictor:`` holds the predictor for a whole sequence of calls.
     """
 
-    def __init__(self, model: ClipSamModel, image_size: int | None = None) -> None:
+    def __init__(self, model: ClipSamModel, image_size: int | None = None,
+                 images_kept: int = DEFAULT_IMAGES_KEPT) -> None:
         """Args:
             model: from :func:`load_model`.
             image_size: SAM input side in pixels. None: the size the model's adapters
                 were trained at (``model.preferred_image_size``, from the adapters file),
                 else SAM's own (1024). Smaller is faster on a CPU (see
                 :meth:`ClipSamModel.at_resolution`).
+            images_kept: how many earlier images' features to keep, so that setting one
+                of them again (a plane revisited) costs nothing (``inference/recent_images.py``).
         """
         self.model = model
         self._image_size = image_size
         # Serialises calls; re-entrant because calls call each other (predict -> prepare).
         self._lock = threading.RLock()
         self._claims = _Claims()
+        self._recent = RecentImages(images_kept)
         self._drop_image()
         self.concept: str | None = None
 
@@ -125,9 +130,10 @@ class ClipSamPredictor:
             self._claims.values["image"] = digest
             if digest == self._image_key:
                 return
-            self._drop_image()
-            self.image = rgb
-            self.original_size = rgb.shape[:2]
+            if not self._recent.switch(self, self._image_key, digest):
+                self._drop_image()
+                self.image = rgb
+                self.original_size = rgb.shape[:2]
             self._image_key = digest
 
     def set_concept(self, concept: str | None) -> None:
