@@ -1,0 +1,68 @@
+"""Many files on dask.distributed (a LocalCluster on localhost, started by the tests)."""
+
+from __future__ import annotations
+
+import distributed
+import numpy as np
+import pytest
+import tifffile
+
+import napari_clipsam as nc
+from napari_clipsam.batch import segment_files
+from napari_clipsam.inference.pipeline import SegmentOptions
+from napari_clipsam.synthetic import generate_scene
+
+DEMO = {"preset": "demo", "device": "cpu", "precision": "fp32"}
+OPTIONS = SegmentOptions(instances=True, instance_method="components")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  host="127.0.0.1") as local, distributed.Client(local) as client:
+        yield client
+
+
+@pytest.fixture
+def files(tmp_path):
+    pairs = []
+    for seed in range(3):
+        source = tmp_path / f"field{seed}.tif"
+        tifffile.imwrite(source, generate_scene(2_000_500 + seed, size=256, kind="nuclei").image)
+        pairs.append((source, tmp_path / "out" / f"field{seed}_labels.tif"))
+    (tmp_path / "out").mkdir()
+    return pairs
+
+
+def test_files_are_segmented_on_the_cluster_as_in_process(cluster, files):
+    seen = []
+    report = segment_files(files, "nucleus", model_args=DEMO, options=OPTIONS, client=cluster,
+                           on_result=lambda *event: seen.append(event))
+    assert report.ok and sorted(report.written) == sorted(str(output) for _, output in files)
+    assert len(seen) == 3 and all(error is None for _, _, error in seen)
+    model = nc.load_model(**DEMO)
+    for source, output in files:
+        expected = nc.segment(tifffile.imread(source), "nucleus", model=model, instances=True,
+                              instance_method="components")
+        np.testing.assert_array_equal(tifffile.imread(output), expected)
+
+
+def test_a_rerun_skips_finished_outputs_and_a_failing_file_does_not_stop_the_others(cluster, files, tmp_path):
+    first_source, first_output = files[0]
+    report = segment_files(files[:1], "nucleus", model_args=DEMO, options=OPTIONS, client=cluster)
+    written = first_output.stat().st_mtime_ns
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a tiff")
+    pairs = [*files, (broken, tmp_path / "out" / "broken_labels.tif")]
+    report = segment_files(pairs, "nucleus", model_args=DEMO, options=OPTIONS, client=cluster)
+    assert report.skipped == [str(first_output)] and first_output.stat().st_mtime_ns == written
+    assert sorted(report.written) == sorted(str(output) for _, output in files[1:])
+    assert list(report.failed) == [str(broken)] and "broken.tif" in report.failed[str(broken)]
+    assert not (tmp_path / "out" / "broken_labels.tif").exists()
+    with pytest.raises(RuntimeError, match="1 of 3 files failed"):
+        report.raise_for_failures()
+
+
+def test_a_local_cluster_is_started_and_closed_when_none_is_given(files):
+    report = segment_files(files[:2], "nucleus", model_args=DEMO, options=OPTIONS, workers=1)
+    assert report.ok and len(report.written) == 2
