@@ -139,3 +139,18 @@ def test_dask_input_and_zarr_output_give_the_numpy_labels(demo_model, large_fiel
                          tile_shape=(200, 200), halo=24, out=out)
     assert written is out
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "labels.zarr"), mode="r")[:], expected)
+
+
+def test_a_tiled_stack_links_its_planes_in_place_in_a_zarr_output(demo_model, large_field, tmp_path):
+    """Two planes (one shifted by a pixel) tiled into a 3-D zarr array: objects linked across planes,
+    the same labels as in memory."""
+    stack = np.stack([large_field.image, np.roll(large_field.image, 1, axis=1)])
+    options = dict(instances=True, instance_method="components", tile_shape=(200, 200), halo=24)
+    expected = nc.segment(stack, "nucleus", model=demo_model, **options)
+    out = zarr.open_array(str(tmp_path / "stack.zarr"), mode="w", shape=stack.shape, chunks=(1, 160, 160),
+                          dtype="int32")
+    nc.segment(stack, "nucleus", model=demo_model, out=out, **options)
+    np.testing.assert_array_equal(out[:], expected)
+    first, second = (set(np.unique(plane)) - {0} for plane in expected)
+    assert len(first & second) >= 0.8 * len(first) > 10
+    assert max(second - first, default=0) > max(first)  # the second plane's new objects continue the numbering

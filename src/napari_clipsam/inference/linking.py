@@ -21,9 +21,61 @@ import numpy as np
 LINK_IOU = 0.3
 
 
+def _overlaps(plane: np.ndarray, previous: np.ndarray) -> dict[tuple[int, int], int]:
+    """Pixels shared by each (object of ``plane``, object of ``previous``) pair."""
+    both = (plane > 0) & (previous > 0)
+    pairs, counts = np.unique(np.stack([plane[both], previous[both]]), axis=1, return_counts=True)
+    return {(int(a), int(b)): int(n) for a, b, n in zip(pairs[0], pairs[1], counts)}
+
+
+def _areas(labels: np.ndarray) -> dict[int, int]:
+    values, counts = np.unique(labels[labels > 0], return_counts=True)
+    return {int(v): int(n) for v, n in zip(values, counts)}
+
+
+def _add(total: dict, part: dict) -> None:
+    for key, value in part.items():
+        total[key] = total.get(key, 0) + value
+
+
+def _links(overlaps: dict, areas: dict[int, int], previous_areas: dict[int, int], min_iou: float) -> dict[int, int]:
+    """Object of this plane -> object of the previous plane it continues: best IoU first, each once."""
+    scored = sorted(((n / (areas[a] + previous_areas[b] - n), a, b) for (a, b), n in overlaps.items()),
+                    key=lambda item: -item[0])
+    links, taken = {}, set()
+    for iou, current, previous in scored:
+        if iou < min_iou:
+            break
+        if current not in links and previous not in taken:
+            links[current] = previous
+            taken.add(previous)
+    return links
+
+
+def _lookup(values, links: dict[int, int], next_label: int) -> tuple[np.ndarray, int, int]:
+    """(table indexed by value - low, low, next label): linked values -> their partner, others -> new labels."""
+    values = sorted(values)
+    low = values[0] if values else 0
+    table = np.zeros((values[-1] - low + 1) if values else 1, dtype=np.int64)
+    for value in values:
+        if value in links:
+            table[value - low] = links[value]
+        else:
+            table[value - low] = next_label
+            next_label += 1
+    return table, low, next_label
+
+
+def _apply(labels: np.ndarray, table: np.ndarray, low: int) -> np.ndarray:
+    out = np.zeros(labels.shape, dtype=np.int32)
+    inside = labels > 0
+    out[inside] = table[labels[inside] - low]
+    return out
+
+
 def link_to_previous(plane: np.ndarray, previous: np.ndarray | None, next_label: int,
                      min_iou: float = LINK_IOU) -> tuple[np.ndarray, int]:
-    """``plane``'s objects (labels 1..N of one plane) relabelled to continue ``previous``'s.
+    """``plane``'s objects (labels of one plane) relabelled to continue ``previous``'s.
 
     Args:
         plane: (H, W) int labels of this plane (0 background).
@@ -34,36 +86,37 @@ def link_to_previous(plane: np.ndarray, previous: np.ndarray | None, next_label:
         (the relabelled plane as int32, the next unused label).
     """
     plane = np.asarray(plane)
-    values = np.unique(plane[plane > 0])
-    mapping = {}
-    if previous is not None and len(values):
+    areas = _areas(plane)
+    links = {}
+    if previous is not None and areas:
         previous = np.asarray(previous)
-        both = (plane > 0) & (previous > 0)
-        pairs, inter = np.unique(np.stack([plane[both], previous[both]]), axis=1, return_counts=True)
-        if len(inter):
-            cur_values, cur_areas = np.unique(plane[plane > 0], return_counts=True)
-            prev_values, prev_areas = np.unique(previous[previous > 0], return_counts=True)
-            area_cur = cur_areas[np.searchsorted(cur_values, pairs[0])]
-            area_prev = prev_areas[np.searchsorted(prev_values, pairs[1])]
-            iou = inter / (area_cur + area_prev - inter)
-            taken = set()
-            for k in np.argsort(-iou, kind="stable"):
-                if iou[k] < min_iou:
-                    break
-                cur, prev = int(pairs[0, k]), int(pairs[1, k])
-                if cur in mapping or prev in taken:
-                    continue
-                mapping[cur] = prev
-                taken.add(prev)
-    lookup = np.zeros(int(values.max(initial=0)) + 1, dtype=np.int64)
-    for value in values:
-        value = int(value)
-        if value in mapping:
-            lookup[value] = mapping[value]
-        else:
-            lookup[value] = next_label
-            next_label += 1
-    return lookup[plane].astype(np.int32), next_label
+        links = _links(_overlaps(plane, previous), areas, _areas(previous), min_iou)
+    table, low, next_label = _lookup(areas, links, next_label)
+    return _apply(plane, table, low), next_label
 
 
-__all__ = ["LINK_IOU", "link_to_previous"]
+def link_in_place(plane, previous, next_label: int, rows: int = 1024, min_iou: float = LINK_IOU) -> int:
+    """:func:`link_to_previous` for planes too large for memory (zarr, or views of them), ``rows`` rows at a time.
+
+    ``plane`` holds objects numbered from ``next_label`` on (the tiled pipeline's); they
+    are rewritten in place to continue ``previous``'s (None: renumbered from ``next_label``).
+    Returns the next unused label.
+    """
+    height = plane.shape[0]
+    overlaps, areas, previous_areas = {}, {}, {}
+    for r0 in range(0, height, rows):
+        block = np.asarray(plane[r0 : r0 + rows])
+        _add(areas, _areas(block))
+        if previous is not None:
+            before = np.asarray(previous[r0 : r0 + rows])
+            _add(overlaps, _overlaps(block, before))
+            _add(previous_areas, _areas(before))
+    links = _links(overlaps, areas, previous_areas, min_iou) if previous is not None else {}
+    table, low, after = _lookup(areas, links, next_label)
+    for r0 in range(0, height, rows):
+        block = np.asarray(plane[r0 : r0 + rows])
+        plane[r0 : r0 + rows] = _apply(block, table, low)
+    return after
+
+
+__all__ = ["LINK_IOU", "link_in_place", "link_to_previous"]

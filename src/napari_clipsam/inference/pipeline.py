@@ -18,7 +18,7 @@ import numpy as np
 from .._jobs import Job, Progress, relay, run
 from .image import MAX_CHANNELS
 from .instances import iter_refine_instances, masks_to_instances, remove_small_labels
-from .linking import link_to_previous
+from .linking import link_in_place, link_to_previous
 from .prompts import check_prompts
 from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
 from .tiling import AUTO, iter_segment_tiled, resolve_tiling
@@ -224,32 +224,45 @@ def iter_segment_stack(
     next_label, previous, previous_index = 1, None, None
     for number, index in enumerate(planes):
         prefix = f"plane {number + 1}/{len(planes)}: " if leading else ""
+
+        def rename(event, number=number, prefix=prefix):
+            return Progress(f"{prefix}{event.stage}", number, len(planes)) if leading else event
+
+        linked = options.instances and options.link_planes and previous is not None and index[:-1] == previous_index[:-1]
         if tiling is None:
             job = iter_segment(predictor, np.asarray(stack[index]), concept, points, point_labels, box, options)
-            plane = (yield from relay(job, lambda event: Progress(f"{prefix}{event.stage}", number, len(planes))
-                                      if leading else event)).labels
+            plane = (yield from relay(job, rename)).labels
+            if options.instances:
+                plane, next_label = link_to_previous(plane, previous if linked else None, next_label)
+            labels[index] = plane
         else:
-            plane_image = _Plane(stack, index)
-            job = iter_segment_tiled(predictor, plane_image, concept, points, point_labels, box, options, tiling)
-            plane = yield from relay(job, lambda event: Progress(f"{prefix}{event.stage}", number, len(planes))
-                                     if leading else event)
+            # Written tile by tile into the labels' plane, never held whole (a zarr ``out``).
+            plane = _PlaneView(labels, index)
+            job = iter_segment_tiled(predictor, _PlaneView(stack, index), concept, points, point_labels, box,
+                                     options, tiling, out=plane, first_label=next_label)
+            _, after = yield from relay(job, rename)
+            if options.instances:
+                next_label = link_in_place(plane, previous, next_label) if linked else after
         if options.instances:
-            linked = options.link_planes and previous is not None and index[:-1] == previous_index[:-1]
-            plane, next_label = link_to_previous(plane, previous if linked else None, next_label)
             previous, previous_index = plane, index
-        labels[index] = plane
     return labels
 
 
-class _Plane:
-    """One plane of a stack, read region by region (a dask or zarr stack is never read whole)."""
+class _PlaneView:
+    """One plane of a stack (or labels array), read and written region by region, never whole."""
 
-    def __init__(self, stack, index: tuple[int, ...]) -> None:
-        self.stack, self.index = stack, index
-        self.shape = tuple(stack.shape)[len(index):]
+    def __init__(self, array, index: tuple[int, ...]) -> None:
+        self.array, self.index = array, index
+        self.shape = tuple(array.shape)[len(index):]
+
+    def _key(self, region) -> tuple:
+        return self.index + (region if isinstance(region, tuple) else (region,))
 
     def __getitem__(self, region):
-        return np.asarray(self.stack[self.index + tuple(region)])
+        return np.asarray(self.array[self._key(region)])
+
+    def __setitem__(self, region, values) -> None:
+        self.array[self._key(region)] = values
 
 
 def segment(

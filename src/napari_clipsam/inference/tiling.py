@@ -186,12 +186,18 @@ def iter_segment_tiled(
     options: SegmentOptions,
     tiling: tuple[tuple[int, int], tuple[int, int]],
     out=None,
-) -> Job[np.ndarray]:
-    """Segment one 2-D image (H, W[, C]) tile by tile at native resolution; returns (H, W) int32 labels.
+    first_label: int = 1,
+) -> Job[tuple[np.ndarray, int]]:
+    """Segment one 2-D image (H, W[, C]) tile by tile at native resolution.
 
     ``tiling`` is :func:`resolve_tiling`'s answer. ``out``: an (H, W) integer array to write
-    into (numpy or zarr), else a new one. Yields per stage of each tile; closing the job
-    between tiles stops it, leaving what was written.
+    into (numpy, zarr, or a view of a plane of either), else a new one; it is written tile
+    by tile, never read or held whole. With instances, objects are numbered from
+    ``first_label``. Yields per stage of each tile; closing the job between tiles stops it,
+    leaving what was written.
+
+    Returns:
+        (the labels: ``out`` or a new (H, W) int32 array, the next unused label).
     """
     from .pipeline import iter_segment
 
@@ -204,7 +210,7 @@ def iter_segment_tiled(
     labels = np.zeros(shape, dtype=np.int32) if out is None else out
     if tuple(labels.shape) != shape:
         raise ValueError(f"out has shape {tuple(labels.shape)}; the image's planes are {shape}.")
-    next_label = 1
+    next_label = first_label
     for tile in tiles:
         r0, c0 = tile.origin
         shift = np.array([c0, r0], dtype=float)
@@ -217,7 +223,7 @@ def iter_segment_tiled(
             next_label = _stitch_objects(labels, tile, result.labels, next_label, options.min_area)
         else:
             labels[tile.inner] = result.labels[tile.core]
-    return labels
+    return labels, next_label
 
 
 __all__ = ["AUTO", "Tile", "iter_segment_tiled", "plan_tiles", "prompt_window", "resolve_tiling"]
