@@ -1,13 +1,20 @@
-"""Reading images and writing label images (used by the CLI and the training datasets)."""
+"""Reading images and writing label images (used by the CLI and the training datasets).
+
+:func:`read_image` reads a whole file by its suffix; :func:`napari_clipsam._image_files.open_image`
+opens one lazily by its axes (OME-TIFF, OME-Zarr) for the CLI. Writes are atomic.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import logging
 import os
+import shutil
 import tempfile
 import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Callable
 
@@ -61,7 +68,10 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     for candidate in path.parent.glob(f"{glob.escape(prefix)}*-*.tmp{glob.escape(path.suffix)}"):
         pid_text = candidate.name[len(prefix):].split("-", 1)[0]
         if pid_text.isdigit() and not _process_alive(int(pid_text)):
-            candidate.unlink(missing_ok=True)
+            if candidate.is_dir() and not candidate.is_symlink():  # a zarr folder being written
+                shutil.rmtree(candidate, ignore_errors=True)
+            else:
+                candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
 
@@ -122,11 +132,28 @@ def _umask() -> int:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image or label file as an array: .npy, TIFF (tifffile), or what scikit-image reads.
 
+    The whole file, in the order of its axes as stored; :func:`~napari_clipsam._image_files.open_image`
+    reads planes lazily and arranges them by the axes the file names (OME-TIFF, OME-Zarr).
+
     Raises:
         FileNotFoundError, IsADirectoryError, PermissionError: naming the file, as ``open`` does.
         CorruptFileError: the file is empty, truncated, not in the format its suffix says, or
             holds no numeric image; the message names the file and what is wrong.
     """
+    path = check_image_file(path)
+    suffix = path.suffix.lower()
+    with reading_errors(path, file_kind(path)):
+        data = _read(path, suffix)
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in "biuf":
+        what = type(data).__name__ if not isinstance(data, np.ndarray) else f"{data.dtype} values"
+        raise CorruptFileError(f"{path}: holds {what}, not a numeric image.")
+    if data.ndim < 2 or data.size == 0:
+        raise CorruptFileError(f"{path}: holds an array of shape {data.shape}, not an image.")
+    return data
+
+
+def check_image_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, after refusing a missing, empty or folder path with a message naming it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
@@ -134,11 +161,20 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise IsADirectoryError(f"{path} is a folder, not an image file.")
     if path.is_file() and path.stat().st_size == 0:
         raise CorruptFileError(f"{path}: the file is empty (an interrupted copy or download?).")
+    return path
+
+
+def file_kind(path: Path) -> str:
     suffix = path.suffix.lower()
-    kind = "a NumPy .npy file" if suffix == ".npy" else "a TIFF" if suffix in {".tif", ".tiff"} else "an image"
+    return "a NumPy .npy file" if suffix == ".npy" else "a TIFF" if suffix in {".tif", ".tiff"} else "an image"
+
+
+@contextlib.contextmanager
+def reading_errors(path: Path, kind: str) -> Iterator[None]:
+    """Turn what format libraries raise on a damaged file into :class:`CorruptFileError` naming ``path``."""
     try:
-        data = _read(path, suffix)
-    except MemoryError:
+        yield
+    except (MemoryError, CorruptFileError):
         raise
     except OSError as err:
         if err.filename is not None:  # an unreadable file (permissions): the message names it already
@@ -147,12 +183,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except Exception as err:  # each format library raises its own kinds; all mean this file is unreadable
         raise CorruptFileError(f"{path}: cannot be read as {kind}, truncated or damaged? "
                                f"({type(err).__name__}: {_first_line(err)})") from err
-    if not isinstance(data, np.ndarray) or data.dtype.kind not in "biuf":
-        what = type(data).__name__ if not isinstance(data, np.ndarray) else f"{data.dtype} values"
-        raise CorruptFileError(f"{path}: holds {what}, not a numeric image.")
-    if data.ndim < 2 or data.size == 0:
-        raise CorruptFileError(f"{path}: holds an array of shape {data.shape}, not an image.")
-    return data
 
 
 def _first_line(err: Exception) -> str:
@@ -198,32 +228,53 @@ class _ThreadWarnings(logging.Filter):
 def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
+    with tiff_damage_raises():
+        return tifffile.imread(path)
+
+
+@contextlib.contextmanager
+def tiff_damage_raises() -> Iterator[None]:
+    """Raise ValueError where tifffile, within the block, logged damage instead of raising."""
     logger = logging.getLogger("tifffile")
     warnings = _ThreadWarnings()
     logger.addFilter(warnings)
     try:
-        data = tifffile.imread(path)
+        yield
     finally:
         logger.removeFilter(warnings)
     damage = [message for message in warnings.messages if any(sign in message.lower() for sign in _TIFF_DAMAGE)]
     if damage:
         raise ValueError("; ".join(damage))
-    return data
 
 
-def write_labels(path: str | os.PathLike, labels: np.ndarray, *, replace: bool = True) -> None:
-    """Write a label image (.tif, .png or .npy) atomically (see :func:`write_atomically`)."""
+def write_labels(
+    path: str | os.PathLike,
+    labels,
+    *,
+    replace: bool = True,
+    axes: str | None = None,
+    pixel_size: Mapping[str, float] | None = None,
+    ngff: dict | None = None,
+) -> None:
+    """Write a label image (.tif, .png, .npy or .zarr) atomically (see :func:`write_atomically`).
+
+    Args:
+        axes: letters of ``labels``' axes (e.g. ``"TZYX"``); a .tif is then an OME-TIFF naming them.
+        pixel_size: micrometres per pixel along ``"Z"``, ``"Y"``, ``"X"`` (those known): a .tif
+            carries them as OME physical sizes and as resolution tags, so the labels overlay the
+            image at its scale in Fiji and napari. .png and .npy carry neither.
+        ngff: a .zarr becomes an OME-Zarr labels group with this metadata
+            (:func:`~napari_clipsam._zarr_files.zarr_labels`), else a plain zarr array.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        write_atomically(path, lambda temporary: np.save(temporary, labels), replace=replace)
+        write_atomically(path, lambda temporary: np.save(temporary, np.asarray(labels)), replace=replace)
     elif suffix in {".tif", ".tiff"}:
-        import tifffile
-
-        write_atomically(
-            path, lambda temporary: tifffile.imwrite(temporary, labels, compression="zlib"), replace=replace
-        )
+        write_atomically(path, lambda temporary: _write_tiff(temporary, np.asarray(labels), axes, pixel_size or {}),
+                         replace=replace)
     elif suffix == ".png":
+        labels = np.asarray(labels)
         if labels.max(initial=0) > 65535:
             raise ValueError(f"{path}: more than 65535 labels do not fit a PNG; use .tif")
         from skimage import io
@@ -232,5 +283,32 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, *, replace: bool =
             path, lambda temporary: io.imsave(temporary, labels.astype(np.uint16), check_contrast=False),
             replace=replace,
         )
+    elif suffix == ".zarr":
+        from ._zarr_files import zarr_labels
+
+        with zarr_labels(path, tuple(labels.shape), replace=replace, ngff=ngff) as out:
+            out[...] = np.asarray(labels)
     else:
-        raise ValueError(f"{path}: unknown output format {suffix!r}; use .tif, .png or .npy")
+        raise ValueError(f"{path}: unknown output format {suffix!r}; use {', '.join(LABEL_SUFFIXES)}")
+
+
+LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".zarr")
+# Leading axes an OME-TIFF may name (tifffile's OME writer); 'I' (a plain sequence) is written as 'Q'.
+_OME_LEADING = "TZQ"
+
+
+def _write_tiff(path: str, labels: np.ndarray, axes: str | None, pixel_size: Mapping[str, float]) -> None:
+    import tifffile
+
+    options: dict = {"compression": "zlib"}
+    if "X" in pixel_size and "Y" in pixel_size:
+        # Pixels per centimetre: the TIFF unit ImageJ turns back into micrometres.
+        options.update(resolution=(1e4 / pixel_size["X"], 1e4 / pixel_size["Y"]), resolutionunit="CENTIMETER")
+    ome_axes = axes.replace("I", "Q") if axes else None
+    if ome_axes and len(ome_axes) == labels.ndim and set(ome_axes[:-2]) <= set(_OME_LEADING) \
+            and len(set(ome_axes)) == len(ome_axes):
+        metadata: dict = {"axes": ome_axes}
+        for letter, size in pixel_size.items():
+            metadata.update({f"PhysicalSize{letter}": size, f"PhysicalSize{letter}Unit": "µm"})
+        options.update(ome=True, metadata=metadata)
+    tifffile.imwrite(path, labels, **options)

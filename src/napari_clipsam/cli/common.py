@@ -83,10 +83,10 @@ def check_outputs(paths: Sequence[Path], *, overwrite: bool, option: str = "--ou
     for path in paths:
         first_in_folder.setdefault(path.parent, path)
     for path in first_in_folder.values():
-        _refuse_unwritable_folder(path)
+        refuse_unwritable_folder(path)
 
 
-def _refuse_unwritable_folder(output: Path) -> None:
+def refuse_unwritable_folder(output: Path) -> None:
     # The folder may not exist yet: the nearest existing one must take new entries. Making a file
     # there is the only test that also holds for root, read-only mounts and ACLs (os.access is not).
     folder = output.parent

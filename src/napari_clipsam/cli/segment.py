@@ -6,10 +6,12 @@ import argparse
 import errno
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from .._zarr_files import is_zarr, zarr_labels
 from .common import check_outputs, job_progress, load_model, model_arguments
 
 # The pipeline's INSTANCE_METHODS, spelled out: importing the pipeline (scipy) would slow
@@ -25,18 +27,23 @@ def add_parser(commands, parents) -> None:
         help="segment images (files or a sample) by concept and write label images",
         description=(
             "Segment each image by a text concept and write one label image per input. "
-            "A 3-D input whose last axis is longer than 8 is read as a stack of 2-D planes. "
+            "TIFF, OME-TIFF and OME-Zarr inputs are read by the axes they name (channels C or S, "
+            "planes of T, Z, ... segmented one by one, read lazily); their pixel size goes to the labels. "
+            "A 3-D input that names no axes (.npy, a plain zarr array) whose last axis is longer than 8 "
+            "is read as a stack of 2-D planes. "
             "Paths are checked before the model loads; a batch stops at the first input that fails, "
             "and the outputs written before it stay."
         ),
     )
-    seg.add_argument("images", nargs="*", type=Path, help="image files (TIFF, PNG, JPEG, ...)")
+    seg.add_argument("images", nargs="*", type=Path,
+                     help="image files (TIFF, OME-TIFF, PNG, JPEG, .npy, ...) or zarr folders (OME-Zarr)")
     seg.add_argument("--sample", choices=["nuclei", "cell", "coins", "demo"],
                      help="use a bundled sample image (demo: a generated scene for the demo model, --preset demo)")
     seg.add_argument("-c", "--concept", required=True, help="what to segment, e.g. 'nucleus'")
     seg.add_argument(
         "-o", "--output", type=Path, required=True,
-        help="output file (one input) or folder (several inputs); .tif, .png or .npy",
+        help="output file (one input) or folder (several inputs); .tif, .png, .npy or .zarr "
+             "(a zarr folder, written plane by plane; an OME-Zarr labels group for an OME-Zarr input)",
     )
     seg.add_argument("--instances", action="store_true", help="distinct labels for separate objects")
     seg.add_argument("--refine", action="store_true", help="with --instances: re-prompt SAM per object")
@@ -63,10 +70,19 @@ def add_parser(commands, parents) -> None:
                      help="pixels of context around each tile (default auto: a quarter of the input)")
     seg.add_argument("--points", type=lambda t: _pairs(t, 2, "--points"), help="positive points 'x,y;x,y'")
     seg.add_argument("--box", type=lambda t: _pairs(t, 4, "--box")[0], help="box 'x0,y0,x1,y1'")
-    seg.add_argument("--channel", type=int, help="channel to use in multi-channel images")
+    seg.add_argument("--channel", type=_channel, metavar="N|NAME",
+                     help="the channel to segment in a multi-channel image: its number (0 first) or its name "
+                          "(OME-TIFF, OME-Zarr); default: all channels mixed (RGB stays RGB)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     model_arguments(seg)
     seg.set_defaults(run=run)
+
+
+def _channel(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _tile_shape(text: str):
@@ -101,7 +117,9 @@ def _pairs(text: str, size: int, what: str) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._io import read_image, write_labels
+    from dataclasses import replace
+
+    from .._io import write_labels
     from ..inference.pipeline import iter_segment_stack
     from ..inference.predictor import ClipSamPredictor
 
@@ -112,25 +130,85 @@ def run(args: argparse.Namespace) -> int:
     outputs = _outputs(args, inputs)
     _refuse_shared_outputs(inputs, outputs)
     _refuse_replacing_an_input(inputs, outputs)
-    check_outputs(outputs, overwrite=args.overwrite)
+    _check_outputs(outputs, args.overwrite)
+    for name, source in inputs:
+        _check_axes_and_channel(name, source, args.channel)
 
     model = load_model(args)
     predictor = ClipSamPredictor(model, image_size=args.image_size)
     for index, ((name, source), output) in enumerate(zip(inputs, outputs)):
         try:
-            image = read_image(source) if isinstance(source, Path) else source
-            job = iter_segment_stack(predictor, image, args.concept, args.points, None, args.box, options)
-            labels = _drain_naming_the_input(job, name)
-            # Without --overwrite the write never replaces: a file another run wrote meanwhile stays.
-            write_labels(output, labels, replace=args.overwrite)
+            with _open(name, source, args.channel) as image:
+                job = partial(iter_segment_stack, predictor, image.data, args.concept, args.points, None, args.box,
+                              replace(options, channel=image.channel), image.rgb)
+                # Without --overwrite the write never replaces: a file another run wrote meanwhile stays.
+                if output.suffix.lower() == ".zarr":
+                    with zarr_labels(output, image.labels_shape, chunks=_chunks(image, predictor, options),
+                                     replace=args.overwrite, ngff=image.ngff) as out:
+                        count, unit = _count(_drain_naming_the_input(job(out=out), name), args.instances)
+                else:
+                    labels = _drain_naming_the_input(job(), name)
+                    count, unit = _count(labels, args.instances)
+                    write_labels(output, labels, replace=args.overwrite, axes=image.axes,
+                                 pixel_size=image.pixel_size)
         except (Exception, KeyboardInterrupt):
             if len(inputs) > 1:
                 _report_stopped_batch(inputs, index)
             raise
-        count = int(labels.max()) if args.instances else int((labels > 0).sum())
-        unit = "objects" if args.instances else "pixels"
         print(f"{name}: {count} {unit} of '{args.concept}' -> {output}")
     return 0
+
+
+def _open(name: str, source: np.ndarray | Path, channel: int | str | None):
+    """The input as an ``ImageSource`` (a context manager that closes its file)."""
+    from .._image_files import from_array, open_image
+
+    return open_image(source, channel) if isinstance(source, Path) else from_array(source, name, channel)
+
+
+def _check_axes_and_channel(name: str, source: np.ndarray | Path, channel: int | str | None) -> None:
+    """Refuse axes and channels that cannot be segmented, from a TIFF's or zarr's metadata alone."""
+    from .._image_files import open_image, refuse_channel_name
+
+    if isinstance(source, Path) and (source.suffix.lower() in {".tif", ".tiff"} or is_zarr(source)):
+        open_image(source, channel).close()
+    else:  # other files are read whole: that waits for their turn
+        refuse_channel_name(name, channel)
+
+
+def _chunks(image, predictor, options) -> tuple[int, ...]:
+    """Zarr chunks of the labels: one tile where the planes are tiled, else one plane."""
+    from ..inference.tiling import resolve_tiling
+
+    shape = image.labels_shape
+    tiling = resolve_tiling(shape[-2:], predictor.image_size or predictor.model.image_size, options.tile_shape,
+                            options.halo)
+    plane = shape[-2:] if tiling is None else tuple(min(t, n) for t, n in zip(tiling[0], shape[-2:]))
+    return (1,) * (len(shape) - 2) + tuple(plane)
+
+
+def _count(labels, instances: bool) -> tuple[int, str]:
+    """Objects (the largest label) or pixels, read plane by plane (a zarr output is never read whole)."""
+    planes = (np.asarray(labels[index]) for index in np.ndindex(*labels.shape[:-2]))
+    if instances:
+        return max((int(plane.max(initial=0)) for plane in planes), default=0), "objects"
+    return sum(int((plane > 0).sum()) for plane in planes), "pixels"
+
+
+def _check_outputs(outputs: list[Path], overwrite: bool) -> None:
+    """:func:`check_outputs` for files; for zarr folders (which it refuses as folders) the same checks."""
+    from ..errors import OutputExistsError
+    from .common import refuse_unwritable_folder
+
+    folders = [path for path in outputs if path.suffix.lower() == ".zarr"]
+    check_outputs([path for path in outputs if path not in folders], overwrite=overwrite)
+    for path in folders:
+        if os.path.lexists(path) and not overwrite:
+            raise OutputExistsError(f"Output exists: {path}. Choose another --output or add --overwrite.")
+        if os.path.lexists(path) and not is_zarr(path):
+            raise FileExistsError(f"The output {path} exists and is not a zarr folder; it is not replaced. "
+                                  "Choose another --output.")
+        refuse_unwritable_folder(path)
 
 
 def _options(args: argparse.Namespace):
@@ -153,7 +231,7 @@ def _options(args: argparse.Namespace):
         raise ValueError(f"--score-threshold must be between 0 and 1, got {args.score_threshold}.")
     extra = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
     return SegmentOptions(
-        instances=args.instances, refine=args.refine, min_area=args.min_area, channel=args.channel,
+        instances=args.instances, refine=args.refine, min_area=args.min_area,
         instance_method=method, diameter=args.diameter, tile_shape=args.tile_shape, halo=args.halo, **extra,
     )
 
@@ -161,7 +239,7 @@ def _options(args: argparse.Namespace):
 def _inputs(args: argparse.Namespace) -> list[tuple[str, np.ndarray | Path]]:
     """``(name, file or array)`` per input; files are checked to exist."""
     for path in args.images:
-        if path.is_dir():
+        if path.is_dir() and not is_zarr(path):
             raise IsADirectoryError(f"The input {path} is a folder; give its image files (e.g. {path / '*.tif'}).")
         if not path.exists():
             raise FileNotFoundError(errno.ENOENT, "No such input file", str(path))
@@ -176,12 +254,19 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, np.ndarray | Path]]:
 
 
 def _outputs(args: argparse.Namespace, inputs: list[tuple[str, np.ndarray | Path]]) -> list[Path]:
+    """One output per input; in a batch folder ``<input>_labels.tif`` (``.zarr`` for a zarr input)."""
+    from .._io import LABEL_SUFFIXES
+
     if len(inputs) == 1 and args.output.suffix:
+        if args.output.suffix.lower() not in LABEL_SUFFIXES:
+            raise ValueError(f"{args.output}: unknown output format {args.output.suffix!r}; "
+                             f"use {', '.join(LABEL_SUFFIXES)}.")
         return [args.output]
     if args.output.suffix:
         raise ValueError(f"Several inputs need an output folder, not the file {args.output}.")
     return [
-        args.output / (f"{source.stem}_labels.tif" if isinstance(source, Path) else f"{args.sample}_labels.tif")
+        args.output / (f"{source.stem}_labels{'.zarr' if is_zarr(source) else '.tif'}" if isinstance(source, Path)
+                       else f"{args.sample}_labels.tif")
         for _, source in inputs
     ]
 
