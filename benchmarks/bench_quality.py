@@ -33,8 +33,9 @@ import time
 from collections import defaultdict
 
 import numpy as np
-from bench_widget_open import cpu_description
 from scipy import ndimage
+
+from napari_clipsam._machine import cpu_description
 
 FIRST_SEED = 2_000_000
 TARGETS = {  # figure -> (comparison, value)

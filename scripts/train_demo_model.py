@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,16 +28,6 @@ def demo_config():
     from napari_clipsam.model.config import ClipSamConfig
 
     return ClipSamConfig(clip_image_size=256, surgery_blocks=2, templates="microscopy")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def scenes_dataset(count: int, first_seed: int, size: int):
@@ -76,13 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import napari_clipsam as nc
+    from napari_clipsam._machine import cpu_description
     from napari_clipsam.training.config import TrainingConfig
     from napari_clipsam.training.engine import iter_train
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the random initial weights
     device = f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""
-    print(f"CPU: {cpu_name()}{device}, torch {torch.__version__}, {args.threads} threads", flush=True)
+    print(f"CPU: {cpu_description()}{device}, torch {torch.__version__}, {args.threads} threads", flush=True)
     started = time.perf_counter()
     train_set = scenes_dataset(args.scenes, args.seed * 100_000, 256)
     val_set = scenes_dataset(args.validation_scenes, VALIDATION_SEED, 256)
