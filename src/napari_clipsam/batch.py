@@ -18,10 +18,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ._jobs import run
 from .inference.pipeline import SegmentOptions
 
 # Worker processes: model arguments (as a sorted tuple) -> the model built from them.
@@ -63,21 +67,70 @@ def _worker_model(model_args: dict, threads: int | None):
         return _MODELS[key]
 
 
+def _open(name: str, source, channel: int | str | None):
+    """The input (a file, or an array) as an ``ImageSource`` (a context manager that closes its file)."""
+    from ._image_files import from_array, open_image
+
+    return open_image(Path(source), channel) if isinstance(source, (str, Path)) else from_array(source, name, channel)
+
+
+def _chunks(image, predictor, options: SegmentOptions) -> tuple[int, ...]:
+    """Zarr chunks of the labels: one tile where the planes are tiled, else one plane."""
+    from .inference.tiling import resolve_tiling
+
+    shape = image.labels_shape
+    tiling = resolve_tiling(shape[-2:], predictor.image_size or predictor.model.image_size, options.tile_shape,
+                            options.halo)
+    plane = shape[-2:] if tiling is None else tuple(min(t, n) for t, n in zip(tiling[0], shape[-2:]))
+    return (1,) * (len(shape) - 2) + tuple(plane)
+
+
+def count_labels(labels, instances: bool) -> tuple[int, str]:
+    """Objects (the largest label) or pixels, read plane by plane (a zarr output is never read whole)."""
+    planes = (np.asarray(labels[index]) for index in np.ndindex(*labels.shape[:-2]))
+    if instances:
+        return max((int(plane.max(initial=0)) for plane in planes), default=0), "objects"
+    return sum(int((plane > 0).sum()) for plane in planes), "pixels"
+
+
+def segment_to_file(predictor, name: str, source, output, concept: str | None, options: SegmentOptions,
+                    points=None, box=None, channel: int | str | None = None, overwrite: bool = False,
+                    drain: Callable = run) -> tuple[int, str]:
+    """Read ``source`` (a file or an array) by its axes, segment it, write ``output``; returns (count, unit).
+
+    The one way the CLI and the batch workers segment a file: the image is opened lazily
+    (``_image_files.open_image``), its planes and tiles go through
+    :func:`~napari_clipsam.inference.pipeline.iter_segment_stack`, and the labels are
+    written with the input's axes and pixel size (``.tif``), or tile by tile into a zarr
+    folder (``.zarr``, renamed into place when complete). An existing output is replaced
+    only with ``overwrite``. ``drain`` runs the job (the CLI's draws progress bars).
+    """
+    from ._io import write_labels
+    from ._zarr_files import zarr_labels
+    from .inference.pipeline import iter_segment_stack
+
+    output = Path(output)
+    with _open(name, source, channel) as image:
+        job = partial(iter_segment_stack, predictor, image.data, concept, points, None, box,
+                      replace(options, channel=image.channel), image.rgb)
+        if output.suffix.lower() == ".zarr":
+            with zarr_labels(output, image.labels_shape, chunks=_chunks(image, predictor, options),
+                             replace=overwrite, ngff=image.ngff) as out:
+                return count_labels(drain(job(out=out)), options.instances)
+        labels = drain(job())
+        write_labels(output, labels, replace=overwrite, axes=image.axes, pixel_size=image.pixel_size)
+        return count_labels(labels, options.instances)
+
+
 def segment_file(source: str, output: str, concept: str | None, model_args: dict, options: SegmentOptions,
                  image_size: int | None = None, points=None, box=None, overwrite: bool = False,
-                 threads: int | None = None) -> str:
+                 threads: int | None = None, channel: int | str | None = None) -> str:
     """Segment one file into ``output`` with this process's model; returns ``output`` (runs on a worker)."""
-    from ._io import read_image, write_labels
-    from ._jobs import run
-    from .inference.pipeline import iter_segment_stack
     from .inference.predictor import ClipSamPredictor
 
-    model = _worker_model(model_args, threads)
-    image = read_image(source)
-    predictor = ClipSamPredictor(model, image_size=image_size)
+    predictor = ClipSamPredictor(_worker_model(model_args, threads), image_size=image_size)
     with predictor:
-        labels = run(iter_segment_stack(predictor, image, concept, points, None, box, options))
-    write_labels(output, labels, replace=overwrite)
+        segment_to_file(predictor, str(source), source, output, concept, options, points, box, channel, overwrite)
     return output
 
 
@@ -110,6 +163,7 @@ def segment_files(
     workers: int | None = None,
     scheduler: str | None = None,
     threads_per_worker: int | None = 1,
+    channel: int | str | None = None,
     on_result: Callable[[str, str | None, str | None], None] | None = None,
 ) -> BatchReport:
     """Segment each ``(input, output)`` pair on dask.distributed; see the module's docstring.
@@ -142,7 +196,7 @@ def segment_files(
     try:
         futures = {
             client.submit(segment_file, source, output, concept, model_args, options, image_size, points, box,
-                          overwrite, threads_per_worker, key=f"napari-clipsam-{index}-{Path(source).name}",
+                          overwrite, threads_per_worker, channel, key=f"napari-clipsam-{index}-{Path(source).name}",
                           pure=False): (source, output)
             for index, (source, output) in enumerate(todo)
         }
@@ -164,4 +218,4 @@ def segment_files(
     return report
 
 
-__all__ = ["BatchReport", "segment_file", "segment_files"]
+__all__ = ["BatchReport", "count_labels", "segment_file", "segment_files", "segment_to_file"]

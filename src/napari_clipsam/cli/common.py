@@ -102,16 +102,21 @@ def refuse_unwritable_folder(output: Path) -> None:
     os.unlink(probe)
 
 
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """:func:`napari_clipsam.load_model`'s arguments from the model options (:func:`model_arguments`)."""
+    return dict(
+        sam=args.sam, clip=args.clip, sam_checkpoint=args.sam_checkpoint, clip_pretrained=args.clip_pretrained,
+        adapters=args.adapters, device=args.device, precision=args.precision, cache_dir=args.cache_dir,
+        preset=args.preset,
+    )
+
+
 def load_model(args: argparse.Namespace):
     """The model the model options (:func:`model_arguments`) describe, with a download bar."""
     from ..model.build import load_model
 
     with DownloadBars() as progress:
-        return load_model(
-            sam=args.sam, clip=args.clip, sam_checkpoint=args.sam_checkpoint, clip_pretrained=args.clip_pretrained,
-            adapters=args.adapters, device=args.device, precision=args.precision, cache_dir=args.cache_dir,
-            progress=progress, preset=args.preset,
-        )
+        return load_model(**model_kwargs(args), progress=progress)
 
 
 class DownloadBars:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._zarr_files import is_zarr, zarr_labels
+from .._zarr_files import is_zarr
 from .common import check_outputs, job_progress, load_model, model_arguments
 
 # The pipeline's INSTANCE_METHODS, spelled out: importing the pipeline (scipy) would slow
@@ -74,8 +74,26 @@ def add_parser(commands, parents) -> None:
                      help="the channel to segment in a multi-channel image: its number (0 first) or its name "
                           "(OME-TIFF, OME-Zarr); default: all channels mixed (RGB stays RGB)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    seg.add_argument(
+        "--workers", type=_positive, metavar="N",
+        help="segment the files on a local dask cluster of N worker processes, one model each: outputs already "
+             "there are skipped (a re-run does what is left), a failing file is reported at the end without "
+             "stopping the others (exit status 1)",
+    )
+    seg.add_argument("--scheduler", metavar="ADDRESS",
+                     help="like --workers, on a running dask scheduler (e.g. tcp://host:8786) and its workers")
     model_arguments(seg)
     seg.set_defaults(run=run)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _channel(text: str) -> int | str:
@@ -117,10 +135,7 @@ def _pairs(text: str, size: int, what: str) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from .._io import write_labels
-    from ..inference.pipeline import iter_segment_stack
+    from ..batch import segment_to_file
     from ..inference.predictor import ClipSamPredictor
 
     options = _options(args)
@@ -130,40 +145,31 @@ def run(args: argparse.Namespace) -> int:
     outputs = _outputs(args, inputs)
     _refuse_shared_outputs(inputs, outputs)
     _refuse_replacing_an_input(inputs, outputs)
-    _check_outputs(outputs, args.overwrite)
-    for name, source in inputs:
+    distributed = bool(args.workers or args.scheduler)
+    if distributed and args.sample:
+        raise ValueError("--workers and --scheduler segment files; a --sample is segmented without them.")
+    # Distributed runs skip outputs that are there (a re-run does what is left).
+    _check_outputs([o for o in outputs if args.overwrite or not distributed or not os.path.lexists(o)],
+                   args.overwrite)
+    for name, source in inputs if not distributed else ():  # there a bad file is one failure among the others
         _check_axes_and_channel(name, source, args.channel)
 
+    if distributed:
+        return _run_distributed(args, inputs, outputs, options)
     model = load_model(args)
     predictor = ClipSamPredictor(model, image_size=args.image_size)
     for index, ((name, source), output) in enumerate(zip(inputs, outputs)):
         try:
-            with _open(name, source, args.channel) as image:
-                job = partial(iter_segment_stack, predictor, image.data, args.concept, args.points, None, args.box,
-                              replace(options, channel=image.channel), image.rgb)
-                # Without --overwrite the write never replaces: a file another run wrote meanwhile stays.
-                if output.suffix.lower() == ".zarr":
-                    with zarr_labels(output, image.labels_shape, chunks=_chunks(image, predictor, options),
-                                     replace=args.overwrite, ngff=image.ngff) as out:
-                        count, unit = _count(_drain_naming_the_input(job(out=out), name), args.instances)
-                else:
-                    labels = _drain_naming_the_input(job(), name)
-                    count, unit = _count(labels, args.instances)
-                    write_labels(output, labels, replace=args.overwrite, axes=image.axes,
-                                 pixel_size=image.pixel_size)
+            # Without --overwrite the write never replaces: a file another run wrote meanwhile stays.
+            count, unit = segment_to_file(predictor, name, source, output, args.concept, options, args.points,
+                                          args.box, args.channel, args.overwrite,
+                                          drain=partial(_drain_naming_the_input, name=name))
         except (Exception, KeyboardInterrupt):
             if len(inputs) > 1:
                 _report_stopped_batch(inputs, index)
             raise
         print(f"{name}: {count} {unit} of '{args.concept}' -> {output}")
     return 0
-
-
-def _open(name: str, source: np.ndarray | Path, channel: int | str | None):
-    """The input as an ``ImageSource`` (a context manager that closes its file)."""
-    from .._image_files import from_array, open_image
-
-    return open_image(source, channel) if isinstance(source, Path) else from_array(source, name, channel)
 
 
 def _check_axes_and_channel(name: str, source: np.ndarray | Path, channel: int | str | None) -> None:
@@ -174,25 +180,6 @@ def _check_axes_and_channel(name: str, source: np.ndarray | Path, channel: int |
         open_image(source, channel).close()
     else:  # other files are read whole: that waits for their turn
         refuse_channel_name(name, channel)
-
-
-def _chunks(image, predictor, options) -> tuple[int, ...]:
-    """Zarr chunks of the labels: one tile where the planes are tiled, else one plane."""
-    from ..inference.tiling import resolve_tiling
-
-    shape = image.labels_shape
-    tiling = resolve_tiling(shape[-2:], predictor.image_size or predictor.model.image_size, options.tile_shape,
-                            options.halo)
-    plane = shape[-2:] if tiling is None else tuple(min(t, n) for t, n in zip(tiling[0], shape[-2:]))
-    return (1,) * (len(shape) - 2) + tuple(plane)
-
-
-def _count(labels, instances: bool) -> tuple[int, str]:
-    """Objects (the largest label) or pixels, read plane by plane (a zarr output is never read whole)."""
-    planes = (np.asarray(labels[index]) for index in np.ndindex(*labels.shape[:-2]))
-    if instances:
-        return max((int(plane.max(initial=0)) for plane in planes), default=0), "objects"
-    return sum(int((plane > 0).sum()) for plane in planes), "pixels"
 
 
 def _check_outputs(outputs: list[Path], overwrite: bool) -> None:
@@ -236,14 +223,34 @@ def _options(args: argparse.Namespace):
     )
 
 
+# What a folder given as input is searched for (zarr folders inside it are inputs too).
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".zarr")
+
+
+def _expand(path: Path) -> list[Path]:
+    """An input as files: a folder's images (sorted), a quoted glob's matches, else the path itself."""
+    if path.is_dir() and not is_zarr(path):
+        found = sorted(child for child in path.iterdir()
+                       if child.suffix.lower() in IMAGE_SUFFIXES and not child.name.startswith("."))
+        if not found:
+            raise FileNotFoundError(errno.ENOENT, f"No images ({', '.join(IMAGE_SUFFIXES)}) in the folder", str(path))
+        return found
+    if not path.exists() and any(char in str(path) for char in "*?["):
+        import glob
+
+        found = sorted(Path(match) for match in glob.glob(str(path)))
+        if not found:
+            raise FileNotFoundError(errno.ENOENT, "No file matches", str(path))
+        return found
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "No such input file", str(path))
+    return [path]
+
+
 def _inputs(args: argparse.Namespace) -> list[tuple[str, np.ndarray | Path]]:
-    """``(name, file or array)`` per input; files are checked to exist."""
-    for path in args.images:
-        if path.is_dir() and not is_zarr(path):
-            raise IsADirectoryError(f"The input {path} is a folder; give its image files (e.g. {path / '*.tif'}).")
-        if not path.exists():
-            raise FileNotFoundError(errno.ENOENT, "No such input file", str(path))
-    inputs: list[tuple[str, np.ndarray | Path]] = [(str(p), p) for p in args.images]
+    """``(name, file or array)`` per input; folders and quoted globs give their files, which must exist."""
+    files = [found for path in args.images for found in _expand(path)]
+    inputs: list[tuple[str, np.ndarray | Path]] = [(str(p), p) for p in files]
     if args.sample:
         from .._sample_data import sample_image
 
@@ -306,6 +313,32 @@ def _refuse_replacing_an_input(inputs: list[tuple[str, np.ndarray | Path]], outp
                     f"The output {output} is the input {name} itself: its labels would replace the image. "
                     "Choose another --output."
                 )
+
+
+def _run_distributed(args: argparse.Namespace, inputs, outputs: list[Path], options) -> int:
+    """The files on dask.distributed (``napari_clipsam.batch``); exit status 1 when any failed."""
+    from ..batch import segment_files
+    from .common import model_kwargs
+
+    def report(source: str, output: str | None, error: str | None) -> None:
+        if error is None:
+            print(f"{source} -> {output}", flush=True)
+        else:
+            print(f"{source}: FAILED: {error}", file=sys.stderr, flush=True)
+
+    result = segment_files(
+        [(source, output) for (_, source), output in zip(inputs, outputs)], args.concept,
+        model_args=model_kwargs(args), options=options, image_size=args.image_size, points=args.points, box=args.box,
+        overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler, channel=args.channel,
+        on_result=report,
+    )
+    summary = f"{len(result.written)} written, {len(result.skipped)} already there (skipped)"
+    if result.failed:
+        print(f"napari-clipsam: {summary}, {len(result.failed)} failed (no output written for them):\n"
+              + "\n".join(f"  {source}: {error}" for source, error in result.failed.items()), file=sys.stderr)
+        return 1
+    print(f"napari-clipsam: {summary}.")
+    return 0
 
 
 def _drain_naming_the_input(job, name: str) -> np.ndarray:
