@@ -56,3 +56,23 @@ def test_quality_benchmark_prints_its_figures(tmp_path):
     figures = json.loads((tmp_path / "quality.json").read_text())
     assert set(figures["scenes"]["text_iou"]) == {"nucleus", "cell membrane", "spot", "bacterium"}
     assert set(figures["samples"]) == {"synthetic_nuclei", "coins"}
+
+
+def _run_plain(script: str, *args: str) -> str:
+    completed = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                               timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
+def test_large_image_benchmark_prints_memory_and_tiles():
+    output = _run_plain("bench_large.py", "--sizes", "600", "--threads", "1")
+    row = next(line.split() for line in output.splitlines() if line.strip().startswith("600 "))
+    size, tiles, seconds, per_tile, peak = row[:5]
+    assert int(tiles) == 25 and float(seconds) > 0 and float(per_tile) > 0 and float(peak) > 0  # 128 px cores
+
+
+def test_batch_benchmark_prints_files_per_hour():
+    output = _run_plain("bench_batch.py", "--files", "2", "--workers", "1")
+    row = next(line.split() for line in output.splitlines() if line.strip().startswith("1 "))
+    assert float(row[1]) > 0 and float(row[2]) > 0 and row[4] == "0"
