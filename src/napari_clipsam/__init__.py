@@ -43,6 +43,7 @@ _PUBLIC = {
     "iter_segment_stack": "inference.pipeline",
     "segment": "inference.pipeline",
     "segment_layer": "inference.layers",
+    "iter_propagate": "inference.propagation",
     "ConceptDataset": "training.data",
     "EvaluationReport": "training.results",
     "evaluate": "training.evaluate",
@@ -108,6 +109,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
     from .inference.instances import masks_to_instances
     from .inference.layers import segment_layer
     from .inference.pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack, segment
+    from .inference.propagation import iter_propagate
     from .inference.predictor import ClipSamPredictor
     from .model.build import load_model
     from .model.build_sam import list_sam_variants
