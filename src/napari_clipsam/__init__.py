@@ -109,8 +109,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
     from .inference.instances import masks_to_instances
     from .inference.layers import segment_layer
     from .inference.pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack, segment
-    from .inference.propagation import iter_propagate
     from .inference.predictor import ClipSamPredictor
+    from .inference.propagation import iter_propagate
     from .model.build import load_model
     from .model.build_sam import list_sam_variants
     from .model.clip import list_clip_models
