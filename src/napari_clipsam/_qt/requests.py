@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..inference.layers import leading_ndim, spatial_shape
+from ..inference.layers import LayerPlane, layer_plane, leading_ndim, spatial_shape
 from ..inference.pipeline import SegmentOptions
 
 TEXT, MANUAL, STACK = "text", "manual", "stack"
@@ -62,6 +62,8 @@ class SegmentRequest:
         prompts: ``points``, ``point_labels``, ``box`` for :func:`iter_segment` (XY, XYXY).
         prompts_version: how often the prompts had been cleared or accepted when asked:
             a preview of prompts cleared since is out of date.
+        level: the resolution level to read (multiscale layers; 0: full resolution).
+        region: (rows, cols) of the level-0 plane to segment ("Visible region only"); None: all.
     """
 
     kind: str
@@ -73,11 +75,22 @@ class SegmentRequest:
     replace: bool = False
     prompts: dict[str, Any] = field(default_factory=dict)
     prompts_version: int = 0
+    level: int = 0
+    region: tuple[slice, slice] | None = None
     outcome: Outcome = field(default_factory=Outcome)
 
-    def image_plane(self) -> np.ndarray:
-        """The 2-D image (H, W[, C]) a one-plane request segments."""
-        return np.asarray(self.data[self.plane] if self.plane else self.data)
+    @property
+    def rgb(self) -> bool:
+        return bool(getattr(self.image_layer, "rgb", False))
+
+    @property
+    def multiscale(self) -> bool:
+        return bool(getattr(self.image_layer, "multiscale", False))
+
+    def image_plane(self) -> LayerPlane:
+        """The plane a one-plane request segments, read region by region at its level."""
+        return layer_plane(self.data, rgb=self.rgb, multiscale=self.multiscale, plane=self.plane, level=self.level,
+                           region=self.region)
 
 
 def normalise_concept(text: str) -> str | None:

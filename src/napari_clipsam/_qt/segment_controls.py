@@ -25,6 +25,7 @@ from ..inference.layers import leading_ndim
 from ..inference.pipeline import SegmentOptions
 from ..inference.seeds import DEFAULT_SCORE_THRESHOLD
 from .label_layers import existing_output
+from .large_image_controls import LargeImageControls
 from .requests import (
     MANUAL,
     STACK,
@@ -37,6 +38,7 @@ from .requests import (
 )
 from .settings import WidgetSettings, save_settings
 from .text_width import WrappingLabel
+from .viewport import visible_region
 
 MODE_TEXT = "Semi-automatic (text only)"
 MODE_MANUAL = "Manual (points / box)"
@@ -82,6 +84,7 @@ class SegmentControls:
             "Objects SAM is less sure of (predicted IoU times stability, 0 to 1) are dropped; "
             "objects of your own positive points are kept."
         )
+        self.large = LargeImageControls(settings, lambda: self.image.value)  # tiles, level, visible region
         self._settings = settings
         self._restore(settings)
         self.replace = CheckBox(text="Replace existing labels", value=False)
@@ -95,17 +98,19 @@ class SegmentControls:
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = WrappingLabel(value="")  # long messages (offline paths) must not widen the dock
 
-        for control in (self.mode, self.image, self.instances, self.instance_method):
+        for control in (self.mode, self.image, self.scope, self.instances, self.instance_method):
             control.changed.connect(self.update_visibility)
         for control, _ in self._saved:
             control.changed.connect(self._store)
 
     @property
     def widgets(self) -> list:
+        large = self.large
         return [
-            self.image, self.channel, self.concept, self.recent, self.mode, self.scope,
-            self.output, self.instances, self.instance_method, self.diameter, self.score_threshold, self.refine,
-            self.min_area, self.replace, self.show_similarity,
+            self.image, self.channel, large.level, self.concept, self.recent, self.mode, self.scope,
+            large.visible_only, self.output, self.instances, self.instance_method, self.diameter,
+            self.score_threshold, self.refine, self.min_area, self.replace, self.show_similarity, large.tiles,
+            large.tile_size, large.tile_halo,
             self.run_button, self.prompts_button, self.commit_button, self.cancel_button, self.status,
         ]
 
@@ -128,6 +133,7 @@ class SegmentControls:
         """The pipeline options the controls say, for a request of ``kind`` on ``layer``."""
         instances = bool(self.instances.value)
         seeds = instances and self.method == "seeds"
+        tile_shape, halo = self.large.tiling()
         return SegmentOptions(
             instances=instances,
             refine=instances and bool(self.refine.value),
@@ -137,16 +143,20 @@ class SegmentControls:
             instance_method=self.method if instances else "seeds",
             diameter=(float(self.diameter.value) or None) if seeds else None,
             score_threshold=float(self.score_threshold.value) if seeds else DEFAULT_SCORE_THRESHOLD,
+            tile_shape=tile_shape,
+            halo=halo,
         )
 
     def set_options(self, *, instances: bool | None = None, refine: bool | None = None, min_area: int | None = None,
                     replace: bool | None = None, all_slices: bool | None = None, similarity: bool | None = None,
                     instance_method: str | None = None, diameter: float | None = None,
-                    score_threshold: float | None = None) -> None:
+                    score_threshold: float | None = None, **large: Any) -> None:
         """See :meth:`ClipSamWidget.set_options` (the output is the widget's :class:`OutputChoice`).
 
-        ``instance_method`` is ``"seeds"`` or ``"components"``; ``diameter`` 0 means estimated.
+        ``instance_method`` is ``"seeds"`` or ``"components"``; ``diameter`` 0 means estimated;
+        ``large``: the tiles, level and visible region (:meth:`LargeImageControls.set_options`).
         """
+        self.large.set_options(**large)
         if instance_method is not None:
             names = {word: choice for choice, word in INSTANCE_METHODS.items()}
             if instance_method not in names:
@@ -217,8 +227,13 @@ class SegmentControls:
         except ValueError as err:
             raise RequestError(str(err)) from None
         plane = () if kind == STACK else current_plane(viewer, layer)
+        try:
+            region = visible_region(viewer, layer) if kind == TEXT and self.large.visible_only.value else None
+        except ValueError as err:
+            raise RequestError(str(err)) from None
         request = SegmentRequest(kind, layer, layer.data, plane, concept, self.options(layer, kind, concept),
-                                 replace=bool(self.replace.value), prompts_version=prompts_version)
+                                 replace=bool(self.replace.value), prompts_version=prompts_version,
+                                 level=self.large.chosen_level() if layer.multiscale else 0, region=region)
         if kind == MANUAL:
             ours = prompts.image_layer is layer
             points, point_labels, box = prompts.prompts(plane) if ours else (None, None, None)
@@ -236,5 +251,7 @@ class SegmentControls:
         self.refine.visible = self.min_area.visible = self.instance_method.visible = instances
         self.diameter.visible = self.score_threshold.visible = instances and self.method == "seeds"
         self.prompts_button.visible = self.commit_button.visible = manual
+        text_slice = not manual and not (self.scope.visible and self.scope.value == SCOPE_ALL)
+        self.large.update_visibility(layer=layer, text_slice=text_slice)
         self.run_button.text = "Update mask" if manual else "Segment"
         self.run_button.tooltip = f"{self.run_button.text} (S)"

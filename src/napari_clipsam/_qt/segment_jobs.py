@@ -1,7 +1,8 @@
 """Segmentation requests run one at a time, each with the model it needs (loaded on demand).
 
-The jobs are the pipeline's generators (:func:`iter_segment`, :func:`iter_segment_stack`)
-and :func:`iter_load_model`, run by :class:`JobRunner` in a worker thread; a request
+The jobs are the pipeline's generators for napari layers (:func:`iter_segment_plane`, which
+tiles large planes and reads multiscale levels, and :func:`iter_segment_layer_stack`) and
+:func:`iter_load_model`, run by :class:`JobRunner` in a worker thread; a request
 made while one runs waits, and a newer one replaces it. Each request's
 :class:`~.requests.Outcome` records how it ended, for :meth:`SegmentJobs.wait`.
 """
@@ -13,7 +14,7 @@ from functools import partial
 from typing import Any, Callable
 
 from .._jobs import Progress, iter_load_model
-from ..inference.pipeline import iter_segment, iter_segment_stack
+from ..inference.layers import iter_segment_layer_stack, iter_segment_plane
 from .jobs import JobRunner
 from .requests import STACK, Outcome, SegmentRequest
 
@@ -141,12 +142,13 @@ class SegmentJobs:
                         on_cancelled=lambda: CANCELLED)
         if request.kind == STACK:
             self._runner.start(
-                "Segmenting all slices", iter_segment_stack, args=(self.predictor, request.data, request.concept),
-                kwargs=dict(options=request.options, rgb=request.image_layer.rgb), **handlers,
+                "Segmenting all slices", iter_segment_layer_stack,
+                args=(self.predictor, request.data, request.concept, request.options),
+                kwargs=dict(rgb=request.rgb, multiscale=request.multiscale, level=request.level), **handlers,
             )
         else:
             self._runner.start(
-                "Segmenting", iter_segment, args=(self.predictor, request.image_plane(), request.concept),
+                "Segmenting", iter_segment_plane, args=(self.predictor, request.image_plane(), request.concept),
                 kwargs=dict(request.prompts, options=request.options), **handlers,
             )
 

@@ -85,7 +85,7 @@ class ClipSamWidget(Container):
         self._closed = False  # taken out of its dock: prompt edits no longer segment
         self._shortcuts = ViewerShortcuts(napari_viewer, {
             SEGMENT: self._on_run_clicked, ACCEPT: self._commit_preview, TOGGLE: self._key_toggle,
-            CLEAR: self._key_clear,
+            CLEAR: lambda _owner: self.clear_prompts(),
         })
         self._prompts = PromptLayers(napari_viewer, self._on_prompts_edited, self._shortcuts.bind_layer)
 
@@ -112,7 +112,7 @@ class ClipSamWidget(Container):
     def set_options(self, *, instances: bool | None = None, refine: bool | None = None, min_area: int | None = None,
                     replace: bool | None = None, all_slices: bool | None = None, similarity: bool | None = None,
                     output: str | None = None, instance_method: str | None = None, diameter: float | None = None,
-                    score_threshold: float | None = None) -> None:
+                    score_threshold: float | None = None, **large_image: Any) -> None:
         """Set the output options as the controls do; None leaves one as it is.
 
         Args:
@@ -125,10 +125,12 @@ class ClipSamWidget(Container):
             output: the name of an existing Labels layer (it stays the output whatever the
                 image), or ``"New layer"`` (the output follows the image again).
             instance_method, diameter, score_threshold: how objects are made (see ``nc.segment``).
+            large_image: ``tiles`` (``"auto"``, ``"off"``, ``"custom"``), ``tile_size`` and ``halo``
+                (pixels; halo 0: auto), ``level`` (of a multiscale image), ``visible_only`` (docs/widget.md).
         """
         self._controls.set_options(instances=instances, refine=refine, min_area=min_area, replace=replace,
                                    all_slices=all_slices, similarity=similarity, instance_method=instance_method,
-                                   diameter=diameter, score_threshold=score_threshold)
+                                   diameter=diameter, score_threshold=score_threshold, **large_image)
         if output is not None:
             self._output.choose(output)
 
@@ -170,8 +172,8 @@ class ClipSamWidget(Container):
         """Process Qt events until the last :meth:`segment` has finished; returns its result.
 
         Returns:
-            A :class:`SegmentResult` for one plane (in the manual mode, the preview's), or the
-            (*leading, H, W) int32 labels of an "All slices" run.
+            A :class:`PlaneResult` (a :class:`SegmentResult` at full resolution) for one plane (in
+            the manual mode, the preview's), or the (*leading, H, W) int32 labels of an "All slices" run.
 
         Raises:
             The job's error (e.g. ``WeightsUnavailableError``); :class:`StaleResultError` when
@@ -334,9 +336,6 @@ class ClipSamWidget(Container):
         else:  # the first T: the prompt layers, positive points first
             self._add_prompt_layers()
 
-    def _key_clear(self, _owner: Any) -> None:
-        self.clear_prompts()
-
     def _on_prompts_edited(self, event: Any = None) -> None:
         action = getattr(event, "action", None)
         if action is not None and str(action).lower().split(".")[-1] in {"adding", "removing", "changing"}:
@@ -381,9 +380,9 @@ class ClipSamWidget(Container):
             label_layers.show_preview(self._viewer, request.image_layer, result.labels)
             self._preview = (request, result)
             self._controls.commit_button.enabled = True
-            return f"Preview updated (score {result.score:.2f}). 'Add mask to labels' (C) keeps it."
+            return f"Preview updated ({result.summary}). 'Add mask to labels' (C) keeps it."
         new = self._write(request, [(request.plane, result.labels)])
-        return f"{request.concept}: {len(new)} new label(s), score {result.score:.2f}."
+        return f"{request.concept}: {len(new)} new label(s), {result.summary}."
 
     def _write(self, request: SegmentRequest, results: list) -> list[int]:
         return self._output.write(request.image_layer, results, concept=request.concept,

@@ -36,6 +36,10 @@ class WidgetSettings:
     min_area: int = 0
     diameter: float = 0.0
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    # Large images (large_image_controls.py): "auto", "off" or "custom" tiles; halo 0: auto.
+    tiles: str = "auto"
+    tile_size: int = 512
+    tile_halo: int = 0
 
     def model_arguments(self) -> dict[str, Any]:
         """The :func:`napari_clipsam.load_model` keyword arguments these settings describe.

@@ -4,17 +4,27 @@ Duck-typed on the layer (``data``, ``rgb``, ``scale``, ``translate``, ``name``),
 module imports no napari and no Qt. Prompts are napari data coordinates of the image
 layer, (row, col) as a script reads them from a Points or Shapes layer; the pipeline's
 XY frame is made here, in one place, for the dock widget and for :func:`segment_layer`.
+
+Large and multiscale (pyramid) layers: :class:`LayerPlane` reads one plane of one level
+region by region, and :func:`iter_segment_plane` segments it through the tiled pipeline,
+with prompts given and labels returned in the layer's data coordinates (level 0). A
+coarser level maps to level 0 as napari draws it: level pixel ``i`` sits at level-0
+coordinate ``i * factor`` (``factor`` = level-0 size / level size, napari's
+``downsample_factors``), so labels come back nearest-neighbour.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._jobs import Job, relay
 from . import pipeline
-from .pipeline import segment
+from .pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack, segment
 from .seeds import DEFAULT_SCORE_THRESHOLD
+from .tiling import resolve_tiling
 
 if TYPE_CHECKING:
     from ..model.clipsam import ClipSamModel
@@ -132,4 +142,197 @@ def segment_layer(
     return labels, kwargs, "labels"
 
 
-__all__ = ["corners_to_xyxy", "rows_cols_to_xy", "segment_layer", "spatial", "spatial_shape"]
+def level_shapes(data, multiscale: bool, rgb: bool) -> list[tuple[int, ...]]:
+    """The spatial shape (no channel axis) of each level of a layer's data, largest first."""
+    levels = list(data) if multiscale else [data]
+    return [tuple(int(n) for n in level.shape)[: -1 if rgb else None] for level in levels]
+
+
+def _nearest(size0: int, size: int) -> np.ndarray:
+    """For each of ``size0`` level-0 pixels along an axis, the nearest of ``size`` level pixels (napari's placement)."""
+    factor = size0 / size
+    return np.clip(np.floor(np.arange(size0) / factor + 0.5), 0, size - 1).astype(np.intp)
+
+
+def upsample_nearest(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``labels`` of a coarser level (any ndim) at the level-0 ``shape``, nearest-neighbour; the same array if equal."""
+    labels = np.asarray(labels)
+    if tuple(labels.shape) == tuple(shape):
+        return labels
+    return labels[np.ix_(*(_nearest(n0, n) for n0, n in zip(shape, labels.shape)))]
+
+
+@dataclass(frozen=True, eq=False)
+class LayerPlane:
+    """One 2-D plane of an image layer at one resolution level, read region by region.
+
+    Indexing and :attr:`shape` are in the level's pixels, relative to :attr:`rows` and
+    :attr:`cols` (the part of the plane to segment): the pipeline reads ``plane[rows, cols]``
+    tile by tile, and the array (numpy, dask, zarr) is never read whole.
+
+    Attributes:
+        array: the level's data (*leading, H, W[, C]).
+        index: the plane's leading indices in that level.
+        rows, cols: the region of the level's plane to segment (level pixels).
+        plane_shape: the level-0 plane (H, W): the shape of the labels a result fills.
+        rgb: whether the last axis holds channels.
+        level: 0 for full resolution.
+    """
+
+    array: Any
+    index: tuple[int, ...]
+    rows: slice
+    cols: slice
+    plane_shape: tuple[int, int]
+    rgb: bool = False
+    level: int = 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        channels = tuple(self.array.shape[-1:]) if self.rgb else ()
+        return (self.rows.stop - self.rows.start, self.cols.stop - self.cols.start, *channels)
+
+    @property
+    def level_plane_shape(self) -> tuple[int, int]:
+        """The whole plane (H, W) at this level."""
+        return tuple(int(n) for n in self.array.shape[len(self.index): len(self.index) + 2])
+
+    @property
+    def factor(self) -> tuple[float, float]:
+        """Level-0 pixels per pixel of this level, (rows, cols)."""
+        return tuple(n0 / n for n0, n in zip(self.plane_shape, self.level_plane_shape))
+
+    def __getitem__(self, region=()) -> np.ndarray:
+        region = tuple(region) if isinstance(region, tuple) else (region,)
+        region = region + (slice(None),) * (2 - len(region))
+        sides = []
+        for part, outer in zip(region, (self.rows, self.cols)):
+            start, stop, _ = part.indices(outer.stop - outer.start)
+            sides.append(slice(outer.start + start, outer.start + stop))
+        return np.asarray(self.array[self.index + tuple(sides)])
+
+    def to_level_xy(self, xy: np.ndarray | None) -> np.ndarray | None:
+        """(N, 2) XY in level-0 pixels to XY in this plane's region; XYXY boxes as (N, 4) too."""
+        if xy is None:
+            return None
+        xy = np.asarray(xy, dtype=np.float64)
+        factor, origin = np.array(self.factor[::-1]), np.array([self.cols.start, self.rows.start])
+        pairs = xy.reshape(-1, 2) / factor - origin
+        return pairs.reshape(xy.shape)
+
+    def to_level0_xy(self, xy: np.ndarray | None) -> np.ndarray | None:
+        """The inverse of :meth:`to_level_xy`."""
+        if xy is None:
+            return None
+        xy = np.asarray(xy, dtype=np.float64)
+        factor, origin = np.array(self.factor[::-1]), np.array([self.cols.start, self.rows.start])
+        return ((xy.reshape(-1, 2) + origin) * factor).reshape(xy.shape)
+
+    def to_level0(self, values: np.ndarray) -> np.ndarray:
+        """A (h, w) result of this region as the (H, W) level-0 plane: nearest-neighbour, 0 outside the region."""
+        if self.level_plane_shape == self.plane_shape and tuple(values.shape) == self.plane_shape:
+            return values  # the whole plane at full resolution
+        rows = _nearest(self.plane_shape[0], self.level_plane_shape[0])
+        cols = _nearest(self.plane_shape[1], self.level_plane_shape[1])
+        inside_rows = (rows >= self.rows.start) & (rows < self.rows.stop)
+        inside_cols = (cols >= self.cols.start) & (cols < self.cols.stop)
+        full = np.zeros(self.plane_shape, dtype=values.dtype)
+        full[np.ix_(inside_rows, inside_cols)] = values[
+            np.ix_(rows[inside_rows] - self.rows.start, cols[inside_cols] - self.cols.start)]
+        return full
+
+
+def layer_plane(data, *, rgb: bool = False, multiscale: bool = False, plane: tuple[int, ...] = (), level: int = 0,
+                region: tuple[slice, slice] | None = None) -> LayerPlane:
+    """The plane of a layer's data at ``plane`` (level-0 leading indices), read at ``level``.
+
+    Args:
+        data: the layer's data: an array, or the list of levels of a multiscale layer.
+        region: (rows, cols) slices of the level-0 plane to segment; None: all of it.
+    """
+    shapes = level_shapes(data, multiscale, rgb)
+    if not 0 <= level < len(shapes):
+        raise ValueError(f"The image has {len(shapes)} resolution level(s) (0 to {len(shapes) - 1}), not {level}.")
+    array = list(data)[level] if multiscale else data
+    shape0, shape = shapes[0], shapes[level]
+    lead = len(shape0) - 2
+    # A coarser level may be coarser along the leading axes too (3-D pyramids).
+    index = tuple(int(np.clip(round(i * n / n0), 0, n - 1)) for i, n, n0 in zip(plane, shape[:lead], shape0[:lead]))
+    sides = []
+    for axis in (0, 1):
+        size0, size = shape0[lead + axis], shape[lead + axis]
+        part = slice(None) if region is None else region[axis]
+        start, stop, _ = part.indices(size0)
+        low = int(np.clip(np.floor(start * size / size0), 0, size))
+        high = int(np.clip(np.ceil(stop * size / size0), low, size))
+        sides.append(slice(low, high))
+    return LayerPlane(array, index, sides[0], sides[1], (shape0[lead], shape0[lead + 1]), rgb, level)
+
+
+@dataclass
+class PlaneResult(SegmentResult):
+    """A :class:`SegmentResult` in the layer's level-0 plane, with how it was made.
+
+    Attributes:
+        tiles: how many tiles the plane was segmented in; 0: one pass, resized to SAM's input.
+        level: the resolution level read.
+    """
+
+    tiles: int = 0
+    level: int = 0
+
+    @property
+    def summary(self) -> str:
+        """How it was made, for a status line: SAM's score, or the tiles; and a coarser level read."""
+        made = f"in {self.tiles} tile(s)" if self.tiles else f"score {self.score:.2f}"
+        return f"{made}, resolution level {self.level}" if self.level else made
+
+
+def iter_segment_plane(predictor: ClipSamPredictor, plane: LayerPlane, concept: str | None, points=None,
+                       point_labels=None, box=None, options: SegmentOptions = SegmentOptions()) -> Job[PlaneResult]:
+    """Segment one :class:`LayerPlane` through the pipeline, tiled as ``options`` say; returns a :class:`PlaneResult`.
+
+    Prompts are XY (points) and XYXY (box) pixels of the level-0 plane; the result's
+    labels, mask, points and similarity map are (H, W) of the level-0 plane (0 outside the
+    region). One pass (no tiles) gives SAM's score and the similarity map; tiles give
+    neither (score NaN, similarity None).
+    """
+    level_points, level_box = plane.to_level_xy(points), plane.to_level_xy(box)
+    tiling = resolve_tiling(plane.shape[:2], predictor.image_size or predictor.model.image_size,
+                            options.tile_shape, options.halo)
+    if tiling is None:
+        result = yield from iter_segment(predictor, plane[()], concept, level_points, point_labels, level_box,
+                                         options)
+        similarity = None if result.similarity is None else plane.to_level0(result.similarity)
+        return PlaneResult(plane.to_level0(result.mask), plane.to_level0(result.labels), result.score,
+                           plane.to_level0_xy(result.points), result.point_labels, result.logits, similarity,
+                           tiles=0, level=plane.level)
+    counted = [0]
+
+    def count(event):
+        counted[0] = max(counted[0], event.total or 0)
+        return event
+
+    options = replace(options, with_similarity=False)  # per tile only: not worth computing
+    job = iter_segment_stack(predictor, plane, concept, level_points, point_labels, level_box, options,
+                             rgb=plane.rgb)
+    labels = plane.to_level0((yield from relay(job, count)))
+    # No one pass of SAM: no score, no low-resolution logits; the points are the user's.
+    return PlaneResult(labels > 0, labels, float("nan"), points, point_labels, np.zeros((0, 0), np.float32),
+                       None, tiles=counted[0], level=plane.level)
+
+
+def iter_segment_layer_stack(predictor: ClipSamPredictor, data, concept: str | None, options: SegmentOptions,
+                             *, rgb: bool = False, multiscale: bool = False, level: int = 0) -> Job[np.ndarray]:
+    """Every plane of a layer's data (its ``level`` if multiscale) with :func:`iter_segment_stack`;
+    returns labels of the level-0 shape (nearest-neighbour from a coarser level)."""
+    shape0 = level_shapes(data, multiscale, rgb)[0]
+    array = list(data)[level] if multiscale else data
+    labels = yield from iter_segment_stack(predictor, array, concept, options=options, rgb=rgb)
+    return upsample_nearest(labels, shape0)
+
+
+__all__ = [
+    "LayerPlane", "PlaneResult", "corners_to_xyxy", "iter_segment_layer_stack", "iter_segment_plane", "layer_plane",
+    "level_shapes", "rows_cols_to_xy", "segment_layer", "spatial", "spatial_shape", "upsample_nearest",
+]
