@@ -1,4 +1,4 @@
-"""Screenshots of the napari-clipsam dock widget on the bundled synthetic nuclei.
+"""Screenshots of the napari-clipsam dock widget: the demo model on its generated demo scene.
 
 Writes ``docs/images/widget_text_mode.png`` (text-only mode with the similarity map)
 and ``docs/images/widget_manual_mode.png`` (manual mode: two positive points, one
@@ -8,14 +8,15 @@ sample's ground truth), which ``docs/training.md`` shows.
 
 Run it from the repository root; it needs a display (``xvfb-run`` gives one)::
 
-    xvfb-run -a .venv/bin/python docs/make_screenshots.py                 # random weights, offline
-    xvfb-run -a .venv/bin/python docs/make_screenshots.py \\
-        --sam-checkpoint default --clip-pretrained default                # published weights
+    xvfb-run -a .venv/bin/python docs/make_screenshots.py                 # the demo model, offline
+    xvfb-run -a .venv/bin/python docs/make_screenshots.py --model published \\
+        --sam-checkpoint default --clip-pretrained default                # published weights, nuclei sample
 
-By default the model has random weights (``sam_checkpoint=None``,
-``clip_pretrained=None``): nothing is downloaded, the widget looks exactly as with
-trained weights, but the masks and the similarity map are meaningless. The script
-prints which weights it used; say so in the captions of the docs.
+By default the screenshots show the shipped demo model (``preset="demo"``) on the
+"Demo scene (generated cells)" sample: nothing is downloaded and the masks are real
+results of a real (small, demo) model. ``--model published`` uses vit_b + ViT-B-16 on
+the synthetic nuclei sample, with the weights given (random when left out: meaningless
+masks). The script prints which model it used; say so in the captions of the docs.
 
 The script neither reads nor writes your napari or napari-clipsam settings (napari's
 point at a temporary folder, the widget's are off), so every run starts from the
@@ -40,6 +41,8 @@ MAX_BYTES = 400_000  # keep each PNG below this size
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["demo", "published"], default="demo",
+                        help="the demo model on the demo scene (default), or vit_b + ViT-B-16 on the nuclei sample")
     parser.add_argument(
         "--sam-checkpoint", default=None, metavar="PATH|NAME|default",
         help="SAM weights: 'default' (official vit_b, downloaded once), a registry name such as "
@@ -81,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     from qtpy.QtWidgets import QApplication
 
     import napari_clipsam
+    from napari_clipsam._qt.model_fields import model_choices
     from napari_clipsam._qt.segment_widget import MODE_TEXT
-    from napari_clipsam._sample_data import make_nuclei_sample
+    from napari_clipsam._sample_data import make_demo_sample, make_nuclei_sample
 
     def process_events(seconds: float = 0.3) -> None:
         end = time.perf_counter() + seconds
@@ -118,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         viewer.layers.selection.active = active_layer
         save(name)
 
-    weights = describe_weights(args.sam_checkpoint, args.clip_pretrained)
+    demo = args.model == "demo"
+    weights = ("the demo model (preset 'demo', shipped in the package)" if demo
+               else describe_weights(args.sam_checkpoint, args.clip_pretrained))
 
     # -- the model, loaded once (and handed to the widget below). Before the viewer exists:
     # with Mesa's software OpenGL (llvmpipe, as under Xvfb), loading the model stack (and
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     print(f"loading the model ({weights}) on {args.device}...")
     try:
-        model = napari_clipsam.load_model(
+        model = napari_clipsam.load_model(preset="demo", device=args.device) if demo else napari_clipsam.load_model(
             sam="vit_b", clip="ViT-B-16",
             sam_checkpoint=args.sam_checkpoint, clip_pretrained=args.clip_pretrained,
             device=args.device,
@@ -139,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     # -- the viewer, the sample and the widget
     viewer = napari.Viewer(show=True, title="napari-clipsam")
     viewer.window._qt_window.resize(*WINDOW_SIZE)
-    (image_data, image_kwargs, _), (ground_truth, _, _) = make_nuclei_sample()
+    if demo:  # the image, then a ground-truth layer per concept: nuclei first
+        sample = make_demo_sample()
+        (image_data, image_kwargs, _) = sample[0]
+        ground_truth = next(data for data, kwargs, _ in sample[1:] if kwargs["name"].startswith("nucleus"))
+    else:
+        (image_data, image_kwargs, _), (ground_truth, _, _) = make_nuclei_sample()
     image = viewer.add_image(image_data, **image_kwargs)  # the ground truth is not shown
     dock, widget = viewer.window.add_plugin_dock_widget("napari-clipsam", "Segment by concept")
     process_events()
@@ -149,11 +160,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # Make the model fields tell the truth about the injected model.
     fields = widget._model_fields
-    if args.sam_checkpoint is None:
+    if demo:
+        fields.model.value = next(label for label, name in model_choices().items() if name == "demo")
+    elif args.sam_checkpoint is None:
         fields.sam_weights.value = "none (random)"
     elif args.sam_checkpoint in fields.sam_weights.choices:
         fields.sam_weights.value = args.sam_checkpoint
-    fields.clip_pretrained.value = "none" if args.clip_pretrained is None else str(args.clip_pretrained)
+    if not demo:
+        fields.clip_pretrained.value = "none" if args.clip_pretrained is None else str(args.clip_pretrained)
     if args.device in fields.device.choices:
         fields.device.value = args.device
     widget.use_model(model)
@@ -162,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     # -- (a) text-only mode with the similarity map
     widget._controls.mode.value = MODE_TEXT
     widget.set_concept("nucleus")
-    widget.set_options(instances=False, similarity=True)  # one label per concept (the widget's default)
+    widget.set_options(instances=demo, similarity=True)  # the demo: one label per nucleus, touching ones apart
     segment_and_save("text-only run", image, "widget_text_mode.png")
 
     # -- (b) manual mode: two positive points on nuclei, one negative point, live preview
