@@ -13,6 +13,7 @@ import pytest
 import tifffile
 import zarr
 
+import napari_clipsam as nc
 from napari_clipsam._image_files import open_image
 from napari_clipsam._io import write_labels
 from napari_clipsam._zarr_files import zarr_labels
@@ -104,17 +105,17 @@ def test_a_channel_is_chosen_by_number_or_by_name(tmp_path):
             assert (source.rgb, source.data.shape) == (False, (20, 30))
             assert source.channel_names == ("DAPI", "GFP", "mCherry")
             np.testing.assert_array_equal(source.data[()], data[1])
-    with pytest.raises(ValueError, match=r"no channel is named 'Cy5'; its channels are 0 'DAPI', 1 'GFP', 2 'mCherry'"):
+    with pytest.raises(nc.UnsupportedImageError, match=r"no channel is named 'Cy5'; its channels are 0 'DAPI', 1 'GFP', 2 'mCherry'"):
         open_image(path, "Cy5")
-    with pytest.raises(ValueError, match="there is no channel 3; it has 3 channels"):
+    with pytest.raises(nc.UnsupportedImageError, match="there is no channel 3; it has 3 channels"):
         open_image(path, 3)
 
 
 def test_a_channel_where_there_is_none_to_choose_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"no channel to choose \(its axes are ZYX\); leave out --channel"):
+    with pytest.raises(nc.UnsupportedImageError, match=r"no channel to choose \(its axes are ZYX\); leave out --channel"):
         open_image(_ome_tiff(tmp_path / "z.ome.tif", _data((2, 20, 30)), "ZYX"), 0)
     np.save(tmp_path / "x.npy", _data((20, 30, 2)))
-    with pytest.raises(ValueError, match="names no channels.*give the channel's number"):
+    with pytest.raises(nc.UnsupportedImageError, match="names no channels.*give the channel's number"):
         open_image(tmp_path / "x.npy", "GFP")
     with open_image(tmp_path / "x.npy", 1) as source:  # no axes named: the pipeline picks it, as before
         assert (source.rgb, source.axes, source.channel) == (None, None, 1)
@@ -122,7 +123,7 @@ def test_a_channel_where_there_is_none_to_choose_is_refused(tmp_path):
 
 def test_more_channels_than_can_be_mixed_ask_for_one(tmp_path):
     path = _ome_tiff(tmp_path / "x.ome.tif", _data((10, 20, 30)), "CYX")
-    with pytest.raises(ValueError, match="10 channels.*choose one by number or name"):
+    with pytest.raises(nc.UnsupportedImageError, match="10 channels.*choose one by number or name"):
         open_image(path)
     with open_image(path, 9) as source:
         assert source.data.shape == (20, 30)
@@ -136,7 +137,7 @@ def test_more_channels_than_can_be_mixed_ask_for_one(tmp_path):
 def test_axes_that_cannot_be_segmented_are_named(tmp_path, axes, shape, problem):
     path = tmp_path / "x.tif"
     tifffile.imwrite(path, _data(shape), photometric="minisblack", metadata={"axes": axes})
-    with pytest.raises(ValueError) as raised:
+    with pytest.raises(nc.UnsupportedImageError) as raised:
         open_image(path)
     message = str(raised.value)
     assert message.startswith(f"{path}: its axes {axes}") and problem in message and "Supported: Y and X" in message
@@ -208,10 +209,10 @@ def test_zarr_folders_that_cannot_be_segmented_say_why(tmp_path):
     with pytest.raises(CorruptFileError, match=r"without OME-Zarr 'multiscales'.*g.zarr/raw \(arrays: raw\)"):
         open_image(tmp_path / "g.zarr")
     write_ome_zarr(tmp_path / "w.zarr", _data((2, 20, 30)), "cyw", scale=[1, 1, 1])
-    with pytest.raises(ValueError, match="a spatial axis that is not z, y or x"):
+    with pytest.raises(nc.UnsupportedImageError, match="a spatial axis that is not z, y or x"):
         open_image(tmp_path / "w.zarr")
     write_ome_zarr(tmp_path / "cx.zarr", _data((2, 30)), "cx", scale=[1, 1])
-    with pytest.raises(ValueError, match="its axes CX .*no Y axis"):
+    with pytest.raises(nc.UnsupportedImageError, match="its axes CX .*no Y axis"):
         open_image(tmp_path / "cx.zarr")
 
 

@@ -60,6 +60,7 @@ _PUBLIC = {
     "ClipSamError": "errors",
     "AdaptersMismatchError": "errors",
     "AmbiguousWeightsError": "errors",
+    "UnsupportedImageError": "errors",
     "CheckpointMismatchError": "errors",
     "ChecksumMismatchError": "errors",
     "MissingDependencyError": "errors",
@@ -103,6 +104,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
         OutputExistsError,
         TrainingDivergedError,
         UnsafeCheckpointError,
+        UnsupportedImageError,
         WeightsUnavailableError,
     )
     from .inference.image import to_rgb_uint8

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import check_image_file, read_image, reading_errors, tiff_damage_raises
+from .errors import UnsupportedImageError
 from .inference.image import MAX_CHANNELS
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def from_array(array, name: str, channel: int | str | None = None) -> ImageSourc
 def refuse_channel_name(name: str, channel: int | str | None) -> None:
     """Refuse a channel given by name for an image that names no channels."""
     if isinstance(channel, str):
-        raise ValueError(f"{name}: no channel is named {channel!r}: this image names no channels (OME-TIFF and "
+        raise UnsupportedImageError(f"{name}: no channel is named {channel!r}: this image names no channels (OME-TIFF and "
                          "OME-Zarr files do); give the channel's number, 0 for the first.")
 
 
@@ -170,22 +171,22 @@ def arrange(array, axes: str, channel: int | str | None, names: tuple[str, ...],
     shape = tuple(int(n) for n in array.shape)
     problem = _axes_problem(axes, shape)
     if problem:
-        raise ValueError(f"{name}: its axes {axes} (shape {shape}) cannot be segmented: {problem}. {SUPPORTED}.")
+        raise UnsupportedImageError(f"{name}: its axes {axes} (shape {shape}) cannot be segmented: {problem}. {SUPPORTED}.")
     channel_axes = [i for i, letter in enumerate(axes) if letter in CHANNELS]
     fixed = {i: 0 for i in channel_axes if shape[i] == 1}
     wide = [i for i in channel_axes if shape[i] > 1]
     if len(wide) > 1:
-        raise ValueError(f"{name}: its axes {axes} (shape {shape}) hold two channel axes, C and S; {SUPPORTED}.")
+        raise UnsupportedImageError(f"{name}: its axes {axes} (shape {shape}) hold two channel axes, C and S; {SUPPORTED}.")
     target = wide[0] if wide else channel_axes[0] if channel_axes else None
     names = names if target is not None and len(names) == shape[target] else ()
     rgb = bool(wide)
     if channel is not None:
         if target is None:
-            raise ValueError(f"{name}: there is no channel to choose (its axes are {axes}); leave out --channel.")
+            raise UnsupportedImageError(f"{name}: there is no channel to choose (its axes are {axes}); leave out --channel.")
         fixed[target] = _channel_index(channel, shape[target], names, name)
         rgb = False
     elif rgb and shape[wide[0]] > MAX_CHANNELS:
-        raise ValueError(f"{name}: {shape[wide[0]]} channels ({_listing(names, shape[wide[0]])}) are more than "
+        raise UnsupportedImageError(f"{name}: {shape[wide[0]]} channels ({_listing(names, shape[wide[0]])}) are more than "
                          f"{MAX_CHANNELS} to mix into one image; choose one by number or name (--channel).")
     leading = [i for i, letter in enumerate(axes) if letter in LEADING]
     order = leading + [axes.index("Y"), axes.index("X")] + (wide if rgb else [])
@@ -216,9 +217,9 @@ def _channel_index(channel: int | str, count: int, names: tuple[str, ...], name:
             return matches[0]
         what = f"its channels are {_listing(names, count)}" if names else \
             f"the file names no channels; give a number from 0 to {count - 1}"
-        raise ValueError(f"{name}: no channel is named {channel!r}; {what}.")
+        raise UnsupportedImageError(f"{name}: no channel is named {channel!r}; {what}.")
     if not -count <= channel < count:
-        raise ValueError(f"{name}: there is no channel {channel}; it has {count} channels "
+        raise UnsupportedImageError(f"{name}: there is no channel {channel}; it has {count} channels "
                          f"({_listing(names, count)}).")
     return channel % count
 

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import CorruptFileError, OutputExistsError
+from .errors import ClipSamError, CorruptFileError, OutputExistsError
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[str], None], *, replace: bool = True) -> Path:
@@ -174,7 +174,7 @@ def reading_errors(path: Path, kind: str) -> Iterator[None]:
     """Turn what format libraries raise on a damaged file into :class:`CorruptFileError` naming ``path``."""
     try:
         yield
-    except (MemoryError, CorruptFileError):
+    except (MemoryError, ClipSamError):  # ours say what is wrong already (an unsupported axis is no damage)
         raise
     except OSError as err:
         if err.filename is not None:  # an unreadable file (permissions): the message names it already

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._io import _exists_message, _temporary_prefix, _umask, remove_stale_temporaries
-from .errors import CorruptFileError, OutputExistsError
+from .errors import CorruptFileError, OutputExistsError, UnsupportedImageError
 
 NGFF_VERSION = "0.4"
 # NGFF axis names and types as the axis letters used for TIFF (tifffile's).
@@ -113,8 +113,9 @@ def _ome_zarr(path: Path, group, image: dict) -> ZarrImage:
     letters = "".join(_axis_letter(axis) for axis in axes)
     if "?" in letters:
         found = ", ".join(f"{a.get('name')} ({a.get('type', 'no type')})" for a in axes)
-        raise ValueError(f"{path}: OME-Zarr axes {found}: a spatial axis that is not z, y or x cannot be segmented. "
-                         "Supported: axes named t, c, z, y, x, and other non-spatial axes before them.")
+        raise UnsupportedImageError(
+            f"{path}: OME-Zarr axes {found}: a spatial axis that is not z, y or x cannot be segmented. "
+            "Supported: axes named t, c, z, y, x, and other non-spatial axes before them.")
     names = tuple(str(channel.get("label", "")) for channel in image.get("omero", {}).get("channels", []))
     return ZarrImage(array, letters, dict(zip(letters, axes)), dict(zip(letters, scale)),
                      dict(zip(letters, translation)), names)

@@ -54,6 +54,11 @@ class CorruptFileError(ClipSamError, ValueError):
     """A file the package reads is damaged or not what it should be; the message names it."""
 
 
+class UnsupportedImageError(ClipSamError, ValueError):
+    """An image file's axes or channels cannot be segmented as asked (the message names them and
+    what is supported, e.g. an unknown axis, two channel axes, a channel name the file lacks)."""
+
+
 class TrainingDivergedError(ClipSamError, RuntimeError):
     """Training produced a non-finite loss or weights; the message names the step. Nothing broken is saved."""
 
@@ -68,6 +73,7 @@ class MissingDependencyError(ClipSamError, ImportError):
 
 
 __all__ = [
+    "UnsupportedImageError",
     "AdaptersMismatchError",
     "AmbiguousWeightsError",
     "CheckpointMismatchError",
