@@ -76,11 +76,10 @@ def _open(name: str, source, channel: int | str | None):
 
 def _chunks(image, predictor, options: SegmentOptions) -> tuple[int, ...]:
     """Zarr chunks of the labels: one tile where the planes are tiled, else one plane."""
-    from .inference.tiling import resolve_tiling
+    from .inference.tiling import tiling_for
 
     shape = image.labels_shape
-    tiling = resolve_tiling(shape[-2:], predictor.image_size or predictor.model.image_size, options.tile_shape,
-                            options.halo)
+    tiling = tiling_for(predictor, shape[-2:], options)
     plane = shape[-2:] if tiling is None else tuple(min(t, n) for t, n in zip(tiling[0], shape[-2:]))
     return (1,) * (len(shape) - 2) + tuple(plane)
 

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._jobs import Job, relay
+from .._jobs import Job
 from . import pipeline
 from .pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack, segment
 from .seeds import DEFAULT_SCORE_THRESHOLD
-from .tiling import resolve_tiling
+from .tiling import tiles_for, tiling_for
 
 if TYPE_CHECKING:
     from ..model.clipsam import ClipSamModel
@@ -298,8 +298,7 @@ def iter_segment_plane(predictor: ClipSamPredictor, plane: LayerPlane, concept: 
     neither (score NaN, similarity None).
     """
     level_points, level_box = plane.to_level_xy(points), plane.to_level_xy(box)
-    tiling = resolve_tiling(plane.shape[:2], predictor.image_size or predictor.model.image_size,
-                            options.tile_shape, options.halo)
+    tiling = tiling_for(predictor, plane.shape, options)
     if tiling is None:
         result = yield from iter_segment(predictor, plane[()], concept, level_points, point_labels, level_box,
                                          options)
@@ -307,19 +306,14 @@ def iter_segment_plane(predictor: ClipSamPredictor, plane: LayerPlane, concept: 
         return PlaneResult(plane.to_level0(result.mask), plane.to_level0(result.labels), result.score,
                            plane.to_level0_xy(result.points), result.point_labels, result.logits, similarity,
                            tiles=0, level=plane.level)
-    counted = [0]
-
-    def count(event):
-        counted[0] = max(counted[0], event.total or 0)
-        return event
-
     options = replace(options, with_similarity=False)  # per tile only: not worth computing
     job = iter_segment_stack(predictor, plane, concept, level_points, point_labels, level_box, options,
                              rgb=plane.rgb)
-    labels = plane.to_level0((yield from relay(job, count)))
+    labels = plane.to_level0((yield from job))
     # No one pass of SAM: no score, no low-resolution logits; the points are the user's.
     return PlaneResult(labels > 0, labels, float("nan"), points, point_labels, np.zeros((0, 0), np.float32),
-                       None, tiles=counted[0], level=plane.level)
+                       None, tiles=len(tiles_for(predictor, plane.shape, tiling, level_points, level_box)),
+                       level=plane.level)
 
 
 def iter_segment_layer_stack(predictor: ClipSamPredictor, data, concept: str | None, options: SegmentOptions,

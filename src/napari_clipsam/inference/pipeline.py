@@ -21,7 +21,7 @@ from .instances import iter_refine_instances, masks_to_instances, remove_small_l
 from .linking import link_in_place, link_to_previous
 from .prompts import check_prompts
 from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
-from .tiling import AUTO, iter_segment_tiled, resolve_tiling
+from .tiling import AUTO, iter_segment_tiled, resolve_tiling, tiling_for
 
 if TYPE_CHECKING:
     from ..model.clipsam import ClipSamModel
@@ -219,8 +219,7 @@ def iter_segment_stack(
     if out is not None and tuple(out.shape) != (*leading, *spatial):
         raise ValueError(f"out has shape {tuple(out.shape)}; the labels of this image need {(*leading, *spatial)}.")
     labels = np.zeros((*leading, *spatial), dtype=np.int32) if out is None else out
-    tiling = resolve_tiling(spatial, predictor.image_size or predictor.model.image_size, options.tile_shape,
-                            options.halo)
+    tiling = tiling_for(predictor, spatial, options)
     next_label, previous, previous_index = 1, None, None
     for number, index in enumerate(planes):
         prefix = f"plane {number + 1}/{len(planes)}: " if leading else ""

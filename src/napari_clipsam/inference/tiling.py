@@ -110,6 +110,16 @@ def resolve_tiling(image_shape: tuple[int, int], input_size: int, tile_shape=AUT
     return core, halo_pair
 
 
+def sam_side(predictor: ClipSamPredictor) -> int:
+    """The SAM input side ``predictor`` runs at: its own, else the adapters' training size, else SAM's."""
+    return predictor.image_size or predictor.model.image_size
+
+
+def tiling_for(predictor: ClipSamPredictor, image_shape, options: SegmentOptions):
+    """:func:`resolve_tiling` for a plane of ``image_shape`` ((H, W, ...)) at ``predictor``'s SAM input."""
+    return resolve_tiling(tuple(image_shape)[:2], sam_side(predictor), options.tile_shape, options.halo)
+
+
 def plan_tiles(image_shape: tuple[int, int], tile_shape: tuple[int, int], halo: tuple[int, int]) -> list[Tile]:
     """Tiles whose cores cover ``image_shape`` exactly (row-major), each with its halo clipped to the image."""
     height, width = image_shape
@@ -140,6 +150,15 @@ def prompt_window(image_shape: tuple[int, int], input_size: int, halo: tuple[int
     return Tile(0, window, window)
 
 
+def tiles_for(predictor: ClipSamPredictor, image_shape, tiling, points=None, box=None) -> list[Tile]:
+    """The tiles :func:`iter_segment_tiled` segments: one window around the prompts, else the grid."""
+    shape = tuple(int(n) for n in image_shape[:2])
+    tile_shape, halo = tiling
+    if points is not None or box is not None:
+        return [prompt_window(shape, sam_side(predictor), halo, points, box)]
+    return plan_tiles(shape, tile_shape, halo)
+
+
 def _read(image, region: tuple[slice, slice]) -> np.ndarray:
     return np.asarray(image[region])
 
@@ -150,8 +169,8 @@ def _stitch_objects(labels, tile: Tile, tile_labels: np.ndarray, next_label: int
     if count == 0:
         return next_label
     values = np.arange(1, count + 1)
-    areas = ndimage.sum_labels(np.ones(tile_labels.shape), tile_labels, values)
-    centres = ndimage.center_of_mass(np.ones(tile_labels.shape), tile_labels, values)
+    areas = np.bincount(tile_labels.ravel(), minlength=count + 1)[1:]
+    centres = ndimage.center_of_mass(tile_labels > 0, tile_labels, values)
     core = tile.core
     region = np.array(labels[tile.outer])  # a copy: labels may be a zarr array
     boxes = ndimage.find_objects(tile_labels)
@@ -202,11 +221,7 @@ def iter_segment_tiled(
     from .pipeline import iter_segment
 
     shape = tuple(int(n) for n in image.shape[:2])
-    tile_shape, halo = tiling
-    if points is not None or box is not None:
-        tiles = [prompt_window(shape, predictor.image_size or predictor.model.image_size, halo, points, box)]
-    else:
-        tiles = plan_tiles(shape, tile_shape, halo)
+    tiles = tiles_for(predictor, shape, tiling, points, box)
     labels = np.zeros(shape, dtype=np.int32) if out is None else out
     if tuple(labels.shape) != shape:
         raise ValueError(f"out has shape {tuple(labels.shape)}; the image's planes are {shape}.")
@@ -226,4 +241,5 @@ def iter_segment_tiled(
     return labels, next_label
 
 
-__all__ = ["AUTO", "Tile", "iter_segment_tiled", "plan_tiles", "prompt_window", "resolve_tiling"]
+__all__ = ["AUTO", "Tile", "iter_segment_tiled", "plan_tiles", "prompt_window", "resolve_tiling", "sam_side",
+           "tiles_for", "tiling_for"]
