@@ -24,7 +24,7 @@ from napari_clipsam.inference.layers import iter_segment_plane, layer_plane, ups
 from napari_clipsam.inference.pipeline import SegmentOptions
 from napari_clipsam.inference.predictor import ClipSamPredictor
 from napari_clipsam.synthetic import generate_scene
-from tests._qt.widget_helpers import TIMEOUT_MS, TIMEOUT_S
+from tests._qt.widget_helpers import TIMEOUT_MS, TIMEOUT_S, in_fresh_thread
 
 SIZE = 640  # 2.5 times the tiny and the demo model's 256 px input: "auto" tiles it (5 x 5 tiles)
 
@@ -108,7 +108,7 @@ def test_a_multiscale_layer_segments_at_full_resolution_in_tiles(viewer, demo_mo
     assert result.tiles == 25 and "25 tile(s)" in widget._controls.status.value
     truth = scene.labels["nucleus"] > 0
     assert _iou(np.asarray(output.data) > 0, truth) >= 0.7  # objects where the nuclei are
-    np.testing.assert_array_equal(result.labels, nc.segment(scene.image, "nucleus", model=demo_model))
+    np.testing.assert_array_equal(result.labels, in_fresh_thread(nc.segment, scene.image, "nucleus", model=demo_model))
 
 
 def test_a_coarser_level_gives_level_0_labels_and_takes_level_0_prompts(viewer, tiny_model, scene):

@@ -9,6 +9,24 @@ TIMEOUT_S = 120.0
 TIMEOUT_MS = int(TIMEOUT_S * 1000)
 
 
+def in_fresh_thread(function, *args, **kwargs):
+    """``function(*args, **kwargs)`` run on a new thread, as the widget runs its jobs: the reference for exact comparisons.
+
+    Once napari has drawn a Labels layer, numba's OpenMP threading layer (napari's label
+    colormap) has set the MAIN thread's OpenMP thread count to the number of cores,
+    whatever OMP_NUM_THREADS says; torch then sums in another order there than on a new
+    thread, and a mask can differ by one pixel. A new thread starts from the process's
+    default count, like the widget's worker.
+    """
+    results = []
+    thread = threading.Thread(target=lambda: results.append(function(*args, **kwargs)))
+    thread.start()
+    thread.join(TIMEOUT_S)
+    if not results:
+        raise RuntimeError("The reference computation failed or did not finish: see the thread's traceback above.")
+    return results[0]
+
+
 class BlockingEncoder:
     """Stands in for the model's ``encoder_suffix``: notes its thread, says it started, waits for ``release``.
 
