@@ -73,8 +73,9 @@ def test_the_object_options_persist(tmp_path, monkeypatch, make_napari_viewer):
     monkeypatch.setenv("NAPARI_CLIPSAM_SETTINGS", str(path))
     first = ClipSamWidget(make_napari_viewer())
     first._controls.set_options(instances=True, instance_method="components", min_area=25, refine=True)
-    first._controls.set_options(diameter=22, score_threshold=0.7)
+    first._controls.set_options(diameter=22, score_threshold=0.7, link_planes=False)
     saved = load_settings()
+    assert saved.link_planes is False
     assert (saved.instances, saved.instance_method, saved.refine, saved.min_area) == (True, "components", True, 25)
     assert (saved.diameter, saved.score_threshold) == (22, pytest.approx(0.7))
     assert json.loads(path.read_text())["instance_method"] == "components"
@@ -82,6 +83,7 @@ def test_the_object_options_persist(tmp_path, monkeypatch, make_napari_viewer):
     assert controls.instances.value and controls.instance_method.value == METHOD_COMPONENTS
     assert (controls.min_area.value, controls.refine.value, controls.diameter.value) == (25, True, 22)
     assert controls.score_threshold.value == pytest.approx(0.7)
+    assert controls.link_planes.value is False
 
 
 def test_damaged_object_settings_keep_the_defaults(tmp_path, monkeypatch, make_napari_viewer):

@@ -160,6 +160,15 @@ def test_a_stack_segments_all_slices(qtbot, viewer, widget, blobs_image, tiny_mo
     np.testing.assert_array_equal(labels, expected)
     assert len(np.unique(output.data)) == len(np.unique(expected))
 
+    # "One label per 3-D object" off: every slice's objects get labels of their own.
+    assert not widget._controls.link_planes.native.isHidden()
+    widget.set_options(link_planes=False, output="New layer")
+    widget.segment()
+    separate = widget.wait(TIMEOUT_S)
+    np.testing.assert_array_equal(separate, nc.segment(stack, "nucleus", model=tiny_model, instances=True,
+                                                       instance_method="components", link_planes=False))
+    assert not (set(np.unique(separate[0])) - {0}) & (set(np.unique(separate[1])) - {0})
+
 
 def test_similarity_preview_layer(qtbot, viewer, widget, blobs_image):
     widget.set_options(similarity=True)

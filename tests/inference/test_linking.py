@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import zarr
 import pytest
 
 import napari_clipsam as nc
@@ -72,10 +73,30 @@ def test_a_z_stack_gives_one_label_per_3d_object(demo_model):
         assert match_instances(plane, other).f1 == 1.0
 
 
-def test_time_points_of_a_tzyx_stack_link_along_z_only(demo_model):
+def test_a_tzyx_stack_links_along_z_and_then_along_t(demo_model):
+    """Issue 11: time series the same along t. Each time point's 3-D objects continue the previous one's."""
     scene = generate_scene(2_000_401, size=256, kind="nuclei")
-    stack = np.stack([np.stack([scene.image, scene.image])] * 2)  # (T, Z, Y, X)
-    labels = nc.segment(stack, "nucleus", model=demo_model, instances=True, instance_method="components")
-    np.testing.assert_array_equal(labels[0, 0], labels[0, 1])
-    np.testing.assert_array_equal(labels[1, 0], labels[1, 1])
-    assert not (set(np.unique(labels[0, 0])) - {0}) & (set(np.unique(labels[1, 0])) - {0})
+    moved = np.roll(scene.image, 1, axis=1)
+    volumes = [np.stack([scene.image, scene.image]), np.stack([scene.image, scene.image]), np.stack([moved, moved])]
+    labels = nc.segment(np.stack(volumes), "nucleus", model=demo_model, instances=True, instance_method="components")
+    for volume in labels:
+        np.testing.assert_array_equal(volume[0], volume[1])  # linked along z
+    np.testing.assert_array_equal(labels[1], labels[0])  # the same volume again: every object continues
+    # Volumes of two equal planes overlap as their planes do: t=2 links as its plane links to t=1's.
+    unlinked = nc.segment(moved, "nucleus", model=demo_model, instances=True, instance_method="components")
+    expected, _ = link_to_previous(unlinked, labels[1, 0], int(labels[:2].max()) + 1)
+    np.testing.assert_array_equal(labels[2, 0], expected)
+    assert 0 < len((set(np.unique(labels[2])) & set(np.unique(labels[1]))) - {0}) < len(np.unique(unlinked)) - 1
+    separate = nc.segment(np.stack(volumes), "nucleus", model=demo_model, instances=True,
+                          instance_method="components", link_planes=False)
+    assert not (set(np.unique(separate[0, 0])) - {0}) & (set(np.unique(separate[1, 0])) - {0})
+
+
+def test_tzyx_linking_along_t_in_a_zarr_output_matches_numpy(demo_model, tmp_path):
+    scene = generate_scene(2_000_402, size=256, kind="nuclei")
+    stack = np.stack([np.stack([scene.image, np.roll(scene.image, 1, axis=0)]),
+                      np.stack([np.roll(scene.image, 3, axis=1)] * 2)])
+    expected = nc.segment(stack, "nucleus", model=demo_model, instances=True, instance_method="components")
+    out = zarr.open_array(tmp_path / "labels.zarr", mode="w", shape=expected.shape, dtype="int32", chunks=(1, 1, 128, 128))
+    nc.segment(stack, "nucleus", model=demo_model, instances=True, instance_method="components", out=out)
+    np.testing.assert_array_equal(out[...], expected)

@@ -84,6 +84,11 @@ class SegmentControls:
             "Objects SAM is less sure of (predicted IoU times stability, 0 to 1) are dropped; "
             "objects of your own positive points are kept."
         )
+        self.link_planes = CheckBox(text="One label per 3-D object", value=True)
+        self.link_planes.tooltip = (
+            "In a stack, each slice's objects continue the previous slice's they overlap (and each time point's "
+            "the previous time point's); off: every object of every slice gets its own label."
+        )
         self.large = LargeImageControls(settings, lambda: self.image.value)  # tiles, level, visible region
         self._settings = settings
         self._restore(settings)
@@ -109,7 +114,7 @@ class SegmentControls:
         return [
             self.image, self.channel, large.level, self.concept, self.recent, self.mode, self.scope,
             large.visible_only, self.output, self.instances, self.instance_method, self.diameter,
-            self.score_threshold, self.refine, self.min_area, self.replace, self.show_similarity, large.tiles,
+            self.score_threshold, self.link_planes, self.refine, self.min_area, self.replace, self.show_similarity, large.tiles,
             large.tile_size, large.tile_halo,
             self.run_button, self.prompts_button, self.commit_button, self.cancel_button, self.status,
         ]
@@ -145,12 +150,13 @@ class SegmentControls:
             score_threshold=float(self.score_threshold.value) if seeds else DEFAULT_SCORE_THRESHOLD,
             tile_shape=tile_shape,
             halo=halo,
+            link_planes=bool(self.link_planes.value),
         )
 
     def set_options(self, *, instances: bool | None = None, refine: bool | None = None, min_area: int | None = None,
                     replace: bool | None = None, all_slices: bool | None = None, similarity: bool | None = None,
                     instance_method: str | None = None, diameter: float | None = None,
-                    score_threshold: float | None = None, **large: Any) -> None:
+                    score_threshold: float | None = None, link_planes: bool | None = None, **large: Any) -> None:
         """See :meth:`ClipSamWidget.set_options` (the output is the widget's :class:`OutputChoice`).
 
         ``instance_method`` is ``"seeds"`` or ``"components"``; ``diameter`` 0 means estimated;
@@ -165,7 +171,7 @@ class SegmentControls:
         for control, value in ((self.instances, instances), (self.refine, refine), (self.min_area, min_area),
                                (self.replace, replace), (self.show_similarity, similarity),
                                (self.diameter, None if diameter is None else round(diameter)),
-                               (self.score_threshold, score_threshold)):
+                               (self.score_threshold, score_threshold), (self.link_planes, link_planes)):
             if value is not None:
                 control.value = value
         if all_slices is not None:
@@ -175,7 +181,8 @@ class SegmentControls:
     def _saved(self) -> tuple[tuple[Any, str], ...]:
         """The controls whose values persist, each with its :class:`WidgetSettings` field."""
         return ((self.instances, "instances"), (self.instance_method, "instance_method"), (self.refine, "refine"),
-                (self.min_area, "min_area"), (self.diameter, "diameter"), (self.score_threshold, "score_threshold"))
+                (self.min_area, "min_area"), (self.diameter, "diameter"), (self.score_threshold, "score_threshold"),
+                (self.link_planes, "link_planes"))
 
     def _restore(self, settings: WidgetSettings) -> None:
         """The saved objects options; a value the controls refuse (an edited file) keeps the default."""
@@ -246,12 +253,14 @@ class SegmentControls:
         layer = self.image.value
         manual = self.manual
         self.channel.visible = bool(layer is not None and layer.rgb)
-        self.scope.visible = bool(layer is not None and leading_ndim(layer) > 0 and not manual)
+        stack = bool(layer is not None and leading_ndim(layer) > 0 and not manual)
+        self.scope.visible = stack
         instances = bool(self.instances.value)
         self.refine.visible = self.min_area.visible = self.instance_method.visible = instances
         self.diameter.visible = self.score_threshold.visible = instances and self.method == "seeds"
+        self.link_planes.visible = instances and stack and self.scope.value == SCOPE_ALL
         self.prompts_button.visible = self.commit_button.visible = manual
-        text_slice = not manual and not (self.scope.visible and self.scope.value == SCOPE_ALL)
+        text_slice = not manual and not (stack and self.scope.value == SCOPE_ALL)
         self.large.update_visibility(layer=layer, text_slice=text_slice)
         self.run_button.text = "Update mask" if manual else "Segment"
         self.run_button.tooltip = f"{self.run_button.text} (S)"

@@ -112,7 +112,8 @@ class ClipSamWidget(Container):
     def set_options(self, *, instances: bool | None = None, refine: bool | None = None, min_area: int | None = None,
                     replace: bool | None = None, all_slices: bool | None = None, similarity: bool | None = None,
                     output: str | None = None, instance_method: str | None = None, diameter: float | None = None,
-                    score_threshold: float | None = None, **large_image: Any) -> None:
+                    score_threshold: float | None = None, link_planes: bool | None = None,
+                    **large_image: Any) -> None:
         """Set the output options as the controls do; None leaves one as it is.
 
         Args:
@@ -124,13 +125,14 @@ class ClipSamWidget(Container):
             similarity: show the concept's similarity map.
             output: the name of an existing Labels layer (it stays the output whatever the
                 image), or ``"New layer"`` (the output follows the image again).
-            instance_method, diameter, score_threshold: how objects are made (see ``nc.segment``).
+            instance_method, diameter, score_threshold, link_planes: how objects are made (see ``nc.segment``).
             large_image: ``tiles`` (``"auto"``, ``"off"``, ``"custom"``), ``tile_size`` and ``halo``
                 (pixels; halo 0: auto), ``level`` (of a multiscale image), ``visible_only`` (docs/widget.md).
         """
         self._controls.set_options(instances=instances, refine=refine, min_area=min_area, replace=replace,
                                    all_slices=all_slices, similarity=similarity, instance_method=instance_method,
-                                   diameter=diameter, score_threshold=score_threshold, **large_image)
+                                   diameter=diameter, score_threshold=score_threshold, link_planes=link_planes,
+                                   **large_image)
         if output is not None:
             self._output.choose(output)
 

@@ -36,6 +36,7 @@ class WidgetSettings:
     min_area: int = 0
     diameter: float = 0.0
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    link_planes: bool = True  # one label per 3-D object in "All slices"
     # Large images (large_image_controls.py): "auto", "off" or "custom" tiles; halo 0: auto.
     tiles: str = "auto"
     tile_size: int = 512

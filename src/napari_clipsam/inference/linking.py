@@ -7,8 +7,9 @@ taken best first and each object links at most once, so an object that splits in
 keeps its label in the larger overlap and the other part gets a new one; an object with
 no partner (it starts in this plane) gets a new label. Only two planes are ever held, so
 memory does not grow with the stack. Planes are linked along the last leading axis (z in
-a (Z, Y, X) or (T, Z, Y, X) stack, t in a (T, Y, X) series); a new position on an
-earlier axis (another time point of a (T, Z, Y, X) stack) starts afresh.
+a (Z, Y, X) or (T, Z, Y, X) stack, t in a (T, Y, X) series); in a (T, Z, Y, X) stack each
+time point's 3-D objects are then linked to the previous time point's the same way, by
+their 3-D overlap (:func:`link_in_place` over the volume, one z-plane at a time).
 """
 
 from __future__ import annotations

@@ -54,7 +54,9 @@ class SegmentOptions:
             is each tile's core; ``halo`` the context around it (``"auto"``: input / 4).
         link_planes: with ``instances`` in a stack, one label per 3-D object: each plane's
             objects continue the previous plane's they overlap (``inference/linking.py``),
-            along the last leading axis; False: every object of every plane its own label.
+            along the last leading axis, and in a (T, Z, Y, X) stack each time point's 3-D
+            objects continue the previous time point's; False: every object of every plane
+            its own label.
     """
 
     instances: bool = False
@@ -221,6 +223,7 @@ def iter_segment_stack(
     labels = np.zeros((*leading, *spatial), dtype=np.int32) if out is None else out
     tiling = tiling_for(predictor, spatial, options)
     next_label, previous, previous_index = 1, None, None
+    volume_first_label, previous_volume = 1, None
     for number, index in enumerate(planes):
         prefix = f"plane {number + 1}/{len(planes)}: " if leading else ""
 
@@ -244,6 +247,13 @@ def iter_segment_stack(
                 next_label = link_in_place(plane, previous, next_label) if linked else after
         if options.instances:
             previous, previous_index = plane, index
+        volume_done = number + 1 == len(planes) or planes[number + 1][:-1] != index[:-1]
+        if options.instances and options.link_planes and len(leading) >= 2 and volume_done:
+            # A (T, Z, Y, X) stack: each time point's 3-D objects continue the previous time point's.
+            volume = _PlaneView(labels, index[:-1])
+            if previous_volume is not None and previous_volume[:-1] == index[:-2]:
+                next_label = link_in_place(volume, _PlaneView(labels, previous_volume), volume_first_label, rows=1)
+            volume_first_label, previous_volume = next_label, index[:-1]
     return labels
 
 
@@ -311,7 +321,8 @@ def segment(
             (``"auto"``: when more than twice its size; None: never, the image is resized).
         out: an integer array (numpy, zarr) of the labels' shape to write into.
         link_planes: with ``instances`` in a stack, one label per 3-D object (linked by
-            overlap between consecutive planes); False: per object of each plane.
+            overlap between consecutive planes, and between time points of a (T, Z, Y, X)
+            stack); False: per object of each plane.
 
     Returns:
         int32 labels of the image's spatial shape (``out`` when given): 0 background, 1 the
