@@ -20,7 +20,7 @@ from napari_clipsam._qt.large_image_controls import TILES_CUSTOM, TILES_OFF
 from napari_clipsam._qt.segment_widget import MODE_MANUAL, ClipSamWidget
 from napari_clipsam._qt.settings import load_settings
 from napari_clipsam._qt.viewport import _camera, _canvas_size
-from napari_clipsam.inference.layers import iter_segment_plane, layer_plane, upsample_nearest
+from napari_clipsam.inference.layers import iter_segment_layer_stack, iter_segment_plane, layer_plane, upsample_nearest
 from napari_clipsam.inference.pipeline import SegmentOptions
 from napari_clipsam.inference.predictor import ClipSamPredictor
 from napari_clipsam.synthetic import generate_scene
@@ -210,6 +210,45 @@ def test_cancel_between_tiles_keeps_the_users_labels(qtbot, viewer, tiny_model, 
     output = viewer.layers["mine"]
     assert (np.asarray(output.data)[mine > 0] == 7).all() and (np.asarray(output.data) > 7).any()
     output.undo()
+    np.testing.assert_array_equal(output.data, mine)
+
+
+def test_all_slices_read_plane_by_plane_cancel_and_one_undo_step(qtbot, viewer, tiny_model, blobs_image, monkeypatch):
+    """Issue 11: "All slices" runs lazily plane by plane, with progress, cancel, and one undo step."""
+    stack = np.stack([blobs_image, blobs_image[::-1], blobs_image[:, ::-1]])
+    recording = _RecordingArray(stack)
+    run(iter_segment_layer_stack(ClipSamPredictor(tiny_model), recording, "nucleus", SegmentOptions()))
+    assert len(recording.reads) == 3 and max(recording.reads) == blobs_image.size  # one plane at a time
+
+    array = zarr.create_array(store={}, shape=stack.shape, chunks=(1, 64, 64), dtype=stack.dtype)
+    array[:] = stack
+    viewer.add_image(array, name="zstack")
+    mine = np.zeros(stack.shape, np.uint32)
+    mine[1, 10:40, 10:60] = 9
+    viewer.add_labels(mine.copy(), name="mine")
+    widget = _docked(viewer, tiny_model)
+    widget.set_image("zstack")
+    widget.set_options(all_slices=True, output="mine")
+    stages = _Stages(widget)
+    gate = _GateAtCall(tiny_model, monkeypatch, call=2)  # the second plane's encoder
+    widget.set_concept("nucleus")
+    widget.segment()
+    qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
+    widget.cancel()
+    gate.release.set()
+    with pytest.raises(RuntimeError, match="Cancelled"):
+        widget.wait(TIMEOUT_S)
+    np.testing.assert_array_equal(viewer.layers["mine"].data, mine)  # nothing half-written
+
+    widget.segment()
+    widget.wait(TIMEOUT_S)
+    assert {line.split(":")[0] for line in stages.lines if line.startswith("plane ")} == {
+        f"plane {k}/3" for k in (1, 2, 3)}
+    output = viewer.layers["mine"]
+    written = np.asarray(output.data)
+    assert (written[mine > 0] == 9).all()
+    assert all((written[k] != mine[k]).any() for k in range(3))  # every plane got labels
+    output.undo()  # the whole stack's write is one step
     np.testing.assert_array_equal(output.data, mine)
 
 
