@@ -133,6 +133,16 @@ def test_a_coarser_level_gives_level_0_labels_and_takes_level_0_prompts(viewer, 
     assert preview.labels.shape == (SIZE, SIZE)
     np.testing.assert_array_equal(preview.labels > 0, upsample_nearest(expected, (SIZE,) * 2) > 0)
     assert viewer.layers["clipsam preview"].data.shape == (SIZE, SIZE)
+    # Scripts get the same from segment_layer at that level, prompts in level-0 coordinates too.
+    layer = viewer.layers["pyramid"]
+    labels, kwargs, _ = nc.segment_layer(layer, None, tiny_model, points=[[301, 201]], level=1)
+    np.testing.assert_array_equal(labels > 0, preview.labels > 0)
+    assert labels.shape == (SIZE, SIZE) and kwargs["scale"] == (0.5, 0.5)
+    np.testing.assert_array_equal(nc.segment_layer(layer, "nucleus", tiny_model, level=1)[0] > 0,
+                                  upsample_nearest(nc.segment(scene.image[::2, ::2], "nucleus", model=tiny_model),
+                                                   (SIZE,) * 2) > 0)
+    with pytest.raises(ValueError, match="resolution level"):
+        nc.segment_layer(layer, "nucleus", tiny_model, level=3)
 
 
 def test_all_slices_of_a_multiscale_stack_at_a_coarser_level(viewer, tiny_model, blobs_image):
@@ -145,6 +155,10 @@ def test_all_slices_of_a_multiscale_stack_at_a_coarser_level(viewer, tiny_model,
     assert labels.shape == viewer.layers["stack nucleus"].data.shape == stack.shape
     expected = nc.segment(stack[:, ::2, ::2], "nucleus", model=tiny_model)
     np.testing.assert_array_equal(labels > 0, upsample_nearest(expected, stack.shape) > 0)
+    layer = viewer.layers["stack"]
+    np.testing.assert_array_equal(nc.segment_layer(layer, "nucleus", tiny_model, level=1)[0], labels)
+    with pytest.raises(ValueError, match="level=0"):
+        nc.segment_layer(layer, "nucleus", tiny_model, level=1, points=[[10, 10]])
 
 
 def test_a_zarr_layer_is_segmented_tile_by_tile(viewer, tiny_model, scene):

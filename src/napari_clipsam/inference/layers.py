@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._jobs import Job
+from .._jobs import Job, run
 from . import pipeline
-from .pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack, segment
+from .pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack, predictor_for, segment
 from .seeds import DEFAULT_SCORE_THRESHOLD
-from .tiling import tiles_for, tiling_for
+from .tiling import AUTO, tiles_for, tiling_for
 
 if TYPE_CHECKING:
     from ..model.clipsam import ClipSamModel
@@ -95,6 +95,10 @@ def segment_layer(
     instance_method: str = "seeds",
     diameter: float | None = None,
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    level: int = 0,
+    tile_shape=AUTO,
+    halo=AUTO,
+    link_planes: bool = True,
 ) -> tuple[np.ndarray, dict[str, Any], str]:
     """Segment ``concept`` in a napari image layer; returns a napari ``LayerDataTuple`` of labels.
 
@@ -105,30 +109,50 @@ def segment_layer(
 
     Args:
         image_layer: a napari Image layer, or any object with ``data``, ``rgb``, ``scale``,
-            ``translate`` and ``name``; a multiscale layer is read at full resolution.
+            ``translate`` and ``name`` (and ``multiscale`` for a pyramid).
         concept: what to segment, e.g. ``"nucleus"``; None for plain SAM with prompts.
         model: from :func:`napari_clipsam.load_model`; default ``load_model()``.
         points: (N, 2) napari data coordinates (row, col) of the image's planes.
         point_labels: (N,) 1 positive, 0 negative (default all 1).
         box: (row, col) corners of a rectangle: two opposite ones or a Shapes rectangle's four.
         instances, refine, min_area, channel, image_size, predictor, instance_method, diameter,
-            score_threshold: as for :func:`napari_clipsam.segment`.
+            score_threshold, tile_shape, halo, link_planes: as for :func:`napari_clipsam.segment`.
+        level: the resolution level of a multiscale layer to segment (0: full resolution);
+            prompts stay in level-0 data coordinates and the labels have level 0's shape, as
+            in the widget. A stack at a coarser level takes no prompts.
         name: the labels layer's name; default ``"<image name> <concept>"``.
 
     Returns:
         ``(labels, {"name", "scale", "translate", "metadata"}, "labels")``: int32 labels of
         the image's spatial shape, 0 background.
     """
-    data = image_layer.data
-    if getattr(image_layer, "multiscale", False):
-        data = data[0]
+    multiscale = bool(getattr(image_layer, "multiscale", False))
     rgb = bool(getattr(image_layer, "rgb", False))
-    labels = segment(
-        data, concept, model, instances=instances, refine=refine, min_area=min_area, channel=channel,
-        predictor=predictor, points=rows_cols_to_xy(points), point_labels=point_labels,
-        box=corners_to_xyxy(box), image_size=image_size, rgb=rgb, instance_method=instance_method,
-        diameter=diameter, score_threshold=score_threshold,
-    )
+    points, box = rows_cols_to_xy(points), corners_to_xyxy(box)
+    if level == 0:
+        labels = segment(
+            image_layer.data[0] if multiscale else image_layer.data, concept, model, instances=instances,
+            refine=refine, min_area=min_area, channel=channel, predictor=predictor, points=points,
+            point_labels=point_labels, box=box, image_size=image_size, rgb=rgb, instance_method=instance_method,
+            diameter=diameter, score_threshold=score_threshold, tile_shape=tile_shape, halo=halo,
+            link_planes=link_planes,
+        )
+    else:
+        options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel,
+                                 instance_method=instance_method, diameter=diameter, score_threshold=score_threshold,
+                                 tile_shape=tile_shape, halo=halo, link_planes=link_planes)
+        plane = layer_plane(image_layer.data, rgb=rgb, multiscale=multiscale, level=level)  # checks the level
+        predictor = predictor_for(model, predictor, image_size)
+        with predictor:
+            if leading_ndim(image_layer) == 0:
+                job = iter_segment_plane(predictor, plane, concept, points, point_labels, box, options)
+                labels = run(job).labels
+            elif points is None and box is None:
+                labels = run(iter_segment_layer_stack(predictor, image_layer.data, concept, options, rgb=rgb,
+                                                      multiscale=True, level=level))
+            else:
+                raise ValueError("Prompts in a stack are taken at level 0 only: give level=0, or segment one "
+                                 "plane (a 2-D layer of it) at the coarser level.")
     metadata: dict[str, Any] = {}
     if concept is not None and not instances:
         metadata[CONCEPTS_METADATA_KEY] = {concept: 1}

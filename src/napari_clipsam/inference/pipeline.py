@@ -274,6 +274,22 @@ class _PlaneView:
         self.array[self._key(region)] = values
 
 
+def predictor_for(model: ClipSamModel | None, predictor: ClipSamPredictor | None,
+                  image_size: int | None) -> ClipSamPredictor:
+    """The predictor a one-call API runs: ``predictor`` (its size set), else a new one of ``model`` (default load_model())."""
+    if predictor is None:
+        if model is None:
+            from ..model.build import load_model
+
+            model = load_model()
+        from .predictor import ClipSamPredictor
+
+        return ClipSamPredictor(model, image_size=image_size)
+    if image_size is not None:
+        predictor.image_size = image_size
+    return predictor
+
+
 def segment(
     image,
     concept: str | None,
@@ -332,16 +348,7 @@ def segment(
     options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel,
                              instance_method=instance_method, diameter=diameter, score_threshold=score_threshold,
                              tile_shape=tile_shape, halo=halo, link_planes=link_planes)
-    if predictor is None:
-        if model is None:
-            from ..model.build import load_model
-
-            model = load_model()
-        from .predictor import ClipSamPredictor
-
-        predictor = ClipSamPredictor(model, image_size=image_size)
-    elif image_size is not None:
-        predictor.image_size = image_size
+    predictor = predictor_for(model, predictor, image_size)
     with predictor:  # one thread drains the whole job: other threads sharing the predictor wait
         return run(iter_segment_stack(predictor, image, concept, points, point_labels, box, options, rgb, out))
 
