@@ -21,7 +21,7 @@ from .instances import iter_refine_instances, masks_to_instances, remove_small_l
 from .linking import link_in_place, link_to_previous
 from .prompts import check_prompts
 from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
-from .tiling import AUTO, iter_segment_tiled, resolve_tiling, tiling_for
+from .tiling import AUTO, check_tiling, iter_segment_tiled, tiling_for
 
 if TYPE_CHECKING:
     from ..model.clipsam import ClipSamModel
@@ -72,7 +72,7 @@ class SegmentOptions:
     link_planes: bool = True
 
     def __post_init__(self) -> None:
-        resolve_tiling((1, 1), 256, self.tile_shape, self.halo)  # checks the values alone
+        check_tiling(self.tile_shape, self.halo)
         if self.min_area < 0:
             raise ValueError(f"min_area must be 0 or more pixels, got {self.min_area}.")
         if self.instance_method not in INSTANCE_METHODS:

@@ -77,6 +77,24 @@ def _pair(value, name: str) -> tuple[int, int]:
     return int(values[0]), int(values[1])
 
 
+def _halo_pair(halo, input_size: int) -> tuple[int, int]:
+    if halo == AUTO:
+        return (round(input_size * AUTO_HALO_FRACTION),) * 2
+    values = (halo, halo) if np.isscalar(halo) else tuple(halo)
+    if len(values) != 2 or not all(float(v).is_integer() and v >= 0 for v in values):
+        raise ValueError(f"halo must be 0 or more pixels, or (height, width) of them, got {halo!r}.")
+    return int(values[0]), int(values[1])
+
+
+def check_tiling(tile_shape=AUTO, halo=AUTO) -> None:
+    """Refuse ``tile_shape`` and ``halo`` values that mean nothing (ValueError), before any image is seen."""
+    _halo_pair(halo, input_size=0)
+    if isinstance(tile_shape, str) and tile_shape != AUTO:
+        raise ValueError(f"tile_shape must be 'auto', None or (height, width) in pixels, got {tile_shape!r}.")
+    if tile_shape is not None and not isinstance(tile_shape, str):
+        _pair(tile_shape, "tile_shape")
+
+
 def resolve_tiling(image_shape: tuple[int, int], input_size: int, tile_shape=AUTO, halo=AUTO):
     """The ((core h, core w), (halo h, halo w)) to segment an image of ``image_shape`` with, or None for one pass.
 
@@ -88,18 +106,12 @@ def resolve_tiling(image_shape: tuple[int, int], input_size: int, tile_shape=AUT
             image resized to the input) or the core's (height, width) in pixels.
         halo: pixels of context on each side (``"auto"``: a quarter of the input), or (h, w).
     """
+    check_tiling(tile_shape, halo)
     height, width = (int(n) for n in image_shape)
-    halo_pair = (round(input_size * AUTO_HALO_FRACTION),) * 2 if halo == AUTO else None
-    if halo_pair is None:
-        values = (halo, halo) if np.isscalar(halo) else tuple(halo)
-        if len(values) != 2 or not all(float(v).is_integer() and v >= 0 for v in values):
-            raise ValueError(f"halo must be 0 or more pixels, or (height, width) of them, got {halo!r}.")
-        halo_pair = (int(values[0]), int(values[1]))
+    halo_pair = _halo_pair(halo, input_size)
     if tile_shape is None:
         return None
     if isinstance(tile_shape, str):
-        if tile_shape != AUTO:
-            raise ValueError(f"tile_shape must be 'auto', None or (height, width) in pixels, got {tile_shape!r}.")
         if max(height, width) <= AUTO_TILING_FACTOR * input_size:
             return None
         core = tuple(max(input_size - 2 * h, input_size // 2) for h in halo_pair)
