@@ -13,10 +13,11 @@ import torch
 
 from ..errors import ConcurrentUseError
 from ..model.clipsam import ClipSamModel
+from .fast_masks import masks_at_image_size
 from .image import to_rgb_uint8
 from .prompts import check_prompts
 from .recent_images import DEFAULT_IMAGES_KEPT, RecentImages
-from .sam_frame import logits_to_image, mask_prompt_from_similarity, resize_map, text_mode_points, to_sam_frame
+from .sam_frame import mask_prompt_from_similarity, resize_map, text_mode_points, to_sam_frame
 
 # Image embeddings kept per concept for the current image (4 MB each for vit_b).
 _EMBEDDINGS_KEPT = 8
@@ -47,6 +48,10 @@ class ClipSamPredictor:
     :class:`ConcurrentUseError` from its next call rather than the other image's masks;
     ``with predictor:`` holds the predictor for a whole sequence of calls.
     """
+
+    # True: upsample SAM's logits over the whole image (the reference, for tests and
+    # benchmarks); False: only where a mask can be, same masks (``fast_masks.py``).
+    full_resolution_masks = False
 
     def __init__(self, model: ClipSamModel, image_size: int | None = None,
                  images_kept: int = DEFAULT_IMAGES_KEPT) -> None:
@@ -381,5 +386,6 @@ class ClipSamPredictor:
         with self._checked(), model.at_resolution(self.image_size):
             self.prepare()
             low_res, iou = model.decode(self._embeddings[self.concept], points, boxes, mask_prompt, multimask_output)
-            upsampled = logits_to_image(low_res, model.image_size, self.input_size, self.original_size)
-        return upsampled > model.sam.mask_threshold, iou, low_res
+            masks = masks_at_image_size(low_res, model.image_size, self.input_size, self.original_size,
+                                        model.sam.mask_threshold, self.full_resolution_masks)
+        return masks, iou, low_res
