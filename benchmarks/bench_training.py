@@ -16,6 +16,11 @@ speed does not depend on their values, and no download is needed.
     python benchmarks/bench_training.py --device cuda --steps 5
     python benchmarks/bench_training.py --image-size 512         # the cheaper CPU setting
     python benchmarks/bench_training.py --sam tiny --clip tiny   # a smoke test in seconds
+    python benchmarks/bench_training.py --preset demo --device cuda --steps 10   # the demo model's training
+
+``--preset demo`` times the training of the demo model instead (``scripts/train_demo_model.py``:
+the demo SAM and CLIP from scratch, every weight trained, text and manual modes, SAM
+input 256, batch ``--batch-size``, default 16) on 24 generated scenes.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from _common import peak_memory_gb, sync
@@ -55,17 +61,29 @@ def run_part(checkpointing: bool, args: argparse.Namespace) -> dict:
     from napari_clipsam.training.engine import iter_train
 
     torch.manual_seed(0)
-    model = nc.load_model(
-        sam=args.sam, clip=args.clip, sam_checkpoint=None, clip_pretrained=None,
-        device=args.device, precision=args.precision,
-    )
+    if args.preset == "demo":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+        from train_demo_model import demo_config, scenes_dataset
+
+        model = nc.load_model(sam="demo", clip="demo", sam_checkpoint=None, clip_pretrained=None,
+                              device=args.device, precision="fp32", config=demo_config())
+        dataset = scenes_dataset(24, 0, 256)
+        config = TrainingConfig(
+            mode="both", steps=args.steps + 1, batch_size=args.batch_size or 16, augment=not args.no_augment,
+            gradient_checkpointing=checkpointing, image_size=256, patience=0, seed=0, train_base=True,
+        )
+    else:
+        model = nc.load_model(
+            sam=args.sam, clip=args.clip, sam_checkpoint=None, clip_pretrained=None,
+            device=args.device, precision=args.precision,
+        )
+        image, labels = _sample()
+        dataset = ConceptDataset.from_arrays([(image, labels, "nucleus")])
+        config = TrainingConfig(
+            mode="text", steps=args.steps + 1, batch_size=args.batch_size or 1, augment=not args.no_augment,
+            gradient_checkpointing=checkpointing, image_size=args.image_size, patience=0, seed=0,
+        )
     device = model.device
-    image, labels = _sample()
-    dataset = ConceptDataset.from_arrays([(image, labels, "nucleus")])
-    config = TrainingConfig(
-        mode="text", steps=args.steps + 1, batch_size=1, augment=not args.no_augment,
-        gradient_checkpointing=checkpointing, image_size=args.image_size, patience=0, seed=0,
-    )
     loaded_gb = peak_memory_gb(device)
     job = iter_train(model, dataset, None, config)
     times = []
@@ -83,7 +101,9 @@ def run_part(checkpointing: bool, args: argparse.Namespace) -> dict:
         "checkpointing": checkpointing,
         "device": str(device),
         "precision": model.precision,
-        "sam_input": args.image_size or model.image_size,
+        "sam_input": config.image_size or model.image_size,
+        "batch_size": config.batch_size,
+        "mode": config.mode,
         "trainable": model.count_parameters()["trainable"],
         "step_s": statistics.median(times[1:]),  # the first step warms up kernels and allocators
         "steps": times,
@@ -101,6 +121,9 @@ def main(argv=None) -> int:
     parser.add_argument("--clip", default="ViT-B-16", help="open_clip model name (tiny: a quick smoke test)")
     parser.add_argument("--image-size", type=int, help="SAM input side (default: the model's, 1024 for vit_b)")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    parser.add_argument("--preset", choices=["default", "demo"], default="default",
+                        help="demo: time the demo model's training (scripts/train_demo_model.py) instead")
+    parser.add_argument("--batch-size", type=int, help="samples per step (default 1, 16 with --preset demo)")
     parser.add_argument("--part", choices=["on", "off"], help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
@@ -113,10 +136,11 @@ def main(argv=None) -> int:
     import torch
 
     import napari_clipsam as nc
+    from napari_clipsam._machine import cpu_description
 
     device = nc.resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"machine: {name}, torch {torch.__version__}, device {device}")
+    print(f"machine: {name}, CPU {cpu_description()}, torch {torch.__version__}, device {device}")
     results = {}
     for part in ("on", "off"):
         completed = subprocess.run([sys.executable, __file__, *argv, "--part", part], capture_output=True, text=True)
@@ -128,9 +152,11 @@ def main(argv=None) -> int:
 
     some = next((r for r in results.values() if "error" not in r), None)
     if some is not None:
-        print(f"model: {args.sam} + {args.clip} (random weights), {some['trainable'] / 1e6:.2f} M trainable, "
-              f"{some['precision']}, SAM input {some['sam_input']}, batch 1, text mode, "
-              f"augmentation {'off' if args.no_augment else 'on'}, 512x512 sample")
+        what = ("demo + demo from scratch, 24 generated 256x256 scenes" if args.preset == "demo"
+                else f"{args.sam} + {args.clip}, 512x512 sample")
+        print(f"model: {what} (random weights), {some['trainable'] / 1e6:.2f} M trainable, "
+              f"{some['precision']}, SAM input {some['sam_input']}, batch {some['batch_size']}, {some['mode']} mode, "
+              f"augmentation {'off' if args.no_augment else 'on'}")
     memory = "peak GPU memory allocated" if device.type == "cuda" else "peak resident memory"
     print(f"\ncheckpointing  s/step (median of {args.steps})  {memory:>26}  after loading")
     for part, result in results.items():

@@ -278,14 +278,15 @@ def test_training_at_a_smaller_sam_input_size(datasets, tmp_path):
 
 
 def _decoded_prompts(model, monkeypatch) -> list[tuple]:
-    """Record the (points, boxes, mask prompt) of every decode the model runs."""
-    seen, decode = [], model.decode
+    """Record the (points, boxes, mask prompt) of every sample the training step decodes."""
+    seen, decode = [], engine_module.decode_batch
 
-    def recording(embeddings, points, boxes, mask_prompt, *args):
-        seen.append((points, boxes, mask_prompt))
-        return decode(embeddings, points, boxes, mask_prompt, *args)
+    def recording(decoded_model, embeddings, points, boxes, mask_prompts, *args):
+        assert decoded_model is model
+        seen.extend(zip(points, boxes, mask_prompts))
+        return decode(decoded_model, embeddings, points, boxes, mask_prompts, *args)
 
-    monkeypatch.setattr(model, "decode", recording)
+    monkeypatch.setattr(engine_module, "decode_batch", recording)
     return seen
 
 

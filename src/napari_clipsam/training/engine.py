@@ -21,6 +21,7 @@ from ..inference.prompts import check_prompts
 from ..inference.sam_frame import mask_prompt_from_similarity, text_mode_points, to_sam_frame
 from ..model.clipsam import ClipSamModel
 from .augment import Augmented, augment, photometric
+from .batched_decode import decode_batch
 from .config import TrainingConfig
 from .data import Sample
 from .evaluate import choose_object, iter_evaluate, manual_prompts
@@ -62,14 +63,22 @@ class _FeatureCache:
         self.frozen = not clip_trains
         self.features: dict[tuple, torch.Tensor] = {}
 
-    def patches(self, view: Augmented) -> torch.Tensor:
-        if self.frozen and view.key is not None and view.key in self.features:
-            return self.features[view.key]
-        with torch.set_grad_enabled(not self.frozen):
-            _, patches = self.model.clip_features(self.model.clip_input(view.image))
-        if self.frozen and view.key is not None:
-            self.features[view.key] = patches.detach()
-        return patches
+    def patches(self, views: Sequence[Augmented]) -> torch.Tensor:
+        """(B, g, g, D) patch features of the views; those not cached come from one CLIP call."""
+        # A view's name: its key while CLIP is frozen (views of one key computed once), else its place.
+        names = [view.key if self.frozen and view.key is not None else i for i, view in enumerate(views)]
+        missing = {name: names.index(name) for name in names if name not in self.features}
+        found = {}
+        if missing:
+            inputs = torch.cat([self.model.clip_input(views[i].image) for i in missing.values()])
+            with torch.set_grad_enabled(not self.frozen):
+                _, computed = self.model.clip_features(inputs)
+            if not self.frozen:
+                return computed  # every view its own row, in order; nothing kept
+            found = {name: computed[row : row + 1] for row, name in enumerate(missing)}
+            # Copies: a kept row would otherwise hold the whole batch's storage.
+            self.features.update((name, rows.clone()) for name, rows in found.items() if isinstance(name, tuple))
+        return torch.cat([found[name] if name in found else self.features[name] for name in names])
 
 
 class _NonFinite(Exception):
@@ -254,8 +263,9 @@ def _snapshot(trainable: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tenso
 
 
 def _check_finite(trainable: dict[str, torch.nn.Parameter]) -> None:
-    # One synchronisation for all parameters; the names are looked up only on failure.
-    if bool(torch.stack([torch.isfinite(p).all() for p in trainable.values()]).all()):
+    # One check and one synchronisation for all parameters (a few kernels, not two per parameter);
+    # the names are looked up only on failure.
+    if bool(torch.isfinite(torch.cat([p.detach().reshape(-1) for p in trainable.values()])).all()):
         return
     name = next(name for name, p in trainable.items() if not bool(torch.isfinite(p).all()))
     raise _NonFinite(f"the weight {name} became NaN or infinite")
@@ -290,33 +300,34 @@ def _validate(model: ClipSamModel, val_set, config: TrainingConfig, step: int):
 
 def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: list[int],
                 cache: _FeatureCache, config: TrainingConfig, rng: np.random.Generator) -> float:
-    device = model.device
+    """One optimiser step; the loss is the mean of the samples' losses, as if each were decoded alone.
+
+    One encoder call, few decoder calls (:func:`decode_batch`), the loss over the batch at once.
+    """
     views = [augment(sample, index, rng, config.augment) for sample, index in zip(batch, indices)]
-    sam_inputs, input_sizes, patches = [], [], []
-    for view in views:
-        image = photometric(view.image, rng) if config.augment else view.image
-        sam_input, input_size = model.sam_input(image)
-        sam_inputs.append(sam_input)
-        input_sizes.append(input_size)
-        patches.append(cache.patches(view))
+    images = [photometric(view.image, rng) if config.augment else view.image for view in views]
+    sam_inputs, input_sizes = zip(*(model.sam_input(image) for image in images))
     text = _text_embeddings(model, [sample.concept for sample in batch], config.train_base)
-    patch_grid = torch.cat(patches)
+    patch_grid = cache.patches(views)
     similarity = model.similarity(patch_grid, text)
     conditioning = model.conditioning(text, patch_grid, similarity)
+    # Prompts are made on the CPU; with the map there, nothing below waits for an accelerator until
+    # the loss, so it encodes while the prompts and targets are made and sent without blocking.
+    similarity_on_cpu = similarity.detach().cpu()
 
     optimizer.zero_grad(set_to_none=True)
     # encode_image carries the conditioning into every block, checkpointed recomputation in backward included.
     embeddings = model.encode_image(torch.cat(sam_inputs), conditioning, config.gradient_checkpointing)
-    losses = []
-    for i, (view, input_size) in enumerate(zip(views, input_sizes)):
-        points, boxes, mask_prompt, target_mask = _training_prompts(model, view, similarity[i : i + 1], input_size,
-                                                                    config, rng)
-        logits, predicted_iou = model.decode(embeddings[i : i + 1], points, boxes, mask_prompt, False)
-        target = low_res_target(target_mask, input_size, model.image_size, model.mask_input_size, device)
-        losses.append(segmentation_loss(logits, predicted_iou, target)["loss"])
-        if config.train_base and view.mask.any():  # an absent concept's map has nothing to point at
-            losses[-1] = losses[-1] + similarity_loss(similarity[i], view.mask)
-    loss = torch.stack(losses).mean()
+    prompts = [_training_prompts(model, view, similarity[i : i + 1], input_size, config, rng,
+                                 similarity_on_cpu[i : i + 1])
+               for i, (view, input_size) in enumerate(zip(views, input_sizes))]
+    points, boxes, mask_prompts, target_masks = zip(*prompts)
+    targets = torch.cat([low_res_target(mask, input_size, model.image_size, model.mask_input_size, "cpu")
+                         for mask, input_size in zip(target_masks, input_sizes)]).to(model.device, non_blocking=True)
+    logits, predicted_iou = decode_batch(model, embeddings, points, boxes, mask_prompts, False)
+    loss = segmentation_loss(logits, predicted_iou, targets)["loss"]  # means over the batch: per sample, then mean
+    if config.train_base:
+        loss = loss + similarity_loss(similarity, [view.mask for view in views]).mean()
     if not bool(torch.isfinite(loss)):
         raise _NonFinite(f"the loss is {float(loss.detach())}")
     loss.backward()
@@ -338,13 +349,18 @@ def _text_embeddings(model: ClipSamModel, concepts: list[str], trains_text: bool
     return torch.stack([by_concept[concept] for concept in concepts])
 
 
-def _training_prompts(model: ClipSamModel, view: Augmented, similarity: torch.Tensor, input_size, config, rng):
+def _training_prompts(model: ClipSamModel, view: Augmented, similarity: torch.Tensor, input_size, config, rng,
+                      similarity_on_cpu: torch.Tensor | None = None):
     """Prompts in SAM's input frame, made exactly as the chosen inference mode makes them, and the target mask.
 
     The same functions as :meth:`ClipSamPredictor.predict`: the text mode's points and
     mask prompt from the similarity map (target: every object of the concept), the manual
     mode's clicks and box drawn from one object and checked as the predictor checks a
-    user's (target: that object), one conversion into SAM's frame.
+    user's (target: that object), one conversion into SAM's frame. ``similarity_on_cpu``,
+    the same (1, g, g) map already on the CPU, spares the text mode a transfer.
+
+    Points and box are on the CPU (:func:`decode_batch` sends a batch's at once), the mask
+    prompt on the model's device.
     """
     original_size = view.mask.shape
     mask_prompt = None
@@ -356,12 +372,13 @@ def _training_prompts(model: ClipSamModel, view: Augmented, similarity: torch.Te
     if not view.mask.any():
         mode = "text"  # nothing to click on: the concept is absent, and the text mode must find nothing
     if mode == "text":
-        coords, labels = text_mode_points(similarity.detach(), original_size, model.config)
+        grid = similarity.detach() if similarity_on_cpu is None else similarity_on_cpu
+        coords, labels = text_mode_points(grid, original_size, model.config)
         box, target = None, view.mask
     else:
         target = choose_object(view.objects, rng)
         coords, labels, box = check_prompts(*manual_prompts(target, rng))
-    points, boxes = to_sam_frame(coords, labels, box, original_size, model.image_size, model.device)
+    points, boxes = to_sam_frame(coords, labels, box, original_size, model.image_size, torch.device("cpu"))
     return points, boxes, mask_prompt, target
 
 

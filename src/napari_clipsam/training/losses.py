@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -74,12 +76,16 @@ def segmentation_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, target:
     return {"loss": total, **{name: term.detach() for name, term in terms.items()}}
 
 
-def similarity_loss(similarity: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
-    """Squared error of the (g, g) similarity map against the concept's share of each patch.
+def similarity_loss(similarity: torch.Tensor, masks: Sequence[np.ndarray]) -> torch.Tensor:
+    """Per sample (B,), the squared error of (B, g, g) similarity maps against each concept's share of each patch.
 
     Supervises CLIP (both towers) when a model is trained from scratch: the text-only mode
-    draws its points and mask prompt from this map, so it must point at the concept.
+    draws its points and mask prompt from this map, so it must point at the concept. An
+    empty mask (the concept is absent) gives 0: its map has nothing to point at. The B
+    (H_i, W_i) bool ``masks`` become targets on the CPU, sent to the maps' device at once.
     """
-    target = torch.as_tensor(mask, dtype=torch.float32, device=similarity.device)[None, None]
-    target = F.interpolate(target, size=tuple(similarity.shape[-2:]), mode="area")[0, 0]
-    return F.mse_loss(similarity.float(), target)
+    size = tuple(similarity.shape[-2:])
+    targets = torch.cat([F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], size=size, mode="area")
+                         for mask in masks])[:, 0].to(similarity.device, non_blocking=True)
+    present = torch.tensor([bool(mask.any()) for mask in masks]).to(similarity.device, non_blocking=True)
+    return torch.where(present, (similarity.float() - targets).square().mean(dim=(1, 2)), 0.0)
