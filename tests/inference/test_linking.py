@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import zarr
 import pytest
+import zarr
 
 import napari_clipsam as nc
 from napari_clipsam.inference.linking import link_to_previous

@@ -16,7 +16,7 @@ from ..model.clipsam import ClipSamModel
 from .fast_masks import masks_at_image_size
 from .image import to_rgb_uint8
 from .prompts import check_prompts
-from .recent_images import DEFAULT_IMAGES_KEPT, RecentImages
+from .recent_images import DEFAULT_IMAGES_KEPT, RecentImages, StoreLike
 from .sam_frame import mask_prompt_from_similarity, resize_map, text_mode_points, to_sam_frame
 
 # Image embeddings kept per concept for the current image (4 MB each for vit_b).
@@ -54,7 +54,7 @@ class ClipSamPredictor:
     full_resolution_masks = False
 
     def __init__(self, model: ClipSamModel, image_size: int | None = None,
-                 images_kept: int = DEFAULT_IMAGES_KEPT) -> None:
+                 images_kept: int = DEFAULT_IMAGES_KEPT, embedding_cache: StoreLike = None) -> None:
         """Args:
             model: from :func:`load_model`.
             image_size: SAM input side in pixels. None: the size the model's adapters
@@ -63,13 +63,15 @@ class ClipSamPredictor:
                 :meth:`ClipSamModel.at_resolution`).
             images_kept: how many earlier images' features to keep, so that setting one
                 of them again (a plane revisited) costs nothing (``inference/recent_images.py``).
+            embedding_cache: a folder (or ``EmbeddingStore``) that also keeps features on disk,
+                so that an image reopened in a later session skips the encoders.
         """
         self.model = model
         self._image_size = image_size
         # Serialises calls; re-entrant because calls call each other (predict -> prepare).
         self._lock = threading.RLock()
         self._claims = _Claims()
-        self._recent = RecentImages(images_kept)
+        self._recent = RecentImages(images_kept, store=embedding_cache)
         self._drop_image()
         self.concept: str | None = None
 
@@ -197,6 +199,8 @@ class ClipSamPredictor:
             if self._weights_version != self.model.weights_version:
                 self._forget_features()  # adapters loaded or trained since: every feature is stale
             concept = self.concept
+            if concept not in self._embeddings:
+                self._recent.load(self, self._image_key, concept)  # stored on disk by an earlier session
             stages = []
             if self._sam_input is None:
                 stages.append(self.STAGE_IMAGE)
@@ -231,6 +235,7 @@ class ClipSamPredictor:
             self._embeddings[concept] = model.encoder_suffix(self._prefix, conditioning)
             while len(self._embeddings) > _EMBEDDINGS_KEPT:
                 self._embeddings.popitem(last=False)
+            self._recent.persist(self, self._image_key)  # on disk now: outlives this process
 
     def iter_prepare(self) -> Iterator[str]:
         """Compute what the current image and concept need, one named stage at a time.
