@@ -136,7 +136,6 @@ def _pairs(text: str, size: int, what: str) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     from ..batch import segment_to_file
-    from ..inference.predictor import ClipSamPredictor
 
     options = _options(args)
     # Everything that can be told from the paths is checked before the model loads (seconds to
@@ -157,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
     if distributed:
         return _run_distributed(args, inputs, outputs, options)
     model = load_model(args)
+    # Imported after load_model, which first keeps triton out of CPU-only processes (model/build.py).
+    from ..inference.predictor import ClipSamPredictor
+
     predictor = ClipSamPredictor(model, image_size=args.image_size)
     for index, ((name, source), output) in enumerate(zip(inputs, outputs)):
         try:

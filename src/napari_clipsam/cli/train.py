@@ -175,7 +175,6 @@ def _interrupted_message(output: Path, output_before, state: Path, state_before,
 def run_train(args: argparse.Namespace) -> int:
     from ..errors import OutputExistsError
     from ..training.config import TrainingConfig
-    from ..training.engine import iter_train
     from ..training.run_files import resume_path
 
     output, state = args.output, resume_path(args.output)
@@ -213,6 +212,9 @@ def run_train(args: argparse.Namespace) -> int:
         print("no validation samples (setting one aside needs two or more samples of a concept and "
               "--val-fraction above 0): the last state will be saved", flush=True)
     model = load_model(args)
+    # The model code after load_model, which first keeps triton out of CPU-only processes (model/build.py).
+    from ..training.engine import iter_train
+
     if args.train_clip_attention:
         model.set_clip_attention_trainable(True)
     print(f"training: {config.steps} steps of {config.batch_size}, {config.mode} mode, lr {config.learning_rate:g}, "
@@ -261,12 +263,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from .._io import write_atomically
-    from ..training.evaluate import iter_evaluate
 
     if args.json is not None:
         check_outputs([args.json], overwrite=args.overwrite, option="--json")
     dataset = _dataset(args)
     model = load_model(args)
+    from ..training.evaluate import iter_evaluate  # after load_model: see run_train
+
     job = iter_evaluate(model, dataset, args.mode, seed=args.seed, image_size=args.image_size)
     report = job_progress(job, "evaluating", unit="sample")
 

@@ -109,11 +109,16 @@ def _listed(title: str, lines: list[str], limit: int = 10) -> list[str]:
     return [f"{title} ({len(lines)}):", *[f"  {line}" for line in lines[:limit]], *more] if lines else []
 
 
-def load_state_dict_checked(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+def load_state_dict_checked(
+    module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str, assign: bool = False
+) -> None:
     """Load ``state_dict`` into ``module`` after checking every key and shape.
 
     Args:
         what: names the weights in the error, e.g. ``"SAM vit_b checkpoint /path/x.pth"``.
+        assign: make the file's tensors the module's weights instead of copying them in (no
+            second copy in memory; the module's weights may be on the meta device, and take
+            the file's dtypes).
 
     Raises:
         CheckpointMismatchError: keys are missing or unexpected, or shapes differ; the message
@@ -134,7 +139,7 @@ def load_state_dict_checked(module: torch.nn.Module, state_dict: Mapping[str, to
             *_listed("Unexpected keys", unexpected), *_listed("Shape mismatches, expected vs found", shapes),
             *([f"Hint: {hint}"] if hint else []),
         ]))
-    module.load_state_dict(dict(state_dict), strict=True)
+    module.load_state_dict(dict(state_dict), strict=True, assign=assign)
 
 
 __all__ = ["load_sam_state_dict", "load_state_dict_checked", "read_checkpoint"]
