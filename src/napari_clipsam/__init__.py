@@ -36,6 +36,7 @@ _PUBLIC = {
     "list_sam_weights": "weights.registry",
     "to_rgb_uint8": "inference.image",
     "ClipSamPredictor": "inference.predictor",
+    "EmbeddingStore": "inference.embedding_store",
     "masks_to_instances": "inference.instances",
     "SegmentOptions": "inference.pipeline",
     "SegmentResult": "inference.pipeline",

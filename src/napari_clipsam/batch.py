@@ -123,11 +123,13 @@ def segment_to_file(predictor, name: str, source, output, concept: str | None, o
 
 def segment_file(source: str, output: str, concept: str | None, model_args: dict, options: SegmentOptions,
                  image_size: int | None = None, points=None, box=None, overwrite: bool = False,
-                 threads: int | None = None, channel: int | str | None = None) -> str:
+                 threads: int | None = None, channel: int | str | None = None,
+                 embedding_cache: str | os.PathLike | None = None) -> str:
     """Segment one file into ``output`` with this process's model; returns ``output`` (runs on a worker)."""
     from .inference.predictor import ClipSamPredictor
 
-    predictor = ClipSamPredictor(_worker_model(model_args, threads), image_size=image_size)
+    predictor = ClipSamPredictor(_worker_model(model_args, threads), image_size=image_size,
+                                 embedding_cache=embedding_cache)
     with predictor:
         segment_to_file(predictor, str(source), source, output, concept, options, points, box, channel, overwrite)
     return output
@@ -164,6 +166,7 @@ def segment_files(
     threads_per_worker: int | None = 1,
     channel: int | str | None = None,
     on_result: Callable[[str, str | None, str | None], None] | None = None,
+    embedding_cache: str | os.PathLike | None = None,
 ) -> BatchReport:
     """Segment each ``(input, output)`` pair on dask.distributed; see the module's docstring.
 
@@ -175,6 +178,8 @@ def segment_files(
             (one thread each), closed at the end.
         threads_per_worker: torch threads per worker process (None: torch's default).
         on_result: called as each file ends: ``(input, output or None, error or None)``.
+        embedding_cache: a folder every worker keeps image features in (``EmbeddingStore``):
+            a re-run with another concept skips the encoders.
 
     Returns:
         A :class:`BatchReport`; call ``raise_for_failures()`` to turn failures into an error.
@@ -195,7 +200,8 @@ def segment_files(
     try:
         futures = {
             client.submit(segment_file, source, output, concept, model_args, options, image_size, points, box,
-                          overwrite, threads_per_worker, channel, key=f"napari-clipsam-{index}-{Path(source).name}",
+                          overwrite, threads_per_worker, channel, embedding_cache,
+                          key=f"napari-clipsam-{index}-{Path(source).name}",
                           pure=False): (source, output)
             for index, (source, output) in enumerate(todo)
         }

@@ -195,3 +195,25 @@ def test_an_unknown_output_format_is_refused_before_the_model_loads(tmp_path, ca
     np.save(tmp_path / "a.npy", _noise((32, 32)))
     assert _segment(tmp_path / "a.npy", "-o", tmp_path / "labels.jpg") == 2
     assert "unknown output format '.jpg'; use .tif, .tiff, .png, .npy, .zarr" in capsys.readouterr().err
+
+
+def test_an_embedding_cache_folder_spares_the_encoder_in_a_later_run(tmp_path, monkeypatch):
+    from napari_clipsam.model.clipsam import ClipSamModel
+
+    image = tmp_path / "nuclei.tif"
+    tifffile.imwrite(image, sample_image("demo"))
+    calls = []
+    original = ClipSamModel.encoder_suffix
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClipSamModel, "encoder_suffix", counted)
+    cache = tmp_path / "features"
+    assert _segment(image, "-o", tmp_path / "first.tif", "--embedding-cache", cache, model=DEMO) == 0
+    assert calls and any(cache.iterdir())
+    encoded = len(calls)
+    assert _segment(image, "-o", tmp_path / "second.tif", "--embedding-cache", cache, model=DEMO) == 0
+    assert len(calls) == encoded  # the later run (a new model, a new process's worth of state) read the folder
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "second.tif"), tifffile.imread(tmp_path / "first.tif"))

@@ -74,6 +74,10 @@ def add_parser(commands, parents) -> None:
                      help="the channel to segment in a multi-channel image: its number (0 first) or its name "
                           "(OME-TIFF, OME-Zarr); default: all channels mixed (RGB stays RGB)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    seg.add_argument("--embedding-cache", type=Path, metavar="DIR",
+                     help="keep each image's (and tile's) features in this folder, so that segmenting it again "
+                          "(another concept, a later run) skips the encoders; the folder grows: delete it to free "
+                          "the space")
     seg.add_argument(
         "--workers", type=_positive, metavar="N",
         help="segment the files on a local dask cluster of N worker processes, one model each: outputs already "
@@ -159,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported after load_model, which first keeps triton out of CPU-only processes (model/build.py).
     from ..inference.predictor import ClipSamPredictor
 
-    predictor = ClipSamPredictor(model, image_size=args.image_size)
+    predictor = ClipSamPredictor(model, image_size=args.image_size, embedding_cache=args.embedding_cache)
     for index, ((name, source), output) in enumerate(zip(inputs, outputs)):
         try:
             # Without --overwrite the write never replaces: a file another run wrote meanwhile stays.
@@ -332,7 +336,7 @@ def _run_distributed(args: argparse.Namespace, inputs, outputs: list[Path], opti
         [(source, output) for (_, source), output in zip(inputs, outputs)], args.concept,
         model_args=model_kwargs(args), options=options, image_size=args.image_size, points=args.points, box=args.box,
         overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler, channel=args.channel,
-        on_result=report,
+        on_result=report, embedding_cache=args.embedding_cache,
     )
     summary = f"{len(result.written)} written, {len(result.skipped)} already there (skipped)"
     if result.failed:
