@@ -179,7 +179,7 @@ def segment_files(
         threads_per_worker: torch threads per worker process (None: torch's default).
         on_result: called as each file ends: ``(input, output or None, error or None)``.
         embedding_cache: a folder every worker keeps image features in (``EmbeddingStore``):
-            a re-run with another concept skips the encoders.
+            a re-run of a concept skips the encoders.
 
     Returns:
         A :class:`BatchReport`; call ``raise_for_failures()`` to turn failures into an error.

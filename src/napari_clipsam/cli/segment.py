@@ -75,9 +75,9 @@ def add_parser(commands, parents) -> None:
                           "(OME-TIFF, OME-Zarr); default: all channels mixed (RGB stays RGB)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("--embedding-cache", type=Path, metavar="DIR",
-                     help="keep each image's (and tile's) features in this folder, so that segmenting it again "
-                          "(another concept, a later run) skips the encoders; the folder grows: delete it to free "
-                          "the space")
+                     help="keep each image's (and tile's) features in this folder, so that a later run on it "
+                          "skips the encoders (another concept reuses CLIP's image features only); the folder "
+                          "grows: delete it to free the space")
     seg.add_argument(
         "--workers", type=_positive, metavar="N",
         help="segment the files on a local dask cluster of N worker processes, one model each: outputs already "
