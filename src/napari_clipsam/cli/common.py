@@ -66,19 +66,28 @@ def cache_argument(parser) -> None:
 def check_outputs(paths: Sequence[Path], *, overwrite: bool, option: str = "--output") -> None:
     """Refuse at once, before any work, outputs that exist (unless ``overwrite``) or cannot be written.
 
+    An output named ``*.zarr`` is a zarr folder: replaced (with ``overwrite``) only if it is one.
+
     Raises:
         OutputExistsError: an output exists and ``overwrite`` is false.
-        IsADirectoryError: an output is an existing folder.
+        IsADirectoryError: an output is an existing folder (not a zarr output).
+        FileExistsError: a ``*.zarr`` output exists and is not a zarr folder.
         OSError: an output's folder cannot be made or written (the message names the output).
     """
+    from .._zarr_files import is_zarr
     from ..errors import OutputExistsError
 
+    zarr_outputs = {path for path in paths if path.suffix.lower() == ".zarr"}
     for path in paths:
-        if path.is_dir():
+        if path.is_dir() and path not in zarr_outputs:
             raise IsADirectoryError(f"The output {path} is a folder, not a file. Choose another {option}.")
     existing = [str(path) for path in paths if os.path.lexists(path)]
     if existing and not overwrite:
         raise OutputExistsError(f"Output exists: {', '.join(existing)}. Choose another {option} or add --overwrite.")
+    for path in zarr_outputs:
+        if os.path.lexists(path) and not is_zarr(path):
+            raise FileExistsError(f"The output {path} exists and is not a zarr folder; it is not replaced. "
+                                  f"Choose another {option}.")
     first_in_folder: dict[Path, Path] = {}
     for path in paths:
         first_in_folder.setdefault(path.parent, path)

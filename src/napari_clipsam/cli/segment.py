@@ -152,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
     if distributed and args.sample:
         raise ValueError("--workers and --scheduler segment files; a --sample is segmented without them.")
     # Distributed runs skip outputs that are there (a re-run does what is left).
-    _check_outputs([o for o in outputs if args.overwrite or not distributed or not os.path.lexists(o)],
-                   args.overwrite)
+    check_outputs([o for o in outputs if args.overwrite or not distributed or not os.path.lexists(o)],
+                  overwrite=args.overwrite)
     for name, source in inputs if not distributed else ():  # there a bad file is one failure among the others
         _check_axes_and_channel(name, source, args.channel)
 
@@ -186,22 +186,6 @@ def _check_axes_and_channel(name: str, source: np.ndarray | Path, channel: int |
         open_image(source, channel).close()
     else:  # other files are read whole: that waits for their turn
         refuse_channel_name(name, channel)
-
-
-def _check_outputs(outputs: list[Path], overwrite: bool) -> None:
-    """:func:`check_outputs` for files; for zarr folders (which it refuses as folders) the same checks."""
-    from ..errors import OutputExistsError
-    from .common import refuse_unwritable_folder
-
-    folders = [path for path in outputs if path.suffix.lower() == ".zarr"]
-    check_outputs([path for path in outputs if path not in folders], overwrite=overwrite)
-    for path in folders:
-        if os.path.lexists(path) and not overwrite:
-            raise OutputExistsError(f"Output exists: {path}. Choose another --output or add --overwrite.")
-        if os.path.lexists(path) and not is_zarr(path):
-            raise FileExistsError(f"The output {path} exists and is not a zarr folder; it is not replaced. "
-                                  "Choose another --output.")
-        refuse_unwritable_folder(path)
 
 
 def _options(args: argparse.Namespace):
