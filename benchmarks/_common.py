@@ -1,4 +1,4 @@
-"""What both benchmarks measure the same way: device sync, peak memory, click latency."""
+"""What the benchmarks measure the same way: device sync, peak memory, click latency, the machine."""
 
 from __future__ import annotations
 
@@ -24,6 +24,26 @@ def peak_memory_gb(device) -> float:
         return torch.cuda.max_memory_allocated() / 1e9
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def reset_peak_memory(device) -> None:
+    """Start a new peak for :func:`peak_memory_gb` on a GPU; a CPU's resident-set peak cannot be reset."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def device_description(device) -> str:
+    """The accelerator a figure was measured on (name, memory), or the CPU's description."""
+    import torch
+
+    from napari_clipsam._machine import cpu_description
+
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        return f"{properties.name}, {properties.total_memory / 2**30:.0f} GiB; host CPU {cpu_description()}"
+    return cpu_description()
 
 
 def click_latency_ms(click: Callable[[int], object], device, clicks: int = 21) -> float:

@@ -76,3 +76,45 @@ def test_batch_benchmark_prints_files_per_hour():
     output = _run_plain("bench_batch.py", "--files", "2", "--workers", "1")
     row = next(line.split() for line in output.splitlines() if line.strip().startswith("1 "))
     assert float(row[1]) > 0 and float(row[2]) > 0 and row[4] == "0"
+
+
+def test_click_benchmark_prints_its_figures():
+    output = _run("bench_click.py", "--sizes", "300")
+    for label in ("click, new path", "click, old full-res path", "click, SamPredictor", "decoder alone",
+                  "two-way transformer"):
+        assert _figure(output, label) > 0
+    assert re.search(r"click, new path\s+[0-9.]+ ms \(target <= 30 ms: (met|MISSED)\)", output)
+    assert "image 300x300" in output
+
+
+def test_startup_benchmark_prints_its_figures():
+    output = _run("bench_startup.py", "--repeats", "1")
+    for label in ("import napari_clipsam", "napari-clipsam --help"):
+        assert _figure(output, label) >= 0  # seconds with two decimals
+    for label in ("segment, demo preset", "segment, random tiny + tiny", "first mask (read, encode, decode, write)"):
+        assert _figure(output, label) > 0
+    assert re.search(r"all imports: [0-9.]+ s", output) and "not needed by the command, loaded anyway:" in output
+
+
+def test_reuse_benchmark_prints_its_figures():
+    output = _run("bench_reuse.py")
+    for label in ("vanilla SAM image encoder (segment_anything)", "full prepare: new image, new concept",
+                  "second concept, same image", "earlier image again, a concept it had",
+                  "earlier image again, a new concept"):
+        assert _figure(output, label) >= 0
+    assert "concept-conditioned encoder blocks: 2 of 2" in output and "concept switch" in output
+
+
+def test_inference_benchmark_prints_batches_and_compiled_encoders():
+    """The GPU run's branches on CPU: per-image figures by batch, and the compiled image encoders."""
+    output = _run("bench_inference.py", "--precisions", "fp32", "--repeats", "1", "--batches", "1", "2",
+                  "--compile", "encoder")
+    assert "batches 1 2; compiled: encoder" in output
+    table = output[output.index("per image, by batch"):]
+    compiled = table[table.index("compiled image encoders"):]
+    for section in (table[: table.index("compiled image encoders")], compiled):
+        rows = {line.split()[0]: line.split() for line in section.splitlines() if re.match(r"\s+[12]\s", line)}
+        assert set(rows) == {"1", "2"}, section
+        assert all(float(row[1]) > 0 and float(row[3]) > 0 for row in rows.values()), section  # vanilla, guided ms
+        assert all(row[5] in ("PASS", "MISS") for row in rows.values()), section
+    assert "compile failed" not in compiled

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapters import Conditioning, attach_adapters, first_semantic_block, run_blocks
-from .attention import use_banded_global_attention
+from .attention import use_banded_global_attention, use_fused_windowed_attention
 from .config import ClipSamConfig
 from .device import autocast
 from .surgery import SurgeryVisionEncoder, TextEmbedder, similarity_map
@@ -69,8 +69,10 @@ class ClipSamModel(nn.Module):
         # Kept out of the module tree: the surgery encoder only re-uses clip.visual.
         object.__setattr__(self, "surgery", SurgeryVisionEncoder(clip_model.visual, config.surgery_blocks))
         object.__setattr__(self, "adapters", attach_adapters(sam, self.surgery.output_dim, config))
-        # Same attention, a band of queries at a time: bounds the encoder's peak memory.
+        # The same attention through fused SDPA kernels (the relative-position term as a bias):
+        # global blocks in bands of queries on CPU (bounds peak memory), in one call on CUDA.
         use_banded_global_attention(sam.image_encoder)
+        use_fused_windowed_attention(sam.image_encoder)
         self.text_embedder = TextEmbedder(clip_model, tokenizer, config.template_list())
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         # SAM input side the loaded adapters were trained at (None: native); predictors
