@@ -56,3 +56,15 @@ def click_latency_ms(click: Callable[[int], object], device, clicks: int = 21) -
         sync(device)
         latencies.append(time.perf_counter() - start)
     return statistics.median(latencies[1:]) * 1000
+
+
+def median_seconds(run: Callable[[], object], device, repeats: int) -> float:
+    """Median seconds of ``run()`` over ``repeats`` calls after one warm-up call (GPU work waited for)."""
+    times = []
+    for _ in range(repeats + 1):
+        sync(device)
+        start = time.perf_counter()
+        run()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])

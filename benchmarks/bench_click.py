@@ -23,21 +23,14 @@ import statistics
 import time
 
 import numpy as np
-from _common import click_latency_ms, sync
+from _common import click_latency_ms, median_seconds, sync
 
 TARGET_MS = 30.0
 ROUNDS = 3
 
 
 def _median_ms(function, device, repeats: int = 11) -> float:
-    times = []
-    for _ in range(repeats + 1):
-        sync(device)
-        start = time.perf_counter()
-        function()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:]) * 1000  # the first warms up
+    return median_seconds(function, device, repeats) * 1000
 
 
 def _decoder_parts(model, embedding, points, device) -> dict[str, float]:

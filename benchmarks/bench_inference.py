@@ -39,7 +39,7 @@ import sys
 import time
 
 import numpy as np
-from _common import click_latency_ms, device_description, peak_memory_gb, reset_peak_memory, sync
+from _common import click_latency_ms, device_description, median_seconds, peak_memory_gb, reset_peak_memory, sync
 
 RATIO_GOAL = 1.25  # guided / vanilla at the same precision and batch (issue 12)
 COMPILED_GOAL_MS = 8.0  # guided encoder per image, batch 1, bf16, compiled (issue 12)
@@ -48,18 +48,6 @@ COMPILED_GOAL_MS = 8.0  # guided encoder per image, batch 1, bf16, compiled (iss
 def _image(size: int = 1024) -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-
-
-def _median_s(run, device, repeats: int) -> float:
-    """Median seconds of ``run()`` over ``repeats`` calls after one warm-up call."""
-    times = []
-    for _ in range(repeats + 1):
-        sync(device)
-        start = time.perf_counter()
-        run()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
 
 
 def _compiled(encoder, runs: dict, device, repeats: int) -> dict:
@@ -79,7 +67,7 @@ def _compiled(encoder, runs: dict, device, repeats: int) -> dict:
             run()
             sync(device)
             compile_s = time.perf_counter() - start
-            figures[name] = {"compile_s": compile_s, "per_image_s": _median_s(run, device, repeats) / batch}
+            figures[name] = {"compile_s": compile_s, "per_image_s": median_seconds(run, device, repeats) / batch}
     except Exception as err:  # noqa: BLE001 - a benchmark reports what failed and goes on
         figures["error"] = f"{type(err).__name__}: {str(err)[:500]}"
     uncompile_image_encoder(encoder)
@@ -111,7 +99,7 @@ def _vanilla_part(options: dict) -> dict:
     with torch.inference_mode():
         for batch in options["batches"]:
             reset_peak_memory(device)
-            seconds = _median_s(encode(batch), device, repeats)
+            seconds = median_seconds(encode(batch), device, repeats)
             result["per_batch"][batch] = {"encoder_s": seconds / batch, "peak_gb": peak_memory_gb(device)}
             if batch == 1:
                 # Baseline for the point latency: segment_anything's own SamPredictor on an
@@ -131,7 +119,7 @@ def _vanilla_part(options: dict) -> dict:
         # attention's effect on speed from the method's cost.
         use_banded_global_attention(encoder)
         use_fused_windowed_attention(encoder)
-        result["ours_encoder_s"] = _median_s(encode(1), device, repeats)
+        result["ours_encoder_s"] = median_seconds(encode(1), device, repeats)
     return result
 
 
@@ -203,8 +191,8 @@ def _guided_part(options: dict) -> dict:
 
         for batch in options["batches"]:
             reset_peak_memory(device)
-            pass_s = _median_s(image_pass(batch), device, repeats)
-            encoder_s = _median_s(encoder_alone(batch), device, repeats)
+            pass_s = median_seconds(image_pass(batch), device, repeats)
+            encoder_s = median_seconds(encoder_alone(batch), device, repeats)
             result["per_batch"][batch] = {"pass_s": pass_s / batch, "encoder_s": encoder_s / batch,
                                           "peak_gb": peak_memory_gb(device)}
         if options["compile"]:

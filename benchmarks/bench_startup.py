@@ -137,7 +137,6 @@ def main(argv=None) -> int:
         print(json.dumps(stages_part(rest)))
         return 0
 
-    import numpy as np
     import tifffile
 
     from napari_clipsam._machine import cpu_description

@@ -96,6 +96,17 @@ class _GateAtCall:
         return self._original(*args, **kwargs)
 
 
+def _cancel_at_the_gate(qtbot, widget, gate: _GateAtCall) -> None:
+    """Segment "nucleus", cancel once the gated encoder call is reached, and see the job end cancelled."""
+    widget.set_concept("nucleus")
+    widget.segment()
+    qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
+    widget.cancel()
+    gate.release.set()
+    with pytest.raises(RuntimeError, match="Cancelled"):
+        widget.wait(TIMEOUT_S)
+
+
 def test_a_multiscale_layer_segments_at_full_resolution_in_tiles(viewer, demo_model, scene):
     viewer.add_image(_pyramid(scene.image), multiscale=True, name="pyramid")
     widget = _docked(viewer, demo_model)
@@ -208,13 +219,7 @@ def test_cancel_between_tiles_keeps_the_users_labels(qtbot, viewer, tiny_model, 
     widget.set_image("large")
     widget.set_options(output="mine")
     gate = _GateAtCall(tiny_model, monkeypatch, call=3)  # the third tile's encoder
-    widget.set_concept("nucleus")
-    widget.segment()
-    qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
-    widget.cancel()
-    gate.release.set()
-    with pytest.raises(RuntimeError, match="Cancelled"):
-        widget.wait(TIMEOUT_S)
+    _cancel_at_the_gate(qtbot, widget, gate)
     assert gate.calls == 3  # stopped between tiles
     np.testing.assert_array_equal(viewer.layers["mine"].data, mine)
 
@@ -245,13 +250,7 @@ def test_all_slices_read_plane_by_plane_cancel_and_one_undo_step(qtbot, viewer, 
     widget.set_options(all_slices=True, output="mine")
     stages = _Stages(widget)
     gate = _GateAtCall(tiny_model, monkeypatch, call=2)  # the second plane's encoder
-    widget.set_concept("nucleus")
-    widget.segment()
-    qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
-    widget.cancel()
-    gate.release.set()
-    with pytest.raises(RuntimeError, match="Cancelled"):
-        widget.wait(TIMEOUT_S)
+    _cancel_at_the_gate(qtbot, widget, gate)
     np.testing.assert_array_equal(viewer.layers["mine"].data, mine)  # nothing half-written
 
     widget.segment()
