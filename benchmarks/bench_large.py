@@ -10,6 +10,7 @@ grow with the number of tiles.
     python benchmarks/bench_large.py                          # 2048 and 8192 px
     python benchmarks/bench_large.py --sizes 2048 4096 16384 --instances
     python benchmarks/bench_large.py --sizes 2048 --tile-shape 448 --halo 32   # bigger tiles, resized
+    python benchmarks/bench_large.py --sizes 2048 8192 --device cuda         # on a GPU (its peak printed too)
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _write_image(path: Path, size: int):
     return image
 
 
-def run_size(size: int, tile_shape, halo, instances: bool, threads: int | None) -> dict:
+def run_size(size: int, tile_shape, halo, instances: bool, threads: int | None, device: str = "cpu") -> dict:
     import torch
     import zarr
 
@@ -58,7 +59,7 @@ def run_size(size: int, tile_shape, halo, instances: bool, threads: int | None) 
         image = _write_image(Path(folder) / "image.zarr", size)
         labels = zarr.open_array(str(Path(folder) / "labels.zarr"), mode="w", shape=(size, size),
                                  chunks=(FIELD, FIELD), dtype="int32")
-        model = nc.load_model(preset="demo", device="cpu", precision="fp32")
+        model = nc.load_model(preset="demo", device=device, precision="fp32")
         predictor = nc.ClipSamPredictor(model)
         options = SegmentOptions(instances=instances, instance_method="components" if instances else "seeds",
                                  tile_shape=tile_shape, halo=halo)
@@ -70,8 +71,10 @@ def run_size(size: int, tile_shape, halo, instances: bool, threads: int | None) 
         seconds = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the count below reads the labels
         objects = max(int(labels[r : r + FIELD].max()) for r in range(0, size, FIELD))
+    gpu_gb = torch.cuda.max_memory_allocated() / 1e9 if model.device.type == "cuda" else None
     return {"size": size, "tiles": tiles, "seconds": seconds, "seconds_per_tile": seconds / tiles,
-            "peak_gb": peak * 1024 / 1e9, "peak_before_gb": before * 1024 / 1e9, "objects": objects}
+            "peak_gb": peak * 1024 / 1e9, "peak_before_gb": before * 1024 / 1e9, "objects": objects,
+            "gpu_gb": gpu_gb}
 
 
 def _tiles_arg(text: str):
@@ -85,23 +88,26 @@ def main(argv=None) -> int:
     parser.add_argument("--halo", type=_tiles_arg, default="auto")
     parser.add_argument("--instances", action="store_true", help="objects (connected components per tile, stitched)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ...: where the model runs")
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.size:
-        print(json.dumps(run_size(args.size, args.tile_shape, args.halo, args.instances, args.threads)))
+        print(json.dumps(run_size(args.size, args.tile_shape, args.halo, args.instances, args.threads,
+                                  args.device)))
         return 0
     from napari_clipsam._machine import cpu_description
 
-    print(f"machine: {cpu_description()}; demo model (256 px input), tile_shape {args.tile_shape}, halo {args.halo}, "
+    print(f"machine: {cpu_description()}; device {args.device}; demo model (256 px input), tile_shape {args.tile_shape}, halo {args.halo}, "
           f"{'instances' if args.instances else 'semantic'}")
     print(f"{'size':>7} {'tiles':>6} {'time s':>8} {'s/tile':>7} {'peak GB':>8} {'(before) GB':>11} {'objects':>8}")
     for size in args.sizes:
         command = [sys.executable, __file__, "--size", str(size), "--tile-shape", str(args.tile_shape),
-                   "--halo", str(args.halo)] + (["--instances"] if args.instances else []) + (
+                   "--halo", str(args.halo), "--device", args.device] + (["--instances"] if args.instances else []) + (
                    ["--threads", str(args.threads)] if args.threads else [])
         result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         print(f"{size:>7} {result['tiles']:>6} {result['seconds']:>8.1f} {result['seconds_per_tile']:>7.3f} "
-              f"{result['peak_gb']:>8.2f} {result['peak_before_gb']:>11.2f} {str(result['objects']):>8}", flush=True)
+              f"{result['peak_gb']:>8.2f} {result['peak_before_gb']:>11.2f} {str(result['objects']):>8}"
+              + (f"  GPU peak {result['gpu_gb']:.2f} GB" if result["gpu_gb"] is not None else ""), flush=True)
     return 0
 
 
