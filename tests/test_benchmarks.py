@@ -118,3 +118,9 @@ def test_inference_benchmark_prints_batches_and_compiled_encoders():
         assert all(float(row[1]) > 0 and float(row[3]) > 0 for row in rows.values()), section  # vanilla, guided ms
         assert all(row[5] in ("PASS", "MISS") for row in rows.values()), section
     assert "compile failed" not in compiled
+
+
+def test_embedding_store_benchmark_prints_its_figures():
+    output = _run("bench_embedding_store.py")
+    assert "identical masks, scores and logits: True" in output
+    assert _figure(output, "model fingerprint, first call (s)") >= 0
