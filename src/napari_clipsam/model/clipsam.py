@@ -25,6 +25,7 @@ from .adapters import Conditioning, attach_adapters, first_semantic_block, run_b
 from .attention import use_banded_global_attention, use_fused_windowed_attention
 from .config import ClipSamConfig
 from .device import autocast
+from .prompt_encoder import sized_prompt_encoder
 from .surgery import SurgeryVisionEncoder, TextEmbedder, similarity_map
 
 # The SAM input side each model runs at in this thread or asyncio task (see at_resolution).
@@ -32,9 +33,6 @@ from .surgery import SurgeryVisionEncoder, TextEmbedder, similarity_map
 # keep their own size; the image encoder reads no size, so encoder passes at different
 # sizes run side by side.
 _RESOLUTION: ContextVar[dict[ClipSamModel, int]] = ContextVar("clipsam_resolution", default={})
-# SAM's prompt encoder does read its sizes from attributes: a decode sets them to its own
-# for the few milliseconds the prompt encoder takes, under this lock (one for all models).
-_PROMPT_ENCODER_SIZES = threading.Lock()
 # Threads share a model's text cache, and some tokenizers fail when two threads use them.
 _TEXT_EMBEDDINGS = threading.Lock()
 
@@ -312,16 +310,9 @@ class ClipSamModel(nn.Module):
 
         Prompts are in SAM's input frame (after ``ResizeLongestSide``), XY order.
         """
-        prompt_encoder, size = self.sam.prompt_encoder, self.image_size
-        grid = size // self.sam.image_encoder.patch_embed.proj.kernel_size[0]
-        with _PROMPT_ENCODER_SIZES:
-            native = prompt_encoder.input_image_size, prompt_encoder.image_embedding_size
-            prompt_encoder.input_image_size, prompt_encoder.image_embedding_size = (size, size), (grid, grid)
-            try:
-                sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=mask_prompt)
-                position = prompt_encoder.get_dense_pe()
-            finally:
-                prompt_encoder.input_image_size, prompt_encoder.image_embedding_size = native
+        with sized_prompt_encoder(self) as prompt_encoder:
+            sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=mask_prompt)
+            position = prompt_encoder.get_dense_pe()
         return self.sam.mask_decoder(image_embeddings=image_embedding, image_pe=position, sparse_prompt_embeddings=sparse,
                                      dense_prompt_embeddings=dense, multimask_output=multimask_output)
 

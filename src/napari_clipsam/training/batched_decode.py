@@ -18,7 +18,8 @@ from typing import Sequence
 
 import torch
 
-from ..model.clipsam import _PROMPT_ENCODER_SIZES, ClipSamModel
+from ..model.clipsam import ClipSamModel
+from ..model.prompt_encoder import sized_prompt_encoder
 
 PointPrompt = tuple[torch.Tensor, torch.Tensor]  # coords (1, N, 2) XY, labels (1, N): to_sam_frame's batch of one
 
@@ -89,27 +90,21 @@ def _embed_prompts(model: ClipSamModel, points, boxes, mask_prompts, count: int,
     padding point); the prompt encoder runs once per layout, at the model's current input
     and embedding sizes.
     """
-    encoder, size = model.sam.prompt_encoder, model.image_size
-    grid = size // model.sam.image_encoder.patch_embed.proj.kernel_size[0]
     by_layout: dict[tuple[int | None, bool], list[int]] = {}
     for i in range(count):
         by_layout.setdefault((None if points[i] is None else points[i][0].shape[1], boxes[i] is not None), []).append(i)
     layouts = []
-    with _PROMPT_ENCODER_SIZES:
-        native = encoder.input_image_size, encoder.image_embedding_size
-        encoder.input_image_size, encoder.image_embedding_size = (size, size), (grid, grid)
-        try:
-            for (point_count, has_box), members in by_layout.items():
-                group_points = None if point_count is None else (
-                    _sent(torch.cat([points[i][0] for i in members]), device),
-                    _sent(torch.cat([points[i][1] for i in members]), device))
-                group_boxes = _sent(torch.cat([boxes[i] for i in members]), device) if has_box else None
-                sparse, _ = encoder(points=group_points, boxes=group_boxes, masks=None)
-                # Without points or box SAM embeds one empty set, whatever the batch.
-                layouts.append((members, sparse.expand(len(members), -1, -1) if sparse.shape[1] == 0 else sparse))
-            position = encoder.get_dense_pe()
-        finally:
-            encoder.input_image_size, encoder.image_embedding_size = native
+    with sized_prompt_encoder(model) as encoder:
+        for (point_count, has_box), members in by_layout.items():
+            group_points = None if point_count is None else (
+                _sent(torch.cat([points[i][0] for i in members]), device),
+                _sent(torch.cat([points[i][1] for i in members]), device))
+            group_boxes = _sent(torch.cat([boxes[i] for i in members]), device) if has_box else None
+            sparse, _ = encoder(points=group_points, boxes=group_boxes, masks=None)
+            # Without points or box SAM embeds one empty set, whatever the batch.
+            layouts.append((members, sparse.expand(len(members), -1, -1) if sparse.shape[1] == 0 else sparse))
+        position = encoder.get_dense_pe()
+    grid = position.shape[-1]
     with_mask = [i for i in range(count) if mask_prompts[i] is not None]
     dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(count, -1, grid, grid)
     if with_mask:
