@@ -19,7 +19,7 @@ from napari_clipsam._io import write_labels
 from napari_clipsam._zarr_files import zarr_labels
 from napari_clipsam.errors import CorruptFileError, OutputExistsError
 
-ZARR_V2 = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
+ZARR_V2 = {"zarr_format": 2}
 
 
 def _data(shape, seed=0) -> np.ndarray:

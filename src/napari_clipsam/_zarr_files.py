@@ -179,14 +179,13 @@ def zarr_labels(path: str | os.PathLike, shape: tuple[int, ...], *, chunks: tupl
                                       suffix=f".tmp{path.suffix}"))
     try:
         os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp's folder is private; a new folder is not
-        version = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
         where = temporary
         if ngff is not None:
-            zarr.open_group(str(temporary), mode="w", **version).attrs.update(ngff)
+            zarr.open_group(str(temporary), mode="w", zarr_format=2).attrs.update(ngff)
             where = temporary / "0"
         plane = tuple(shape[-2:])
         out = zarr.open_array(store=str(where), mode="w", shape=shape, dtype="int32", fill_value=0,
-                              chunks=chunks or (1,) * (len(shape) - 2) + plane, dimension_separator="/", **version)
+                              chunks=chunks or (1,) * (len(shape) - 2) + plane, dimension_separator="/", zarr_format=2)
         yield out
         _commit_folder(temporary, path, replace)
     finally:

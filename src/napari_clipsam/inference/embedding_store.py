@@ -196,9 +196,8 @@ class EmbeddingStore:
     def _write(folder: Path, entry: dict, piece: str, arrays: dict[str, torch.Tensor], extra: dict) -> None:
         import zarr
 
-        version = {"zarr_format": 2} if int(zarr.__version__.split(".")[0]) >= 3 else {}
         folder.parent.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(str(folder), mode="w", **version)
+        group = zarr.open_group(str(folder), mode="w", zarr_format=2)
         described = {}
         for name, tensor in arrays.items():
             tensor = tensor.detach().cpu().contiguous()
@@ -206,7 +205,7 @@ class EmbeddingStore:
                 else tensor.numpy()
             # Features hardly compress (a few per cent with zstd), so they are stored raw: faster both ways.
             stored = zarr.open_array(store=str(folder / name), mode="w", shape=values.shape, dtype=values.dtype,
-                                     chunks=values.shape, compressor=None, **version)
+                                     chunks=values.shape, compressor=None, zarr_format=2)
             stored[...] = values
             described[name] = {"dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(values.shape),
                                "xxh3": xxhash.xxh3_64_hexdigest(values)}
