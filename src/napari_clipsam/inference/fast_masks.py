@@ -138,7 +138,9 @@ def _generic_kernel(logits: torch.Tensor, out_height: int, out_width: int) -> bo
     )
 
 
-def _probe_exact(device: torch.device) -> bool:
+@functools.lru_cache(maxsize=None)
+def _exact_on(device: torch.device) -> bool:
+    """Whether :func:`_window` equals ``logits_to_image`` on ``device``, on probes (once per device)."""
     generator = torch.Generator().manual_seed(0)
     # Up- and downsampling, odd ratios, a cropped frame: each rounding path once.
     for low, frame, input_size, original in ((64, 256, (256, 181), (211, 150)), (64, 256, (187, 256), (97, 131))):
@@ -149,11 +151,6 @@ def _probe_exact(device: torch.device) -> bool:
         if not torch.equal(window, reference[0, 0]):
             return False
     return True
-
-
-@functools.lru_cache(maxsize=None)
-def _exact_on(device: torch.device) -> bool:
-    return _probe_exact(device)
 
 
 def window_is_exact(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> bool:
