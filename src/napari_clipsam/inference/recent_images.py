@@ -146,9 +146,7 @@ class RecentImages:
 
     @staticmethod
     def _entry(predictor, digest: str) -> dict:
-        model = predictor.model
-        size = predictor.image_size or model.sam.image_encoder.img_size
-        return EmbeddingStore.entry(digest, model_fingerprint(model), size)
+        return EmbeddingStore.entry(digest, model_fingerprint(predictor.model), _input_side(predictor))
 
     def _read(self, entry: dict, piece: str, expected: dict[str, tuple], concept: str | None = None
               ) -> dict[str, torch.Tensor] | None:
@@ -173,10 +171,15 @@ def _concept_piece(concept: str | None) -> str:
     return "concept-" + xxhash.xxh3_64_hexdigest(json.dumps(concept).encode())
 
 
+def _input_side(predictor) -> int:
+    """The SAM input side the predictor's features are computed at (its own, else SAM's native)."""
+    return predictor.image_size or predictor.model.sam.image_encoder.img_size
+
+
 def _expected_shapes(predictor) -> dict[str, tuple]:
     """Per stored array, its shape for this model and size (None: any length on that axis)."""
     encoder = predictor.model.sam.image_encoder
-    grid = (predictor.image_size or encoder.img_size) // encoder.patch_embed.proj.kernel_size[0]
+    grid = _input_side(predictor) // encoder.patch_embed.proj.kernel_size[0]
     return {
         "prefix": (1, grid, grid, encoder.patch_embed.proj.out_channels),
         "embedding": (1, predictor.model.sam.prompt_encoder.embed_dim, grid, grid),
