@@ -156,14 +156,8 @@ def _free_weights(module: nn.Module) -> dict[str, torch.dtype]:
     """
     dtypes = {}
     for name, tensor in module.state_dict(keep_vars=True).items():
-        owner_name, _, attribute = name.rpartition(".")
-        owner = module.get_submodule(owner_name)
         dtypes[name] = tensor.dtype
-        empty = tensor.detach().to("meta")
-        if isinstance(tensor, nn.Parameter):
-            setattr(owner, attribute, nn.Parameter(empty, requires_grad=tensor.requires_grad))
-        else:
-            owner.register_buffer(attribute, empty)
+        _replace_tensor(module, name, tensor, tensor.detach().to("meta"))
     return dtypes
 
 
@@ -171,15 +165,18 @@ def _restore_dtypes(module: nn.Module, dtypes: dict[str, torch.dtype]) -> None:
     """Give the weights assigned from a file the dtype the model was built with (a float16 file
     loads as float32, as copying into the built weights did), in contiguous memory."""
     for name, tensor in module.state_dict(keep_vars=True).items():
-        if tensor.dtype == dtypes[name] and tensor.is_contiguous():
-            continue
-        owner_name, _, attribute = name.rpartition(".")
-        owner = module.get_submodule(owner_name)
-        converted = tensor.detach().to(dtypes[name], memory_format=torch.contiguous_format)
-        if isinstance(tensor, nn.Parameter):
-            setattr(owner, attribute, nn.Parameter(converted, requires_grad=tensor.requires_grad))
-        else:
-            owner.register_buffer(attribute, converted)
+        if tensor.dtype != dtypes[name] or not tensor.is_contiguous():
+            _replace_tensor(module, name, tensor, tensor.detach().to(dtypes[name], memory_format=torch.contiguous_format))
+
+
+def _replace_tensor(module: nn.Module, name: str, tensor: torch.Tensor, value: torch.Tensor) -> None:
+    """Put ``value`` in place of the parameter or buffer ``name`` (now ``tensor``), a parameter keeping its requires_grad."""
+    owner_name, _, attribute = name.rpartition(".")
+    owner = module.get_submodule(owner_name)
+    if isinstance(tensor, nn.Parameter):
+        setattr(owner, attribute, nn.Parameter(value, requires_grad=tensor.requires_grad))
+    else:
+        owner.register_buffer(attribute, value)
 
 
 def _load_clip_weights(clip_model: nn.Module, clip_name: str, path: Path) -> None:

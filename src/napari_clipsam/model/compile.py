@@ -40,7 +40,6 @@ def compile_decoder(model, warm_up: bool = True) -> bool:
     return True
 
 
-
 def compile_image_encoder(encoder: torch.nn.Module) -> None:
     """Compile a SAM image encoder's patch embedding, blocks and neck, each with ``torch.compile``.
 
