@@ -22,7 +22,7 @@ import numpy as np
 
 from .._jobs import Job, run
 from . import pipeline
-from .pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack, predictor_for, segment
+from .pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack, predictor_for
 from .seeds import DEFAULT_SCORE_THRESHOLD
 from .tiling import AUTO, tiles_for, tiling_for
 
@@ -129,30 +129,24 @@ def segment_layer(
     multiscale = bool(getattr(image_layer, "multiscale", False))
     rgb = bool(getattr(image_layer, "rgb", False))
     points, box = rows_cols_to_xy(points), corners_to_xyxy(box)
-    if level == 0:
-        labels = segment(
-            image_layer.data[0] if multiscale else image_layer.data, concept, model, instances=instances,
-            refine=refine, min_area=min_area, channel=channel, predictor=predictor, points=points,
-            point_labels=point_labels, box=box, image_size=image_size, rgb=rgb, instance_method=instance_method,
-            diameter=diameter, score_threshold=score_threshold, tile_shape=tile_shape, halo=halo,
-            link_planes=link_planes,
-        )
-    else:
-        options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel,
-                                 instance_method=instance_method, diameter=diameter, score_threshold=score_threshold,
-                                 tile_shape=tile_shape, halo=halo, link_planes=link_planes)
-        plane = layer_plane(image_layer.data, rgb=rgb, multiscale=multiscale, level=level)  # checks the level
-        predictor = predictor_for(model, predictor, image_size)
-        with predictor:
-            if leading_ndim(image_layer) == 0:
-                job = iter_segment_plane(predictor, plane, concept, points, point_labels, box, options)
-                labels = run(job).labels
-            elif points is None and box is None:
-                labels = run(iter_segment_layer_stack(predictor, image_layer.data, concept, options, rgb=rgb,
-                                                      multiscale=True, level=level))
-            else:
-                raise ValueError("Prompts in a stack are taken at level 0 only: give level=0, or segment one "
-                                 "plane (a 2-D layer of it) at the coarser level.")
+    # Checked first: a mistake must not wait for a model to load (or download).
+    options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel,
+                             instance_method=instance_method, diameter=diameter, score_threshold=score_threshold,
+                             tile_shape=tile_shape, halo=halo, link_planes=link_planes)
+    plane = layer_plane(image_layer.data, rgb=rgb, multiscale=multiscale, level=level) if level else None
+    predictor = predictor_for(model, predictor, image_size)
+    with predictor:  # one thread drains the whole job, as in segment()
+        if plane is None:
+            data = image_layer.data[0] if multiscale else image_layer.data
+            labels = run(iter_segment_stack(predictor, data, concept, points, point_labels, box, options, rgb))
+        elif leading_ndim(image_layer) == 0:
+            labels = run(iter_segment_plane(predictor, plane, concept, points, point_labels, box, options)).labels
+        elif points is None and box is None:
+            labels = run(iter_segment_layer_stack(predictor, image_layer.data, concept, options, rgb=rgb,
+                                                  multiscale=True, level=level))
+        else:
+            raise ValueError("Prompts in a stack are taken at level 0 only: give level=0, or segment one "
+                             "plane (a 2-D layer of it) at the coarser level.")
     metadata: dict[str, Any] = {}
     if concept is not None and not instances:
         metadata[CONCEPTS_METADATA_KEY] = {concept: 1}
