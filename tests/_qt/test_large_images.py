@@ -8,7 +8,6 @@ SAM's input.
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from napari_clipsam.inference.layers import iter_segment_layer_stack, iter_segme
 from napari_clipsam.inference.pipeline import SegmentOptions
 from napari_clipsam.inference.predictor import ClipSamPredictor
 from napari_clipsam.synthetic import generate_scene
-from tests._qt.widget_helpers import TIMEOUT_MS, TIMEOUT_S, in_fresh_thread
+from tests._qt.widget_helpers import TIMEOUT_S, BlockingEncoder, cancel_while_encoding, in_fresh_thread
 
 SIZE = 640  # 2.5 times the tiny and the demo model's 256 px input: "auto" tiles it (5 x 5 tiles)
 
@@ -76,35 +75,6 @@ class _Stages:
 
     def tiles(self) -> set[str]:
         return {line.split(":")[0] for line in self.lines if line.startswith("tile ")}
-
-
-class _GateAtCall:
-    """Stands in for the model's ``encoder_suffix``: the ``call``-th call waits for ``release``."""
-
-    def __init__(self, model, monkeypatch, call: int) -> None:
-        self.calls, self._gate = 0, call
-        self.reached, self.release = threading.Event(), threading.Event()
-        self._original = model.encoder_suffix
-        monkeypatch.setattr(model, "encoder_suffix", self)
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls == self._gate:
-            self.reached.set()
-            if not self.release.wait(TIMEOUT_S):
-                raise TimeoutError("The test never released the encoder.")
-        return self._original(*args, **kwargs)
-
-
-def _cancel_at_the_gate(qtbot, widget, gate: _GateAtCall) -> None:
-    """Segment "nucleus", cancel once the gated encoder call is reached, and see the job end cancelled."""
-    widget.set_concept("nucleus")
-    widget.segment()
-    qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
-    widget.cancel()
-    gate.release.set()
-    with pytest.raises(RuntimeError, match="Cancelled"):
-        widget.wait(TIMEOUT_S)
 
 
 def test_a_multiscale_layer_segments_at_full_resolution_in_tiles(viewer, demo_model, scene):
@@ -218,9 +188,11 @@ def test_cancel_between_tiles_keeps_the_users_labels(qtbot, viewer, tiny_model, 
     widget = _docked(viewer, tiny_model)
     widget.set_image("large")
     widget.set_options(output="mine")
-    gate = _GateAtCall(tiny_model, monkeypatch, call=3)  # the third tile's encoder
-    _cancel_at_the_gate(qtbot, widget, gate)
-    assert gate.calls == 3  # stopped between tiles
+    encoder = BlockingEncoder(tiny_model, monkeypatch, call=3)  # the third tile's encoder
+    widget.set_concept("nucleus")
+    widget.segment()
+    cancel_while_encoding(qtbot, widget, encoder)
+    assert encoder.calls == 3  # stopped between tiles
     np.testing.assert_array_equal(viewer.layers["mine"].data, mine)
 
     # Run to the end: the user's labels stay, and the whole tiled write is one undo step.
@@ -249,8 +221,10 @@ def test_all_slices_read_plane_by_plane_cancel_and_one_undo_step(qtbot, viewer, 
     widget.set_image("zstack")
     widget.set_options(all_slices=True, output="mine")
     stages = _Stages(widget)
-    gate = _GateAtCall(tiny_model, monkeypatch, call=2)  # the second plane's encoder
-    _cancel_at_the_gate(qtbot, widget, gate)
+    encoder = BlockingEncoder(tiny_model, monkeypatch, call=2)  # the second plane's encoder
+    widget.set_concept("nucleus")
+    widget.segment()
+    cancel_while_encoding(qtbot, widget, encoder)
     np.testing.assert_array_equal(viewer.layers["mine"].data, mine)  # nothing half-written
 
     widget.segment()

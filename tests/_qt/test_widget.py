@@ -10,7 +10,7 @@ import pytest
 import napari_clipsam as nc
 from napari_clipsam._qt.requests import StaleResultError
 from napari_clipsam._qt.segment_widget import MODE_MANUAL, NEW_LAYER, ClipSamWidget
-from tests._qt.widget_helpers import TIMEOUT_MS, TIMEOUT_S, BlockingEncoder
+from tests._qt.widget_helpers import TIMEOUT_MS, TIMEOUT_S, BlockingEncoder, cancel_while_encoding
 from tests.helpers import dock_in_fresh_process
 
 
@@ -86,11 +86,7 @@ def test_cancel_leaves_every_layer_untouched(qtbot, viewer, widget, tiny_model, 
     before = [(layer.name, np.asarray(layer.data).copy()) for layer in viewer.layers]
     widget.set_concept("nucleus")
     widget.segment()
-    qtbot.waitUntil(encoder.started.is_set, timeout=TIMEOUT_MS)
-    widget.cancel()
-    encoder.release.set()
-    with pytest.raises(RuntimeError, match="Cancelled"):
-        widget.wait(TIMEOUT_S)
+    cancel_while_encoding(qtbot, widget, encoder)
     _wait_idle(qtbot, widget)
     assert [layer.name for layer in viewer.layers] == [name for name, _ in before]
     for (name, data), layer in zip(before, viewer.layers):
