@@ -13,6 +13,7 @@ import torch
 
 from ..errors import ConcurrentUseError
 from ..model.clipsam import ClipSamModel
+from ..model.decoder import PreparedDecoder
 from .fast_masks import masks_at_image_size
 from .image import to_rgb_uint8
 from .prompts import check_prompts
@@ -118,6 +119,7 @@ class ClipSamPredictor:
         self._embeddings: OrderedDict[str | None, torch.Tensor] = OrderedDict()
         self._similarity: dict[str, torch.Tensor] = {}
         self._mask_prompts: dict[str, torch.Tensor] = {}
+        self._decoder = PreparedDecoder()  # the decoder's share of the image, made at the first click
 
     @property
     def is_image_set(self) -> bool:
@@ -390,7 +392,8 @@ class ClipSamPredictor:
         model = self.model
         with self._checked(), model.at_resolution(self.image_size):
             self.prepare()
-            low_res, iou = model.decode(self._embeddings[self.concept], points, boxes, mask_prompt, multimask_output)
+            low_res, iou = self._decoder.decode(model, self._embeddings[self.concept], points, boxes, mask_prompt,
+                                                multimask_output)
             masks = masks_at_image_size(low_res, model.image_size, self.input_size, self.original_size,
                                         model.sam.mask_threshold, self.full_resolution_masks)
         return masks, iou, low_res

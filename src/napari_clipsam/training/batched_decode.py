@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 
 from ..model.clipsam import ClipSamModel
+from ..model.decoder import masks_and_scores
 from ..model.prompt_encoder import sized_prompt_encoder
 
 PointPrompt = tuple[torch.Tensor, torch.Tensor]  # coords (1, N, 2) XY, labels (1, N): to_sam_frame's batch of one
@@ -72,15 +73,8 @@ def decode_batch(
         back = _sent(back, hidden.device)
         hidden, image_out = hidden[back], image_out[back]
 
-    channels, height, width = source.shape[1:]
-    upscaled = decoder.output_upscaling(image_out.transpose(1, 2).reshape(count, channels, height, width))
     # Every mask token's head runs, as in SAM, so that the optimiser sees the same parameters with gradients.
-    hyper = torch.stack([mlp(hidden[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
-    batch, channels, height, width = upscaled.shape
-    masks = (hyper @ upscaled.reshape(batch, channels, height * width)).reshape(batch, -1, height, width)
-    iou = decoder.iou_prediction_head(hidden[:, 0])
-    chosen = slice(1, None) if multimask_output else slice(0, 1)
-    return masks[:, chosen], iou[:, chosen]
+    return masks_and_scores(decoder, hidden, image_out, tuple(source.shape[-2:]), multimask_output, every_head=True)
 
 
 def _embed_prompts(model: ClipSamModel, points, boxes, mask_prompts, count: int, device: torch.device):
