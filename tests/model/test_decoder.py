@@ -109,6 +109,19 @@ def test_the_prepared_image_is_kept_while_its_inputs_are_the_same(tiny_model, em
         assert decoder._image is not kept
 
 
+def test_tensors_made_in_inference_mode_are_kept_too(tiny_model):
+    decoder = PreparedDecoder()
+    points, box = PROMPTS["one point"]
+    with torch.inference_mode():
+        encoder = tiny_model.sam.prompt_encoder
+        embedding = torch.randn(1, encoder.embed_dim, *encoder.image_embedding_size)
+        got = decoder.decode(tiny_model, embedding, points, box, None, False)
+        kept = decoder._image
+        decoder.decode(tiny_model, embedding, points, None, None, True)
+        assert decoder._image is kept
+        _assert_same(got, tiny_model.decode(embedding, points, box, None, False))
+
+
 def test_a_mask_prompt_per_prompt_goes_through_sams_decoder(tiny_model, embedding):
     decoder = PreparedDecoder()
     coords, labels = torch.tensor([[[10.0, 10.0]], [[40.0, 40.0]]]), torch.ones(2, 1, dtype=torch.int)

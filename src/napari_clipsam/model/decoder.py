@@ -60,11 +60,16 @@ class DecoderImage:
 
 
 def _tensor_key(tensor: torch.Tensor | None):
-    """Identifies a tensor's values while it lives: storage address, in-place version, layout."""
+    """Identifies a tensor's values while it lives: storage address, in-place version, layout.
+
+    Tensors made under ``torch.inference_mode`` keep no version: an in-place change of one
+    (inside inference mode) goes unseen, as in every cache of PyTorch's own.
+    """
     if tensor is None:
         return None
     strides = tuple(stride if size > 1 else 0 for size, stride in zip(tensor.shape, tensor.stride()))
-    return tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device, tuple(tensor.shape), strides
+    version = None if tensor.is_inference() else tensor._version
+    return tensor.data_ptr(), version, tensor.dtype, tensor.device, tuple(tensor.shape), strides
 
 
 def _source(model: ClipSamModel, embedding: torch.Tensor, mask_prompt: torch.Tensor | None) -> tuple:
