@@ -13,8 +13,10 @@ Prints, for fp32 and for the "auto" precision of this machine (bf16 on recent GP
   of images of one concept, its text embedding cached) and the guided encoder alone,
   their ratio (goal <= 1.25 at the same precision) and the peak memory of each;
 - with ``--compile encoder``: the same per image with both image encoders compiled by
-  ``torch.compile`` (``model/compile.py``, default mode), the compile time of each
-  batch size, and the goal of 8 ms per image for the guided encoder in bf16.
+  ``torch.compile`` (``model/compile.py``, default mode; a guided block compiles as
+  ``guided_block_forward``, its conditioning passed as arguments), the compile time of
+  each batch size, the graphs and graph breaks each encoder compiled into, and the goal
+  of 8 ms per image for the guided encoder in bf16.
 
 Weights are random: speed does not depend on their values, and no download is needed.
 Each model runs in its own process so that peak memory is that of one job.
@@ -54,10 +56,14 @@ def _compiled(encoder, runs: dict, device, repeats: int) -> dict:
     """Compile ``encoder`` and time each of ``runs`` (name -> (batch, run)) compiled, per image.
 
     The first call of each batch size compiles it: its time is reported as the compile
-    time. A failure (no compiler, an unsupported operation) is reported, not raised.
+    time, and the graphs and graph breaks of all the runs under ``"graphs"``. A failure
+    (no compiler, an unsupported operation) is reported, not raised.
     """
+    from torch._dynamo.utils import counters
+
     from napari_clipsam.model.compile import compile_image_encoder, uncompile_image_encoder
 
+    counters.clear()  # counts of this encoder's compilation only, not the decoder's
     compile_image_encoder(encoder)
     figures = {}
     try:
@@ -70,6 +76,7 @@ def _compiled(encoder, runs: dict, device, repeats: int) -> dict:
             figures[name] = {"compile_s": compile_s, "per_image_s": median_seconds(run, device, repeats) / batch}
     except Exception as err:  # noqa: BLE001 - a benchmark reports what failed and goes on
         figures["error"] = f"{type(err).__name__}: {str(err)[:500]}"
+    figures["graphs"] = {"graphs": counters["stats"]["unique_graphs"], "breaks": sum(counters["graph_break"].values())}
     uncompile_image_encoder(encoder)
     return figures
 
@@ -256,6 +263,8 @@ def _print_compiled(vanilla: dict, guided: dict, guided_part: dict) -> None:
     for name, figures in (("vanilla", vanilla), ("guided", guided)):
         if "error" in figures:
             print(f"    {name} compile failed, eager figures above stand: {figures['error']}")
+        if "graphs" in figures:
+            print(f"    {name}: {figures['graphs']['graphs']} graphs compiled, {figures['graphs']['breaks']} graph breaks")
     print("    batch  vanilla ms  guided pass ms  guided encoder ms  ratio pass  compile s (vanilla, guided)")
 
     def ms(figures: dict | None) -> str:

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import napari_clipsam as nc
-from napari_clipsam.model.adapters import Conditioning, conditioned
 from tests.helpers import randomize_adapters, two_kinds_image
 
 # Only a safeguard against hanging on a bug: no assertion depends on how long a wait takes.
@@ -86,7 +85,7 @@ def _pause_in_encoder(model, pauses):
     """Make the last encoder block call ``pauses[thread name]()`` once per thread, before it runs.
 
     The last block is in the concept-dependent part, so the pause falls while the thread's
-    conditioning and SAM input size are in force.
+    SAM input size is in force and its conditioning is on its way through the blocks.
     """
     paused = set()
 
@@ -135,15 +134,13 @@ def test_two_predictors_interleaved_inside_the_encoder_give_their_own_results(mo
     assert model.image_size == 256 and model.mask_input_size == (64, 64)
 
 
-def test_a_size_and_a_conditioning_set_in_one_thread_are_not_seen_in_another(model, blobs_image):
+def test_a_size_set_in_one_thread_is_not_seen_in_another(model, blobs_image):
     inside, release = threading.Event(), threading.Event()
     seen = {}
-    conditioning = Conditioning(text=torch.ones(1, 64))
 
     def hold():
-        with model.at_resolution(128), conditioned(model.adapters, conditioning):
+        with model.at_resolution(128):
             seen["size"] = (model.image_size, model.mask_input_size)
-            seen["conditioning"] = model.adapters[-1].conditioning
             inside.set()
             _wait(release)
 
@@ -154,16 +151,15 @@ def test_a_size_and_a_conditioning_set_in_one_thread_are_not_seen_in_another(mod
         sam_input, input_size = model.sam_input(nc.to_rgb_uint8(blobs_image))
         assert model.image_size == 256 and model.mask_input_size == (64, 64)
         assert sam_input.shape == (1, 3, 256, 256) and input_size == (192, 256)
-        assert all(adapter.conditioning is None for adapter in model.adapters)
     finally:
         release.set()
         thread.join(TIMEOUT)
-    assert seen["size"] == (128, (32, 32)) and seen["conditioning"] is conditioning
+    assert seen["size"] == (128, (32, 32))
 
 
 def test_checkpointed_blocks_recompute_with_the_conditioning_of_their_forward_pass(model, blobs_image):
     """Backward runs the recomputation where autograd chooses (its own thread on a GPU):
-    here a fresh thread with no conditioning in force, and the gradients are unchanged."""
+    here a fresh thread, which has only what the checkpointed calls kept, and the gradients are unchanged."""
     sam_input, _ = model.sam_input(nc.to_rgb_uint8(blobs_image))
     _, patches = model.clip_features(model.clip_input(nc.to_rgb_uint8(blobs_image)))
     text = model.text_embedding("nucleus")[None]

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from segment_anything import SamPredictor, sam_model_registry
+from segment_anything.modeling.image_encoder import window_partition, window_unpartition
 
 import napari_clipsam as nc
-from napari_clipsam.model.adapters import ADAPTER_KEY, Conditioning, adapter_keys, conditioned
+from napari_clipsam.model.adapters import ADAPTER_KEY, adapter_keys
 from napari_clipsam.model.attention import use_banded_global_attention
 from napari_clipsam.model.build_sam import build_sam
 from tests.helpers import load_tiny, randomize_adapters
@@ -145,27 +146,45 @@ def test_prefix_and_suffix_equal_the_full_encoder(blobs_image):
     text = model.text_embedding("nucleus")
     conditioning = model.conditioning(text, patches, model.similarity(patches, text[None]))
     split = model.encoder_suffix(model.encoder_prefix(sam_input), conditioning)
-    with torch.no_grad(), conditioned(model.adapters, conditioning):
-        full = model.sam.image_encoder(sam_input)
+    encoder = model.sam.image_encoder
+    with torch.no_grad():
+        tokens = encoder.patch_embed(sam_input) + encoder.pos_embed
+        for block in encoder.blocks:  # every block given the concept, as one unsplit pass
+            tokens = block(tokens, *conditioning.signals())
+        full = encoder.neck(tokens.permute(0, 3, 1, 2))
     torch.testing.assert_close(split, full)
 
 
-def test_semantic_adapter_formula(tiny_model):
-    """x + MLP(h) + s * Ad_m(h + GELU(W_t t) + resize(W_v (V + s_map))), checked by hand."""
+def _sam_attention_branch(block, x):
+    """SAM's attention on normalised tokens x (B, H, W, C), within windows where the block has them."""
+    if block.window_size == 0:
+        return block.attn(x)
+    windows, padded_size = window_partition(x, block.window_size)
+    return window_unpartition(block.attn(windows), block.window_size, padded_size, x.shape[1:3])
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["windowed", "global"])
+def test_adapted_block_formula(tiny_model, index):
+    """x' = x + A + s * Ad_s(A), A = Attn(LN1(x)); out = x' + MLP(h) + s * Ad_m(h + GELU(W_t t) +
+    resize(W_v (V + s_map))), h = LN2(x'); checked by hand. The space adapter acts per token, so after
+    window unpartition equals on the windows when, as here, the grid needs no padding."""
     randomize_adapters(tiny_model)
-    block = tiny_model.sam.image_encoder.blocks[0]
+    block = tiny_model.sam.image_encoder.blocks[index]
     adapter = block.clipsam
+    assert block.window_size == (8 if index == 0 else 0)
     torch.manual_seed(3)
-    h = torch.randn(1, 16, 16, adapter.space.up.out_features)
+    x = torch.randn(1, 16, 16, adapter.space.up.out_features)
     text, patches, sim = torch.randn(1, 64), torch.randn(1, 32, 32, 64), torch.rand(1, 32, 32)
-    with torch.no_grad(), conditioned(tiny_model.adapters, Conditioning(text, patches, sim)):
-        got = block.mlp(h)
     with torch.no_grad():
+        got = block(x, text, patches, sim)
+        attention = _sam_attention_branch(block, block.norm1(x))
+        x = x + attention + 0.5 * adapter.space(attention)
+        h = block.norm2(x)
         u = adapter.vision_proj(patches + sim[..., None]).permute(0, 3, 1, 2)
         u = F.interpolate(u, size=(16, 16), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
         t = F.gelu(adapter.text_proj(text))[:, None, None, :]
         block_mlp = block.mlp.lin2(block.mlp.act(block.mlp.lin1(h)))
-        expected = block_mlp + 0.5 * adapter.semantic(h + t + u)
+        expected = x + block_mlp + 0.5 * adapter.semantic(h + t + u)
     torch.testing.assert_close(got, expected)
 
 

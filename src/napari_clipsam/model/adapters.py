@@ -1,22 +1,23 @@
 """Space and semantic adapters attached to the blocks of a frozen SAM image encoder.
 
-Adapters are registered as a submodule named ``clipsam`` on each SAM ``Block`` and
-act through forward hooks on the block's ``attn`` and ``mlp``, so SAM's own modules,
-forward code and parameter names stay exactly as ``segment_anything`` made them.
+Adapters are registered as a submodule named ``clipsam`` on each SAM ``Block``, whose
+forward becomes :func:`~.guided_block.guided_block_forward`: SAM's own modules and
+parameter names stay exactly as ``segment_anything`` made them, and the CLIP signals
+reach the adapters as arguments of the block's call (:func:`run_blocks`).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from functools import partial
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ClipSamConfig
+from .guided_block import guided_block_forward
 
 ADAPTER_NAME = "clipsam"
 # Substring that identifies adapter entries in a SAM state dict.
@@ -72,11 +73,9 @@ class Conditioning:
             similarity=similarity if "similarity" in modalities else None,
         )
 
-
-# The CLIP signals in force for each adapter in this thread or asyncio task. A
-# context variable, not an attribute of the adapter: threads sharing one model each
-# condition their own encoder pass, and no lock makes one thread wait for another's.
-_CONDITIONING: ContextVar[dict[BlockAdapter, Conditioning | None]] = ContextVar("clipsam_conditioning", default={})
+    def signals(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """``(text, patches, similarity)``, the arguments :func:`guided_block_forward` takes after the tokens."""
+        return self.text, self.patches, self.similarity
 
 
 class BlockAdapter(nn.Module):
@@ -100,28 +99,26 @@ class BlockAdapter(nn.Module):
         self.text_proj = nn.Linear(clip_dim, width) if uses_text else None
         self.vision_proj = nn.Linear(clip_dim, width) if uses_grid else None
 
-    @property
-    def conditioning(self) -> Conditioning | None:
-        """The signals set by :func:`conditioned` in this thread; None outside it."""
-        return _CONDITIONING.get().get(self)
-
     def after_attention(self, attention_out: torch.Tensor) -> torch.Tensor:
         return attention_out + self.scale * self.space(attention_out)
 
-    def _semantic_input(self, h: torch.Tensor) -> torch.Tensor:
-        """``h + T + U`` for h of shape (B, H, W, C)."""
-        cond = self.conditioning
-        if cond is None:
-            return h
-        if self.text_proj is not None and cond.text is not None:
-            text = F.gelu(self.text_proj(cond.text.to(h.dtype)))
-            h = h + text[:, None, None, :]
+    def _semantic_input(
+        self,
+        h: torch.Tensor,
+        text: torch.Tensor | None,
+        patches: torch.Tensor | None,
+        similarity: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``h + T + U`` for h of shape (B, H, W, C); signals as in :func:`guided_block_forward`."""
+        if self.text_proj is not None and text is not None:
+            projected_text = F.gelu(self.text_proj(text.to(h.dtype)))
+            h = h + projected_text[:, None, None, :]
         if self.vision_proj is not None:
             grid = None
-            if self.use_vision and cond.patches is not None:
-                grid = cond.patches.to(h.dtype)
-            if self.use_similarity and cond.similarity is not None:
-                sim = cond.similarity.to(h.dtype)[..., None]
+            if self.use_vision and patches is not None:
+                grid = patches.to(h.dtype)
+            if self.use_similarity and similarity is not None:
+                sim = similarity.to(h.dtype)[..., None]
                 grid = sim if grid is None else grid + sim
             if grid is not None:
                 if grid.shape[-1] == 1:
@@ -133,18 +130,18 @@ class BlockAdapter(nn.Module):
                 h = h + projected.permute(0, 2, 3, 1)
         return h
 
-    def after_mlp(self, h: torch.Tensor, mlp_out: torch.Tensor) -> torch.Tensor:
+    def after_mlp(
+        self,
+        h: torch.Tensor,
+        mlp_out: torch.Tensor,
+        text: torch.Tensor | None = None,
+        patches: torch.Tensor | None = None,
+        similarity: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The MLP branch's output for the MLP's input ``h`` and output ``mlp_out``, both (B, H, W, C)."""
         if self.semantic is None:
             return mlp_out
-        return mlp_out + self.scale * self.semantic(self._semantic_input(h))
-
-
-def _attention_hook(module: nn.Module, args, output):
-    return module._clipsam_adapter.after_attention(output)
-
-
-def _mlp_hook(module: nn.Module, args, output):
-    return module._clipsam_adapter.after_mlp(args[0], output)
+        return mlp_out + self.scale * self.semantic(self._semantic_input(h, text, patches, similarity))
 
 
 def attach_adapters(sam: nn.Module, clip_dim: int, config: ClipSamConfig) -> list[BlockAdapter]:
@@ -162,11 +159,8 @@ def attach_adapters(sam: nn.Module, clip_dim: int, config: ClipSamConfig) -> lis
         width = block.norm1.normalized_shape[0]
         adapter = BlockAdapter(width, clip_dim, config, semantic=index in semantic)
         block.add_module(ADAPTER_NAME, adapter)
-        # Plain attributes (not submodules) so the adapter is not registered twice.
-        object.__setattr__(block.attn, "_clipsam_adapter", adapter)
-        object.__setattr__(block.mlp, "_clipsam_adapter", adapter)
-        block.attn.register_forward_hook(_attention_hook)
-        block.mlp.register_forward_hook(_mlp_hook)
+        # An instance attribute shadows Block.forward; the block's hooks still run around it.
+        block.forward = partial(guided_block_forward, block)
         adapters.append(adapter)
     return adapters
 
@@ -179,44 +173,23 @@ def first_semantic_block(adapters: list[BlockAdapter]) -> int:
     return len(adapters)
 
 
-@contextmanager
-def conditioned(adapters: list[BlockAdapter], conditioning: Conditioning | None) -> Iterator[None]:
-    """Give every adapter the CLIP signals for the encoder passes inside the block, in this thread.
-
-    Other threads (and asyncio tasks) keep theirs. Nested uses restore the outer
-    conditioning on exit.
-    """
-    # A new dict each time: the one in force may be the outer block's, or the default.
-    inner = {**_CONDITIONING.get(), **dict.fromkeys(adapters, conditioning)}
-    token = _CONDITIONING.set(inner)
-    try:
-        yield
-    finally:
-        _CONDITIONING.reset(token)
-
-
 def run_blocks(
     blocks: Iterable[nn.Module],
     tokens: torch.Tensor,
-    adapters: list[BlockAdapter],
     conditioning: Conditioning | None,
     checkpointing: bool = False,
 ) -> torch.Tensor:
-    """Run encoder blocks on tokens (B, H, W, C) with ``conditioning`` in force for ``adapters``.
+    """Run guided encoder blocks on tokens (B, H, W, C), each given ``conditioning``'s signals.
 
     With ``checkpointing`` only block inputs are kept for backward, and each block is run
-    again there. Each block takes its conditioning along into that recomputation, because
-    autograd may run it in another thread (its own, on a GPU), where the caller's
-    conditioning is not in force.
+    again there, with the same signals: they are arguments of the call that autograd
+    recomputes, wherever (in whichever thread) it does.
     """
     from torch.utils.checkpoint import checkpoint
 
-    def run(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        with conditioned(adapters, conditioning):
-            return block(x)
-
+    signals = () if conditioning is None else conditioning.signals()
     for block in blocks:
-        tokens = checkpoint(run, block, tokens, use_reentrant=False) if checkpointing else run(block, tokens)
+        tokens = checkpoint(block, tokens, *signals, use_reentrant=False) if checkpointing else block(tokens, *signals)
     return tokens
 
 

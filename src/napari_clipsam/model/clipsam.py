@@ -275,7 +275,7 @@ class ClipSamModel(nn.Module):
                         position.permute(0, 3, 1, 2), size=x.shape[1:3], mode="bicubic", align_corners=False
                     ).permute(0, 2, 3, 1)
                 x = x + position
-            x = run_blocks(encoder.blocks[: self.first_semantic_block], x, self.adapters, None, checkpointing)
+            x = run_blocks(encoder.blocks[: self.first_semantic_block], x, None, checkpointing)
         return x
 
     def encoder_suffix(
@@ -283,13 +283,12 @@ class ClipSamModel(nn.Module):
     ) -> torch.Tensor:
         """SAM image embedding (B, 256, 64, 64 for published SAM) from :meth:`encoder_prefix`.
 
-        ``conditioning`` is in force for these blocks only, in this thread, and goes with
-        checkpointed blocks into their recomputation in backward.
+        ``conditioning`` is passed to these blocks as arguments, so it holds for this call
+        only and goes with checkpointed blocks into their recomputation in backward.
         """
         encoder = self.sam.image_encoder
         with self.autocast():
-            x = run_blocks(encoder.blocks[self.first_semantic_block :], prefix, self.adapters, conditioning,
-                           checkpointing)
+            x = run_blocks(encoder.blocks[self.first_semantic_block :], prefix, conditioning, checkpointing)
             x = encoder.neck(x.permute(0, 3, 1, 2))
         return x.float()
 

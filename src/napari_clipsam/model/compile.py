@@ -44,12 +44,14 @@ def compile_image_encoder(encoder: torch.nn.Module) -> None:
     """Compile a SAM image encoder's patch embedding, blocks and neck, each with ``torch.compile``.
 
     Module by module, not the encoder's forward as one graph: CLIP-guided SAM runs the
-    blocks itself (``encoder_prefix``, ``encoder_suffix``) and sets each block's
-    conditioning in a context variable, which ``torch.compile`` cannot trace; inside a
-    block nothing breaks the graph, and blocks of one kind share one compilation. Use
-    the same on segment_anything's own encoder to compare like with like. Compilation
-    happens at the first call of each input shape (tens of seconds); parameter names do
-    not change. Undo with :func:`uncompile_image_encoder`.
+    blocks itself (``encoder_prefix``, ``encoder_suffix``), each called with the CLIP
+    signals as tensor arguments. A guided block's forward is
+    :func:`~.guided_block.guided_block_forward`, which compiles into one graph with no
+    break, the adapters and conditioning included; blocks of one kind (windowed or global
+    attention, with or without a semantic adapter) share one compilation. Use the same on
+    segment_anything's own encoder to compare like with like. Compilation happens at the
+    first call of each input shape (tens of seconds on a GPU); parameter names do not
+    change. Undo with :func:`uncompile_image_encoder`.
     """
     for module in _encoder_parts(encoder):
         module.compile()
