@@ -32,7 +32,7 @@ SHAPES = {"global": ((12, 10), (12, 10)), "global resized": ((16, 16), (12, 12))
 @pytest.mark.parametrize("use_rel_pos", [True, False], ids=["rel_pos", "no_rel_pos"])
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("queries_per_band", [None, 25], ids=["one_call", "bands"])
+@pytest.mark.parametrize("queries_per_band", [None, 25, 50], ids=["one_call", "bands", "bands_last_shorter"])
 def test_sdpa_forward_equals_sams_attention(shape, batch, use_rel_pos, queries_per_band):
     made_for, grid = SHAPES[shape]
     module = _attention(made_for, use_rel_pos)

@@ -21,6 +21,7 @@ the input (``x.is_cuda``) because the model is built on CPU and moved afterwards
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -45,12 +46,23 @@ def _merge_heads(out: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return out.reshape(batch, heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
 
 
-def rel_pos_bias(attn: Attention, q: torch.Tensor, height: int, width: int, top: int = 0) -> torch.Tensor:
+def rel_pos_tables(attn: Attention, height: int, width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's relative-position embeddings for an (H, W) grid: (H, H, head_dim) over rows, (W, W, head_dim) over columns."""
+    return (get_rel_pos(height, height, attn.rel_pos_h).to(dtype),
+            get_rel_pos(width, width, attn.rel_pos_w).to(dtype))
+
+
+def rel_pos_bias(attn: Attention, q: torch.Tensor, height: int, width: int, top: int = 0,
+                 tables: tuple[torch.Tensor, torch.Tensor] | None = None, out: torch.Tensor | None = None
+                 ) -> torch.Tensor:
     """SAM's relative-position term as an additive attention bias, in q's dtype.
 
     Args:
         q: (B, heads, R * W, head_dim) unscaled queries of the grid rows ``top..top+R``
             of an (H, W) token grid.
+        tables: :func:`rel_pos_tables` of this grid, when a caller computes them once for all bands.
+        out: a flat buffer of at least the bias's size to write it into (bands reuse one:
+            a new 100 MB buffer per band cost more in page faults than the sum itself).
 
     Returns:
         (B, heads, R * W, H * W): the bias of query (r, w) on key (k, l) is the sum of a
@@ -59,12 +71,17 @@ def rel_pos_bias(attn: Attention, q: torch.Tensor, height: int, width: int, top:
     """
     rows = q.shape[-2] // width
     q_grid = q.reshape(*q.shape[:-2], rows, width, q.shape[-1])
-    rel_h = get_rel_pos(height, height, attn.rel_pos_h)[top : top + rows].to(q.dtype)  # (R, H, head_dim)
-    rel_w = get_rel_pos(width, width, attn.rel_pos_w).to(q.dtype)  # (W, W, head_dim)
-    over_rows = torch.einsum("...hwc,hkc->...hwk", q_grid, rel_h)  # (B, heads, R, W, H)
-    over_columns = torch.einsum("...hwc,wkc->...hwk", q_grid, rel_w)  # (B, heads, R, W, W)
-    bias = over_rows[..., None] + over_columns[..., None, :]  # (B, heads, R, W, H, W)
-    return bias.reshape(*q.shape[:-1], height * width)
+    rel_h, rel_w = rel_pos_tables(attn, height, width, q.dtype) if tables is None else tables
+    # Both terms small and contiguous, so that their sum is written once, in the bias's own
+    # layout (einsum's outputs are permuted views: a sum of those takes their layout, and
+    # the reshape below then copied the whole bias again).
+    over_rows = torch.einsum("...hwc,hkc->...hwk", q_grid, rel_h[top : top + rows]).contiguous()  # (B, heads, R, W, H)
+    over_columns = torch.einsum("...hwc,wkc->...hwk", q_grid, rel_w).contiguous()  # (B, heads, R, W, W)
+    shape = (*q.shape[:-1], height * width)
+    if out is not None:
+        out = out[: math.prod(shape)].view(*over_rows.shape, width)
+    bias = torch.add(over_rows[..., None], over_columns[..., None, :], out=out)  # (B, heads, R, W, H, W)
+    return bias.view(shape)
 
 
 def _sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
@@ -83,9 +100,14 @@ def sdpa_forward(attn: Attention, x: torch.Tensor, queries_per_band: int | None 
     q, k, v = _qkv(attn, x)
     rows_per_band = height if queries_per_band is None else max(1, queries_per_band // width)
     bands = []
+    if attn.use_rel_pos:
+        tables = rel_pos_tables(attn, height, width, q.dtype)
+        # Bands share one bias buffer, except where autograd keeps each band's bias for backward.
+        buffer = None if torch.is_grad_enabled() else q.new_empty(
+            batch * q.shape[1] * min(height, rows_per_band) * width * height * width)
     for top in range(0, height, rows_per_band):
         q_band = q[:, :, top * width : min(height, top + rows_per_band) * width]
-        bias = rel_pos_bias(attn, q_band, height, width, top) if attn.use_rel_pos else None
+        bias = rel_pos_bias(attn, q_band, height, width, top, tables, buffer) if attn.use_rel_pos else None
         bands.append(_sdpa_attention(q_band, k, v, bias, attn.scale))
     out = bands[0] if len(bands) == 1 else torch.cat(bands, dim=2)
     return attn.proj(_merge_heads(out, height, width))
@@ -126,5 +148,5 @@ def use_fused_windowed_attention(encoder: nn.Module) -> int:
     return changed
 
 
-__all__ = ["QUERIES_PER_BAND", "rel_pos_bias", "sdpa_forward", "use_banded_global_attention",
+__all__ = ["QUERIES_PER_BAND", "rel_pos_bias", "rel_pos_tables", "sdpa_forward", "use_banded_global_attention",
            "use_fused_windowed_attention"]
