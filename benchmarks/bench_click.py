@@ -80,8 +80,8 @@ def run_size(model, size: int, device) -> dict:
 
     import napari_clipsam as nc
     from napari_clipsam.inference.fast_masks import masks_at_image_size
-    from napari_clipsam.model.decoder import decode_prepared, prepare_image
     from napari_clipsam.inference.sam_frame import to_sam_frame
+    from napari_clipsam.model.decoder import decode_prepared, prepare_image
 
     image = np.random.default_rng(0).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
     predictor = nc.ClipSamPredictor(model)

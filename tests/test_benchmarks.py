@@ -80,11 +80,21 @@ def test_batch_benchmark_prints_files_per_hour():
 
 def test_click_benchmark_prints_its_figures():
     output = _run("bench_click.py", "--sizes", "300")
-    for label in ("click, new path", "click, old full-res path", "click, SamPredictor", "decoder alone",
+    for label in ("click, new path", "click on an object of 1/64", "click, old full-res path", "click, SamPredictor",
+                  "decoder, image prepared", "preparing the image", "SAM's decoder (model.decode)",
                   "two-way transformer"):
         assert _figure(output, label) > 0
     assert re.search(r"click, new path\s+[0-9.]+ ms \(target <= 30 ms: (met|MISSED)\)", output)
     assert "image 300x300" in output
+
+
+def test_attention_benchmark_prints_time_and_memory_per_band():
+    completed = subprocess.run([sys.executable, str(BENCHMARKS / "bench_attention.py"), "--bands", "1024", "2048",
+                                "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for band in (1024, 2048):
+        match = re.search(rf"{band} queries per band\s+([0-9.]+) s\s+\+\s*(-?[0-9.]+) MiB resident", completed.stdout)
+        assert match and float(match.group(1)) > 0, completed.stdout
 
 
 def test_startup_benchmark_prints_its_figures():

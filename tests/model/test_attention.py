@@ -95,3 +95,20 @@ def test_encoder_with_fused_attention_equals_sams_encoder(monkeypatch):
     # tokens in bands of 2 rows (40 queries // 16 per row) on CPU.
     assert calls[0] == (8, 2, 64, 16)
     assert calls[1:] == [(2, 2, 32, 16)] * 8
+
+
+def test_windows_go_in_groups_with_sams_results():
+    """Many windows (30 of 7 x 7: 20, then 10 per call on CPU) give SAM's attention, and its gradients."""
+    module = _attention((7, 7), use_rel_pos=True)
+    x = torch.randn(30, 7, 7, WIDTH, requires_grad=True)
+    calls = []
+    original = attention._sdpa_attention
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention, "_sdpa_attention", lambda *args: calls.append(args[0].shape[0]) or original(*args))
+        got = attention._windowed_forward(module, x)
+    assert calls == [20, 10]
+    expected = Attention.forward(module, x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    (grad_got,) = torch.autograd.grad(got.square().sum(), x)
+    (grad_expected,) = torch.autograd.grad(expected.square().sum(), x)
+    torch.testing.assert_close(grad_got, grad_expected, rtol=1e-4, atol=1e-5)

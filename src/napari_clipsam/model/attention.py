@@ -12,11 +12,13 @@ the input (``x.is_cuda``) because the model is built on CPU and moved afterwards
 - CUDA: all queries in one call. The bias is (B, heads, N, N), 403 MB for one vit_b
   image at 1024 px in bf16, and one fused call replaces the dozens of small kernels a
   band loop launches (a GPU pass of vit_b is bound by launches).
-- elsewhere: bands of 512 queries, which keep the bias at (heads, 512, N), about
-  100 MB, instead of SAM's three (heads, N, N) maps of 805 MB each: the encoder fits in
-  a 3 GB budget. On a 2-core CPU, one vit_b global attention at 1024 px took 1.57 s and
-  354 MB this way, against 2.36 s and 363 MB with explicit scores per band and 2.30 s
-  and 2.4 GB with SAM's own forward (one thread, same process kind; issue 12).
+- elsewhere: bands of 256 queries, which keep the bias at (heads, 256, N), about
+  50 MB, in one buffer the bands share, instead of SAM's three (heads, N, N) maps of
+  805 MB each. On a 2-core CPU (quiet, 2 threads) one vit_b global attention at 1024 px
+  takes 0.51 s with 256 queries per band, 0.53 s with 512 (50 MB more), 0.57 s with
+  128, and 0.66 s and 1.6 GB in one call (``python benchmarks/bench_attention.py``).
+  Before the bias was written in its own layout into a buffer the bands share, bands of
+  512 took 2.0 s, most of it copying and faulting in a fresh bias per band.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from torch import nn
 
-# Queries per band: 512 keeps each (heads x band x N) buffer near 100 MB for vit_b.
-QUERIES_PER_BAND = 512
+# Queries per band: 256 keeps the (heads x band x N) bias near 50 MB for vit_b, at no cost in speed.
+QUERIES_PER_BAND = 256
 
 
 def _qkv(attn: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -90,27 +92,62 @@ def _sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: tor
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
 
+def _project(attn: Attention, tokens: torch.Tensor, part: int) -> torch.Tensor:
+    """Queries (0), keys (1) or values (2), (B, heads, n, head_dim), of tokens (B, n, C): one third of SAM's qkv."""
+    width = attn.qkv.out_features // 3
+    rows = slice(part * width, (part + 1) * width)
+    bias = None if attn.qkv.bias is None else attn.qkv.bias[rows]
+    return F.linear(tokens, attn.qkv.weight[rows], bias).unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)
+
+
 def sdpa_forward(attn: Attention, x: torch.Tensor, queries_per_band: int | None = None) -> torch.Tensor:
     """SAM's attention through ``scaled_dot_product_attention``, the relative positions as a bias.
 
     ``queries_per_band`` None: all queries in one call (CUDA); a number: bands of query
-    rows, which bounds the bias to (heads, band, N) per band.
+    rows. Keys and values are projected once; each band's queries, bias and output in
+    turn, its output written into place, so that no (heads, N, N) map nor the queries of
+    all tokens are held at once.
     """
-    batch, height, width, _ = x.shape
-    q, k, v = _qkv(attn, x)
+    batch, height, width, channels = x.shape
     rows_per_band = height if queries_per_band is None else max(1, queries_per_band // width)
-    bands = []
+    if rows_per_band >= height:
+        q, k, v = _qkv(attn, x)
+        bias = rel_pos_bias(attn, q, height, width) if attn.use_rel_pos else None
+        return attn.proj(_merge_heads(_sdpa_attention(q, k, v, bias, attn.scale), height, width))
+    tokens = x.reshape(batch, height * width, channels)
+    k, v = _project(attn, tokens, 1), _project(attn, tokens, 2)
+    merged = x.new_empty(batch, height * width, k.shape[1] * k.shape[-1])  # SAM's order: head, then channel
     if attn.use_rel_pos:
-        tables = rel_pos_tables(attn, height, width, q.dtype)
+        tables = rel_pos_tables(attn, height, width, k.dtype)
         # Bands share one bias buffer, except where autograd keeps each band's bias for backward.
-        buffer = None if torch.is_grad_enabled() else q.new_empty(
-            batch * q.shape[1] * min(height, rows_per_band) * width * height * width)
+        buffer = None if torch.is_grad_enabled() else k.new_empty(
+            batch * k.shape[1] * rows_per_band * width * height * width)
     for top in range(0, height, rows_per_band):
-        q_band = q[:, :, top * width : min(height, top + rows_per_band) * width]
+        band = slice(top * width, min(height, top + rows_per_band) * width)
+        q_band = _project(attn, tokens[:, band], 0)
         bias = rel_pos_bias(attn, q_band, height, width, top, tables, buffer) if attn.use_rel_pos else None
-        bands.append(_sdpa_attention(q_band, k, v, bias, attn.scale))
-    out = bands[0] if len(bands) == 1 else torch.cat(bands, dim=2)
-    return attn.proj(_merge_heads(out, height, width))
+        merged[:, band] = _sdpa_attention(q_band, k, v, bias, attn.scale).transpose(1, 2).flatten(2)
+    return attn.proj(merged.view(batch, height, width, -1))
+
+
+# Windows per call on CPU: about this many query tokens (5 of SAM's 14 x 14 windows), so
+# that the queries, keys, values and bias of all 25 windows of a vit_b image (90 MB) are
+# never held at once. On CUDA all windows go in one call (launch-bound).
+WINDOW_TOKENS_PER_CALL = 1024
+
+
+def _windowed_forward(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    windows, height, width, _ = x.shape
+    per_call = max(1, WINDOW_TOKENS_PER_CALL // (height * width))
+    if x.is_cuda or per_call >= windows:
+        return sdpa_forward(attn, x)
+    out = None
+    for start in range(0, windows, per_call):
+        part = sdpa_forward(attn, x[start : start + per_call])
+        if out is None:
+            out = part.new_empty(windows, *part.shape[1:])
+        out[start : start + per_call] = part
+    return out
 
 
 def _global_forward(attn: Attention, x: torch.Tensor, queries_per_band: int) -> torch.Tensor:
@@ -143,7 +180,7 @@ def use_fused_windowed_attention(encoder: nn.Module) -> int:
     changed = 0
     for block in encoder.blocks:
         if block.window_size > 0 and isinstance(block.attn, Attention):
-            block.attn.forward = partial(sdpa_forward, block.attn)
+            block.attn.forward = partial(_windowed_forward, block.attn)
             changed += 1
     return changed
 
