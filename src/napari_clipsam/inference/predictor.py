@@ -14,6 +14,7 @@ import torch
 from ..errors import ConcurrentUseError
 from ..model.clipsam import ClipSamModel
 from ..model.decoder import PreparedDecoder
+from ..model.memory import release_free_memory
 from .fast_masks import masks_at_image_size
 from .image import to_rgb_uint8
 from .prompts import check_prompts
@@ -22,10 +23,8 @@ from .sam_frame import mask_prompt_from_similarity, resize_map, text_mode_points
 
 # Image embeddings kept per concept for the current image (4 MB each for vit_b).
 _EMBEDDINGS_KEPT = 8
-_ADVICE = (
-    "Give each thread its own ClipSamPredictor (they can share one model), or hold "
-    "`with predictor:` around each set_image -> set_concept -> predict sequence."
-)
+_ADVICE = ("Give each thread its own ClipSamPredictor (they can share one model), or hold "
+           "`with predictor:` around each set_image -> set_concept -> predict sequence.")
 
 
 class _Claims(threading.local):
@@ -262,6 +261,7 @@ class ClipSamPredictor:
                     )
                 with self.model.at_resolution(self.image_size):
                     self._run_stage(stage)
+                release_free_memory()  # what the stage freed, back to the system (model/memory.py)
 
     def prepare(self) -> None:
         """Run :meth:`iter_prepare` to the end."""

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ClipSamConfig
-from .guided_block import guided_block_forward
+from .guided_block import add_into, guided_block_forward
+from .memory import release_free_memory
 
 ADAPTER_NAME = "clipsam"
 # Substring that identifies adapter entries in a SAM state dict.
@@ -100,7 +101,7 @@ class BlockAdapter(nn.Module):
         self.vision_proj = nn.Linear(clip_dim, width) if uses_grid else None
 
     def after_attention(self, attention_out: torch.Tensor) -> torch.Tensor:
-        return attention_out + self.scale * self.space(attention_out)
+        return add_into(self.space(attention_out), attention_out, self.scale)
 
     def _semantic_input(
         self,
@@ -141,7 +142,7 @@ class BlockAdapter(nn.Module):
         """The MLP branch's output for the MLP's input ``h`` and output ``mlp_out``, both (B, H, W, C)."""
         if self.semantic is None:
             return mlp_out
-        return mlp_out + self.scale * self.semantic(self._semantic_input(h, text, patches, similarity))
+        return add_into(self.semantic(self._semantic_input(h, text, patches, similarity)), mlp_out, self.scale)
 
 
 def attach_adapters(sam: nn.Module, clip_dim: int, config: ClipSamConfig) -> list[BlockAdapter]:
@@ -188,8 +189,12 @@ def run_blocks(
     from torch.utils.checkpoint import checkpoint
 
     signals = () if conditioning is None else conditioning.signals()
+    # On a CPU, what each block freed goes back to the system before the next (model/memory.py).
+    release = not (tokens.is_cuda or torch.is_grad_enabled())
     for block in blocks:
         tokens = checkpoint(block, tokens, *signals, use_reentrant=False) if checkpointing else block(tokens, *signals)
+        if release:
+            release_free_memory()
     return tokens
 
 

@@ -41,6 +41,40 @@ def guided_block_forward(
     x = adapter.after_attention(block.attn(x))
     if windowed:
         x = window_unpartition(x, block.window_size, padded_size, (height, width))
-    x = shortcut + x
+    x = add_into(x, shortcut)
     normed = block.norm2(x)
-    return x + adapter.after_mlp(normed, block.mlp(normed), text, patches, similarity)
+    return add_into(adapter.after_mlp(normed, _mlp(block.mlp, normed), text, patches, similarity), x)
+
+
+def add_into(branch: torch.Tensor, base: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``base + scale * branch``, written into ``branch`` where its dtype holds the sum.
+
+    ``branch`` must be a fresh result no one else reads (autograd included: the outputs
+    of linear layers, sums). Each in-place step spares one (B, H, W, C) temporary, 12 MB
+    for vit_b at 1024 px; the values are the same as out of place.
+    """
+    if branch.dtype != torch.promote_types(branch.dtype, base.dtype):  # autocast: a bf16 branch, fp32 base
+        return base + scale * branch
+    if scale != 1.0:
+        branch = branch.mul_(scale)
+    return branch.add_(base)
+
+
+# Grid rows per MLP call on CPU: the MLP's hidden layer is 4x the width (two 48 MB tensors
+# for a whole vit_b grid at 1024 px); a few rows at a time keep it small at the same speed.
+# On CUDA the whole grid goes in one call (launch-bound).
+MLP_TOKENS_PER_CALL = 1024
+
+
+def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)`` for tokens (B, H, W, C), in bands of grid rows on CPU (each token on its own: the same values)."""
+    rows = max(1, MLP_TOKENS_PER_CALL // (x.shape[0] * x.shape[2]))
+    if x.is_cuda or rows >= x.shape[1]:
+        return mlp(x)
+    out = None
+    for top in range(0, x.shape[1], rows):
+        part = mlp(x[:, top : top + rows])
+        if out is None:
+            out = part.new_empty(*x.shape[:-1], part.shape[-1])
+        out[:, top : top + rows] = part
+    return out
