@@ -13,6 +13,7 @@ import napari_clipsam as nc
 from napari_clipsam.model.adapters import ADAPTER_KEY, adapter_keys
 from napari_clipsam.model.attention import use_banded_global_attention
 from napari_clipsam.model.build_sam import build_sam
+from napari_clipsam.model.decoder import run_decoder
 from tests.helpers import load_tiny, randomize_adapters
 
 
@@ -401,6 +402,7 @@ def test_compiled_decoder_gives_the_eager_results(tiny_model, blobs_image):
     eager = [predictor.predict(**p) for p in prompts]
     keys = list(tiny_model.state_dict())
     assert tiny_model.compile_decoder(warm_up=True)
+    assert tiny_model.decoder_runner is not run_decoder  # clicks go through the compiled runner
     compiled = [predictor.predict(**p) for p in prompts]
     for before, after in zip(eager, compiled):
         np.testing.assert_allclose(after[2], before[2], rtol=1e-4, atol=1e-4)
