@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 from torch import nn
 
+from .memory import in_parts
+
 # Queries per band: 256 keeps the (heads x band x N) bias near 50 MB for vit_b, at no cost in speed.
 QUERIES_PER_BAND = 256
 
@@ -137,17 +139,8 @@ WINDOW_TOKENS_PER_CALL = 1024
 
 
 def _windowed_forward(attn: Attention, x: torch.Tensor) -> torch.Tensor:
-    windows, height, width, _ = x.shape
-    per_call = max(1, WINDOW_TOKENS_PER_CALL // (height * width))
-    if x.is_cuda or per_call >= windows:
-        return sdpa_forward(attn, x)
-    out = None
-    for start in range(0, windows, per_call):
-        part = sdpa_forward(attn, x[start : start + per_call])
-        if out is None:
-            out = part.new_empty(windows, *part.shape[1:])
-        out[start : start + per_call] = part
-    return out
+    per_call = max(1, WINDOW_TOKENS_PER_CALL // (x.shape[1] * x.shape[2]))
+    return sdpa_forward(attn, x) if x.is_cuda else in_parts(partial(sdpa_forward, attn), x, 0, per_call)
 
 
 def _global_forward(attn: Attention, x: torch.Tensor, queries_per_band: int) -> torch.Tensor:

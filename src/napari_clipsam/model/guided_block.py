@@ -15,6 +15,8 @@ import torch
 from segment_anything.modeling.image_encoder import window_partition, window_unpartition
 from torch import nn
 
+from .memory import in_parts
+
 
 def guided_block_forward(
     block: nn.Module,
@@ -69,12 +71,4 @@ MLP_TOKENS_PER_CALL = 1024
 def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``mlp(x)`` for tokens (B, H, W, C), in bands of grid rows on CPU (each token on its own: the same values)."""
     rows = max(1, MLP_TOKENS_PER_CALL // (x.shape[0] * x.shape[2]))
-    if x.is_cuda or rows >= x.shape[1]:
-        return mlp(x)
-    out = None
-    for top in range(0, x.shape[1], rows):
-        part = mlp(x[:, top : top + rows])
-        if out is None:
-            out = part.new_empty(*x.shape[:-1], part.shape[-1])
-        out[:, top : top + rows] = part
-    return out
+    return mlp(x) if x.is_cuda else in_parts(mlp, x, 1, rows)

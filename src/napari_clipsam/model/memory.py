@@ -16,6 +16,9 @@ import ctypes
 import ctypes.util
 import functools
 import sys
+from typing import Callable
+
+import torch
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,3 +42,23 @@ def release_free_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+def in_parts(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim: int, step: int) -> torch.Tensor:
+    """``function(x)`` for a function that treats the slices of ``x`` along ``dim`` each on its own.
+
+    It runs on ``step`` slices at a time, each result written into one output, so that
+    its intermediate tensors are a fraction of the whole (the same values; autograd works).
+    """
+    size = x.shape[dim]
+    if step >= size:
+        return function(x)
+    out = None
+    for start in range(0, size, step):
+        part = function(x.narrow(dim, start, min(step, size - start)))
+        if out is None:
+            shape = list(part.shape)
+            shape[dim] = size
+            out = part.new_empty(shape)
+        out.narrow(dim, start, part.shape[dim]).copy_(part)
+    return out
