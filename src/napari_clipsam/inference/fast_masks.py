@@ -23,6 +23,7 @@ precision), the whole-image reference runs instead.
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -180,13 +181,13 @@ def masks_at_image_size(
     )
     if full_resolution or not exact:
         return logits_to_image(logits, frame, input_size, original_size) > threshold
-    masks = torch.zeros((*logits.shape[:-2], *original_size), dtype=torch.bool, device=logits.device)
     rows = _axis(logits.shape[-2], frame, input_size[0], original_size[0])
     cols = _axis(logits.shape[-1], frame, input_size[1], original_size[1])
     # A weighted mean with non-negative weights stays at or below the threshold when all
     # its sources do; exactly so for SAM's 0, and the slack covers rounding otherwise.
     support = logits > threshold - 1e-5 * abs(threshold)
     any_in_row, any_in_col = support.any(dim=-1).cpu().numpy(), support.any(dim=-2).cpu().numpy()
+    boxes = {}  # mask index -> its box in the image, or None: the whole-image resize is cheaper
     for index in np.ndindex(*logits.shape[:-2]):
         hit_rows, hit_cols = np.flatnonzero(any_in_row[index]), np.flatnonzero(any_in_col[index])
         if hit_rows.size == 0:
@@ -196,10 +197,16 @@ def masks_at_image_size(
         if row_range[0] >= row_range[1] or col_range[0] >= col_range[1]:
             continue  # the positive logits lie in the padding, outside the image
         area = (row_range[1] - row_range[0]) * (col_range[1] - col_range[0])
-        if area * _WINDOW_COST > frame * frame + original_size[0] * original_size[1]:
-            # A box nearly as large as the image: the whole-image resize is cheaper.
+        large = area * _WINDOW_COST > frame * frame + original_size[0] * original_size[1]
+        boxes[index] = None if large else (row_range, col_range)
+    if len(boxes) == math.prod(logits.shape[:-2]) and all(box is None for box in boxes.values()):
+        # Every mask nearly as large as the image (a click on a large object): the reference, as is.
+        return logits_to_image(logits, frame, input_size, original_size) > threshold
+    masks = torch.zeros((*logits.shape[:-2], *original_size), dtype=torch.bool, device=logits.device)
+    for index, box in boxes.items():
+        if box is None:
             masks[index] = logits_to_image(logits[index][None, None], frame, input_size, original_size)[0, 0] > threshold
-            continue
-        values = _window(logits[index], rows, cols, row_range, col_range)
-        masks[index][row_range[0] : row_range[1], col_range[0] : col_range[1]] = values > threshold
+        else:
+            (r0, r1), (c0, c1) = box
+            masks[index][r0:r1, c0:c1] = _window(logits[index], rows, cols, *box) > threshold
     return masks
