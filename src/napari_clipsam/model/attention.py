@@ -15,8 +15,9 @@ the input (``x.is_cuda``) because the model is built on CPU and moved afterwards
 - elsewhere: bands of 256 queries, which keep the bias at (heads, 256, N), about
   50 MB, in one buffer the bands share, instead of SAM's three (heads, N, N) maps of
   805 MB each. On a 2-core CPU (quiet, 2 threads) one vit_b global attention at 1024 px
-  takes 0.51 s with 256 queries per band, 0.53 s with 512 (50 MB more), 0.57 s with
-  128, and 0.66 s and 1.6 GB in one call (``python benchmarks/bench_attention.py``).
+  takes 0.49 s and adds 122 MiB with 256 queries per band, as fast as 512 (174 MiB),
+  0.52 s with 128 (88 MiB), and 0.61 s and 863 MiB in one call
+  (``python benchmarks/bench_attention.py``).
   Before the bias was written in its own layout into a buffer the bands share, bands of
   512 took 2.0 s, most of it copying and faulting in a fresh bias per band.
 """
