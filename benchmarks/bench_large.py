@@ -10,6 +10,7 @@ grow with the number of tiles.
     python benchmarks/bench_large.py                          # 2048 and 8192 px
     python benchmarks/bench_large.py --sizes 2048 4096 16384 --instances
     python benchmarks/bench_large.py --sizes 2048 --tile-shape 448 --halo 32   # bigger tiles, resized
+    python benchmarks/bench_large.py --sizes 2048 --device cuda --encoder-batch 8   # tiles 8 at a time
     python benchmarks/bench_large.py --sizes 2048 8192 --device cuda         # on a GPU (its peak printed too)
 """
 
@@ -44,7 +45,8 @@ def _write_image(path: Path, size: int):
     return image
 
 
-def run_size(size: int, tile_shape, halo, instances: bool, threads: int | None, device: str = "cpu") -> dict:
+def run_size(size: int, tile_shape, halo, instances: bool, threads: int | None, device: str = "cpu",
+             encoder_batch="auto") -> dict:
     import torch
     import zarr
 
@@ -62,7 +64,7 @@ def run_size(size: int, tile_shape, halo, instances: bool, threads: int | None, 
         model = nc.load_model(preset="demo", device=device, precision="fp32")
         predictor = nc.ClipSamPredictor(model)
         options = SegmentOptions(instances=instances, instance_method="components" if instances else "seeds",
-                                 tile_shape=tile_shape, halo=halo)
+                                 tile_shape=tile_shape, halo=halo, encoder_batch=encoder_batch)
         tiling = resolve_tiling((size, size), model.image_size, tile_shape, halo)
         tiles = len(plan_tiles((size, size), *tiling)) if tiling else 1
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -89,20 +91,22 @@ def main(argv=None) -> int:
     parser.add_argument("--instances", action="store_true", help="objects (connected components per tile, stitched)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...: where the model runs")
+    parser.add_argument("--encoder-batch", type=lambda t: t if t == "auto" else int(t), default="auto",
+                        help="tiles per encoder call (auto: 8 on CUDA, 1 on CPU)")
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.size:
         print(json.dumps(run_size(args.size, args.tile_shape, args.halo, args.instances, args.threads,
-                                  args.device)))
+                                  args.device, args.encoder_batch)))
         return 0
     from napari_clipsam._machine import cpu_description
 
     print(f"machine: {cpu_description()}; device {args.device}; demo model (256 px input), tile_shape {args.tile_shape}, halo {args.halo}, "
-          f"{'instances' if args.instances else 'semantic'}")
+          f"encoder batch {args.encoder_batch}, {'instances' if args.instances else 'semantic'}")
     print(f"{'size':>7} {'tiles':>6} {'time s':>8} {'s/tile':>7} {'peak GB':>8} {'(before) GB':>11} {'objects':>8}")
     for size in args.sizes:
         command = [sys.executable, __file__, "--size", str(size), "--tile-shape", str(args.tile_shape),
-                   "--halo", str(args.halo), "--device", args.device] + (["--instances"] if args.instances else []) + (
+                   "--halo", str(args.halo), "--device", args.device, "--encoder-batch", str(args.encoder_batch)] + (["--instances"] if args.instances else []) + (
                    ["--threads", str(args.threads)] if args.threads else [])
         result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         print(f"{size:>7} {result['tiles']:>6} {result['seconds']:>8.1f} {result['seconds_per_tile']:>7.3f} "

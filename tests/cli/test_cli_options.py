@@ -107,11 +107,15 @@ def test_tiling_flags_become_the_pipeline_options():
     assert _segment_options("--tile-shape", "none") == SegmentOptions(tile_shape=None)
     assert _segment_options("--tile-shape", "512", "--halo", "32,48") == SegmentOptions(
         tile_shape=(512, 512), halo=(32, 48))
+    assert _segment_options("--encoder-batch", "4") == SegmentOptions(encoder_batch=4)
+    assert _segment_options("--encoder-batch", "auto") == SegmentOptions(encoder_batch="auto")
 
 
 @pytest.mark.parametrize(("flags", "words"), [
     (["--tile-shape", "0"], "--tile-shape must be pixels"), (["--tile-shape", "big"], "--tile-shape must be pixels"),
     (["--halo", "-4"], "--halo must be pixels"),
+    (["--encoder-batch", "0"], "give a number of tiles of 1 or more, or auto"),
+    (["--encoder-batch", "many"], "give a number of tiles of 1 or more, or auto"),
 ])
 def test_bad_tiling_flags_exit_2_naming_the_flag(flags, words, capsys):
     with pytest.raises(SystemExit) as exited:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._jobs import Job, Progress, relay, run
+from .encode_ahead import check_encoder_batch
 from .image import MAX_CHANNELS
 from .instances import iter_refine_instances, masks_to_instances, remove_small_labels
 from .linking import link_in_place, link_to_previous
@@ -57,6 +58,8 @@ class SegmentOptions:
             along the last leading axis, and in a (T, Z, Y, X) stack each time point's 3-D
             objects continue the previous time point's; False: every object of every plane
             its own label.
+        encoder_batch: tiles per encoder call (``inference/encode_ahead.py``): ``"auto"`` is 8
+            on CUDA, where a batch costs far less per image, and 1 elsewhere.
     """
 
     instances: bool = False
@@ -70,9 +73,11 @@ class SegmentOptions:
     tile_shape: object = AUTO
     halo: object = AUTO
     link_planes: bool = True
+    encoder_batch: int | str = "auto"
 
     def __post_init__(self) -> None:
         check_tiling(self.tile_shape, self.halo)
+        check_encoder_batch(self.encoder_batch)
         if self.min_area < 0:
             raise ValueError(f"min_area must be 0 or more pixels, got {self.min_area}.")
         if self.instance_method not in INSTANCE_METHODS:
@@ -312,6 +317,7 @@ def segment(
     halo=AUTO,
     out=None,
     link_planes: bool = True,
+    encoder_batch: int | str = "auto",
 ) -> np.ndarray:
     """Segment ``concept`` in an image, or in each plane of a stack, and return labels.
 
@@ -339,6 +345,7 @@ def segment(
         link_planes: with ``instances`` in a stack, one label per 3-D object (linked by
             overlap between consecutive planes, and between time points of a (T, Z, Y, X)
             stack); False: per object of each plane.
+        encoder_batch: tiles per encoder call ("auto": 8 on CUDA, 1 elsewhere).
 
     Returns:
         int32 labels of the image's spatial shape (``out`` when given): 0 background, 1 the
@@ -347,7 +354,7 @@ def segment(
     # Checked first: a mistake must not wait for a model to load (or download).
     options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel,
                              instance_method=instance_method, diameter=diameter, score_threshold=score_threshold,
-                             tile_shape=tile_shape, halo=halo, link_planes=link_planes)
+                             tile_shape=tile_shape, halo=halo, link_planes=link_planes, encoder_batch=encoder_batch)
     predictor = predictor_for(model, predictor, image_size)
     with predictor:  # one thread drains the whole job: other threads sharing the predictor wait
         return run(iter_segment_stack(predictor, image, concept, points, point_labels, box, options, rgb, out))

@@ -225,11 +225,13 @@ def iter_segment_tiled(
     into (numpy, zarr, or a view of a plane of either), else a new one; it is written tile
     by tile, never read or held whole. With instances, objects are numbered from
     ``first_label``. Yields per stage of each tile; closing the job between tiles stops it,
-    leaving what was written.
+    leaving what was written. With ``options.encoder_batch`` above 1 the tiles go through
+    the encoders that many at a time (``inference/encode_ahead.py``), each then segmented.
 
     Returns:
         (the labels: ``out`` or a new (H, W) int32 array, the next unused label).
     """
+    from .encode_ahead import encode_ahead, encoder_batch_for
     from .pipeline import iter_segment
 
     shape = tuple(int(n) for n in image.shape[:2])
@@ -238,12 +240,20 @@ def iter_segment_tiled(
     if tuple(labels.shape) != shape:
         raise ValueError(f"out has shape {tuple(labels.shape)}; the image's planes are {shape}.")
     next_label = first_label
+    batch, read = encoder_batch_for(predictor, options.encoder_batch), {}
     for tile in tiles:
+        if batch > 1 and tile.index % batch == 0:  # the next tiles through the encoders together
+            group = tiles[tile.index : tile.index + batch]
+            yield Progress(f"tiles {tile.index + 1}-{tile.index + len(group)}/{len(tiles)}: encoding together",
+                           tile.index, len(tiles))
+            read = {each.index: _read(image, each.outer) for each in group}
+            encode_ahead(predictor, list(read.values()), concept, options.channel)
         r0, c0 = tile.origin
         shift = np.array([c0, r0], dtype=float)
         tile_points = None if points is None else np.asarray(points, float) - shift
         tile_box = None if box is None else np.asarray(box, float) - np.tile(shift, 2)
-        job = iter_segment(predictor, _read(image, tile.outer), concept, tile_points, point_labels, tile_box, options)
+        tile_image = read.pop(tile.index) if tile.index in read else _read(image, tile.outer)
+        job = iter_segment(predictor, tile_image, concept, tile_points, point_labels, tile_box, options)
         prefix = f"tile {tile.index + 1}/{len(tiles)}: "
         result = yield from relay(job, lambda event: Progress(prefix + event.stage, tile.index, len(tiles)))
         if options.instances:

@@ -1,0 +1,83 @@
+"""Several images through the encoders at once give each image what its own pass gives (inference/encode_ahead.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import napari_clipsam as nc
+from napari_clipsam.inference import encode_ahead as encode_ahead_module
+from napari_clipsam.inference.encode_ahead import encode_ahead, encoder_batch_for
+from napari_clipsam.inference.pipeline import SegmentOptions
+from tests.helpers import randomize_adapters
+
+
+def _images():
+    rng = np.random.default_rng(7)
+    # Different sizes (SAM pads each to its square input) and kinds (gray, RGB).
+    return [rng.integers(0, 4000, size=(96, 128)).astype(np.uint16), rng.integers(0, 255, size=(70, 50, 3)).astype(
+        np.uint8), rng.normal(100, 20, size=(128, 96)).astype(np.float32)]
+
+
+def _alone(model, image, concept):
+    predictor = nc.ClipSamPredictor(model)
+    predictor.set_image(image)
+    predictor.set_concept(concept)
+    predictor.prepare()
+    return predictor
+
+
+@pytest.mark.parametrize("concept", ["nucleus", None])
+def test_each_image_gets_what_its_own_pass_gives(tiny_model, concept):
+    randomize_adapters(tiny_model)
+    images = _images()
+    predictor = nc.ClipSamPredictor(tiny_model)
+    assert encode_ahead(predictor, images, concept) == 3
+    for image in images:
+        predictor.set_image(image)
+        predictor.set_concept(concept)
+        assert predictor.pending_stages() == []  # nothing left to compute
+        alone = _alone(tiny_model, image, concept)
+        torch.testing.assert_close(predictor.image_embedding, alone.image_embedding, rtol=1e-5, atol=1e-5)
+        assert predictor.input_size == alone.input_size
+        if concept is not None:
+            np.testing.assert_allclose(predictor.similarity_map(), alone.similarity_map(), atol=1e-5)
+        masks, _, _ = predictor.predict(point_coords=[[20, 30]], point_labels=[1])
+        expected, _, _ = alone.predict(point_coords=[[20, 30]], point_labels=[1])
+        assert (masks == expected).mean() > 0.999
+
+
+def test_images_already_kept_are_not_encoded_again(tiny_model):
+    images = _images()
+    predictor = nc.ClipSamPredictor(tiny_model)
+    predictor.set_image(images[0])
+    predictor.set_concept("spot")
+    predictor.prepare()
+    assert encode_ahead(predictor, images, "spot") == 2
+    assert encode_ahead(predictor, images, "spot") == 0  # all three kept now
+
+
+def test_the_batch_is_cut_to_what_the_predictor_keeps(tiny_model):
+    predictor = nc.ClipSamPredictor(tiny_model, images_kept=2)
+    assert encoder_batch_for(predictor, 8) == 3
+    assert encoder_batch_for(predictor, "auto") == 1  # a CPU: batches gain nothing
+    with pytest.raises(ValueError, match="encoder_batch must be 'auto' or a whole number"):
+        SegmentOptions(encoder_batch=0)
+
+
+def test_tiles_encoded_together_give_the_labels_of_tiles_one_by_one(tiny_model, monkeypatch):
+    randomize_adapters(tiny_model)
+    rng = np.random.default_rng(3)
+    image = rng.normal(200, 30, size=(150, 170)).astype(np.float32)
+    yy, xx = np.mgrid[:150, :170]
+    for cy, cx in ((30, 40), (90, 120), (120, 30)):
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < 15**2] += 400
+    options = dict(model=tiny_model, tile_shape=(48, 48), halo=8)
+    one_by_one = nc.segment(image, "nucleus", encoder_batch=1, **options)
+    encoded = []
+    monkeypatch.setattr(encode_ahead_module, "encode_ahead", lambda *args: encoded.append(encode_ahead(*args)))
+    together = nc.segment(image, "nucleus", encoder_batch=3, **options)
+    assert encoded == [3, 3, 3, 3, 3, 0]  # 16 tiles: five groups of three, and one left for its own pass
+    assert (together == one_by_one).mean() > 0.999
+    assert one_by_one.any()
