@@ -81,3 +81,17 @@ def test_tiles_encoded_together_give_the_labels_of_tiles_one_by_one(tiny_model, 
     assert encoded == [3, 3, 3, 3, 3, 0]  # 16 tiles: five groups of three, and one left for its own pass
     assert (together == one_by_one).mean() > 0.999
     assert one_by_one.any()
+
+
+def test_planes_encoded_together_give_the_labels_of_planes_one_by_one(tiny_model, monkeypatch):
+    randomize_adapters(tiny_model)
+    rng = np.random.default_rng(4)
+    stack = rng.normal(200, 30, size=(5, 60, 70)).astype(np.float32)
+    stack[:, 20:40, 25:45] += 400
+    one_by_one = nc.segment(stack, "nucleus", model=tiny_model, encoder_batch=1)
+    encoded = []
+    monkeypatch.setattr(encode_ahead_module, "encode_ahead", lambda *args: encoded.append(encode_ahead(*args)))
+    together = nc.segment(stack, "nucleus", model=tiny_model, encoder_batch=2)
+    assert encoded == [2, 2, 0]  # planes 1-2, 3-4, and the fifth on its own pass
+    assert (together == one_by_one).mean() > 0.999
+    assert one_by_one.any()

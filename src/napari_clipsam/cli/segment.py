@@ -69,7 +69,7 @@ def add_parser(commands, parents) -> None:
     seg.add_argument("--halo", type=_halo, default="auto", metavar="PX|H,W|auto",
                      help="pixels of context around each tile (default auto: a quarter of the input)")
     seg.add_argument("--encoder-batch", type=_encoder_batch, default="auto", metavar="N|auto",
-                     help="tiles per encoder call (default auto: 8 on a GPU, where batches are faster, 1 on a CPU)")
+                     help="tiles or planes per encoder call (default auto: 8 on a GPU, where batches are faster, 1 on a CPU)")
     seg.add_argument("--points", type=lambda t: _pairs(t, 2, "--points"), help="positive points 'x,y;x,y'")
     seg.add_argument("--box", type=lambda t: _pairs(t, 4, "--box")[0], help="box 'x0,y0,x1,y1'")
     seg.add_argument("--channel", type=_channel, metavar="N|NAME",

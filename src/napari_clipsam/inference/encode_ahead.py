@@ -6,16 +6,17 @@ CPU gains nothing, the work being the same. :func:`encode_ahead` runs the predic
 stages (SAM input, CLIP features, similarity, encoder prefix and guided encoder) for a
 list of images with one call of each encoder, and leaves each image's features where
 the predictor keeps recent images: ``set_image`` of each then finds them and
-``prepare`` has nothing left to do. The tiled pipeline uses it for its tiles
-(``SegmentOptions.encoder_batch``).
+``prepare`` has nothing left to do. The pipeline uses it for tiles and for the planes of
+a stack (``SegmentOptions.encoder_batch``, through :func:`iter_read_ahead`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from .._jobs import Job, Progress
 from .image import to_rgb_uint8
 
 if TYPE_CHECKING:
@@ -89,4 +90,21 @@ def encode_ahead(predictor: ClipSamPredictor, images: Sequence, concept: str | N
         return len(pending)
 
 
-__all__ = ["AUTO_BATCH", "check_encoder_batch", "encode_ahead", "encoder_batch_for"]
+def iter_read_ahead(predictor: ClipSamPredictor, number: int, count: int, read: Callable[[int], np.ndarray],
+                    concept: str | None, options, kept: dict, what: str) -> Job[np.ndarray]:
+    """Item ``number`` of ``count`` (tiles, planes) as ``read(number)`` gives it, encoded ahead in groups.
+
+    At the first item of each group of ``options.encoder_batch`` items, the group is read
+    into ``kept`` and encoded together (:func:`encode_ahead`), with a progress event; each
+    item is then taken from ``kept``. With a batch of 1 it is just ``read(number)``.
+    """
+    batch = encoder_batch_for(predictor, options.encoder_batch)
+    if batch > 1 and number % batch == 0:
+        group = range(number, min(count, number + batch))
+        yield Progress(f"{what} {number + 1}-{group[-1] + 1}/{count}: encoding together", number, count)
+        kept.update({item: read(item) for item in group})
+        encode_ahead(predictor, [kept[item] for item in group], concept, options.channel)
+    return kept.pop(number) if number in kept else read(number)
+
+
+__all__ = ["AUTO_BATCH", "check_encoder_batch", "encode_ahead", "encoder_batch_for", "iter_read_ahead"]

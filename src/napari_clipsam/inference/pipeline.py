@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._jobs import Job, Progress, relay, run
-from .encode_ahead import check_encoder_batch
+from .encode_ahead import check_encoder_batch, iter_read_ahead
 from .image import MAX_CHANNELS
 from .instances import iter_refine_instances, masks_to_instances, remove_small_labels
 from .linking import link_in_place, link_to_previous
@@ -58,8 +58,8 @@ class SegmentOptions:
             along the last leading axis, and in a (T, Z, Y, X) stack each time point's 3-D
             objects continue the previous time point's; False: every object of every plane
             its own label.
-        encoder_batch: tiles per encoder call (``inference/encode_ahead.py``): ``"auto"`` is 8
-            on CUDA, where a batch costs far less per image, and 1 elsewhere.
+        encoder_batch: tiles, or planes of a stack, per encoder call (``inference/encode_ahead.py``):
+            ``"auto"`` is 8 on CUDA, where a batch costs far less per image, and 1 elsewhere.
     """
 
     instances: bool = False
@@ -229,6 +229,7 @@ def iter_segment_stack(
     tiling = tiling_for(predictor, spatial, options)
     next_label, previous, previous_index = 1, None, None
     volume_first_label, previous_volume = 1, None
+    kept: dict[int, np.ndarray] = {}  # planes read ahead to go through the encoders together
     for number, index in enumerate(planes):
         prefix = f"plane {number + 1}/{len(planes)}: " if leading else ""
 
@@ -237,7 +238,9 @@ def iter_segment_stack(
 
         linked = options.instances and options.link_planes and previous is not None and index[:-1] == previous_index[:-1]
         if tiling is None:
-            job = iter_segment(predictor, np.asarray(stack[index]), concept, points, point_labels, box, options)
+            image = yield from iter_read_ahead(predictor, number, len(planes), lambda i: np.asarray(stack[planes[i]]),
+                                               concept, options, kept, "planes")
+            job = iter_segment(predictor, image, concept, points, point_labels, box, options)
             plane = (yield from relay(job, rename)).labels
             if options.instances:
                 plane, next_label = link_to_previous(plane, previous if linked else None, next_label)
@@ -345,7 +348,7 @@ def segment(
         link_planes: with ``instances`` in a stack, one label per 3-D object (linked by
             overlap between consecutive planes, and between time points of a (T, Z, Y, X)
             stack); False: per object of each plane.
-        encoder_batch: tiles per encoder call ("auto": 8 on CUDA, 1 elsewhere).
+        encoder_batch: tiles or planes per encoder call ("auto": 8 on CUDA, 1 elsewhere).
 
     Returns:
         int32 labels of the image's spatial shape (``out`` when given): 0 background, 1 the

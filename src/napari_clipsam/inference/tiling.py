@@ -231,7 +231,7 @@ def iter_segment_tiled(
     Returns:
         (the labels: ``out`` or a new (H, W) int32 array, the next unused label).
     """
-    from .encode_ahead import encode_ahead, encoder_batch_for
+    from .encode_ahead import iter_read_ahead
     from .pipeline import iter_segment
 
     shape = tuple(int(n) for n in image.shape[:2])
@@ -240,19 +240,14 @@ def iter_segment_tiled(
     if tuple(labels.shape) != shape:
         raise ValueError(f"out has shape {tuple(labels.shape)}; the image's planes are {shape}.")
     next_label = first_label
-    batch, read = encoder_batch_for(predictor, options.encoder_batch), {}
-    for tile in tiles:
-        if batch > 1 and tile.index % batch == 0:  # the next tiles through the encoders together
-            group = tiles[tile.index : tile.index + batch]
-            yield Progress(f"tiles {tile.index + 1}-{tile.index + len(group)}/{len(tiles)}: encoding together",
-                           tile.index, len(tiles))
-            read = {each.index: _read(image, each.outer) for each in group}
-            encode_ahead(predictor, list(read.values()), concept, options.channel)
+    kept: dict[int, np.ndarray] = {}
+    for number, tile in enumerate(tiles):
         r0, c0 = tile.origin
         shift = np.array([c0, r0], dtype=float)
         tile_points = None if points is None else np.asarray(points, float) - shift
         tile_box = None if box is None else np.asarray(box, float) - np.tile(shift, 2)
-        tile_image = read.pop(tile.index) if tile.index in read else _read(image, tile.outer)
+        tile_image = yield from iter_read_ahead(predictor, number, len(tiles), lambda i: _read(image, tiles[i].outer),
+                                                concept, options, kept, "tiles")
         job = iter_segment(predictor, tile_image, concept, tile_points, point_labels, tile_box, options)
         prefix = f"tile {tile.index + 1}/{len(tiles)}: "
         result = yield from relay(job, lambda event: Progress(prefix + event.stage, tile.index, len(tiles)))
