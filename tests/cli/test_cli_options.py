@@ -114,8 +114,8 @@ def test_tiling_flags_become_the_pipeline_options():
 @pytest.mark.parametrize(("flags", "words"), [
     (["--tile-shape", "0"], "--tile-shape must be pixels"), (["--tile-shape", "big"], "--tile-shape must be pixels"),
     (["--halo", "-4"], "--halo must be pixels"),
-    (["--encoder-batch", "0"], "give a number of tiles of 1 or more, or auto"),
-    (["--encoder-batch", "many"], "give a number of tiles of 1 or more, or auto"),
+    (["--encoder-batch", "0"], "give a number of tiles or planes of 1 or more, or auto"),
+    (["--encoder-batch", "many"], "give a number of tiles or planes of 1 or more, or auto"),
 ])
 def test_bad_tiling_flags_exit_2_naming_the_flag(flags, words, capsys):
     with pytest.raises(SystemExit) as exited:

@@ -119,7 +119,7 @@ def _encoder_batch(text: str):
     if text.strip().lower() == "auto":
         return "auto"
     if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"give a number of tiles of 1 or more, or auto; got {text!r}")
+        raise argparse.ArgumentTypeError(f"give a number of tiles or planes of 1 or more, or auto; got {text!r}")
     return int(text)
 
 

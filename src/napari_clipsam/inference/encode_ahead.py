@@ -7,11 +7,12 @@ stages (SAM input, CLIP features, similarity, encoder prefix and guided encoder)
 list of images with one call of each encoder, and leaves each image's features where
 the predictor keeps recent images: ``set_image`` of each then finds them and
 ``prepare`` has nothing left to do. The pipeline uses it for tiles and for the planes of
-a stack (``SegmentOptions.encoder_batch``, through :func:`iter_read_ahead`).
+a stack (``SegmentOptions.encoder_batch``, through :class:`ReadAhead`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
@@ -27,13 +28,10 @@ AUTO_BATCH = {"cuda": 8}
 
 
 def encoder_batch_for(predictor: ClipSamPredictor, encoder_batch) -> int:
-    """Images per encoder call: ``encoder_batch``, or for "auto" 8 on CUDA and 1 elsewhere.
-
-    At most one more than the images the predictor keeps besides its current one.
-    """
+    """Images per encoder call: ``encoder_batch``, or for "auto" 8 on CUDA and 1 elsewhere."""
     if encoder_batch == "auto":
         encoder_batch = AUTO_BATCH.get(predictor.model.device.type, 1)
-    return max(1, min(int(encoder_batch), predictor._recent.size + 1))
+    return max(1, int(encoder_batch))
 
 
 def check_encoder_batch(encoder_batch) -> None:
@@ -49,62 +47,93 @@ def encode_ahead(predictor: ClipSamPredictor, images: Sequence, concept: str | N
     """Compute the features of ``images`` for ``concept`` in one pass of each encoder.
 
     Images whose features the predictor already keeps (in memory or in its embedding
-    store) are left out. Afterwards the predictor's current image is the last one
-    encoded, its concept ``concept``; the others wait among its recent images (at most
-    ``images_kept`` of them: pass no more than :func:`encoder_batch_for` allows).
-    Returns how many images were encoded.
+    store) are left out, and an image given twice (two blank tiles) is encoded once.
+    Afterwards the predictor's current image is the last one encoded, its concept
+    ``concept``; the others wait among its recent images, whose number is raised to hold
+    them if it is smaller (:class:`ReadAhead` puts it back). Returns how many images were
+    encoded. Should an encoder fail, nothing is kept of the batch and the predictor's
+    current image is the last one given, still to prepare.
     """
     import torch
 
-    model = predictor.model
+    model, recent = predictor.model, predictor._recent
     with predictor, torch.no_grad():
+        recent.size = max(recent.size, len(images) - 1)  # room for the whole group: none pushes another out
         predictor.set_concept(concept)
         concept = predictor.concept
-        pending = []
+        pending: dict[str, np.ndarray] = {}  # by the predictor's digest of each image
         for image in images:
             rgb = to_rgb_uint8(image, channel=channel)
             predictor.set_image(rgb)
-            if predictor.pending_stages():
-                pending.append(rgb)
+            # Only SAM's input left (features from the store): the predictor's own cheap stage.
+            if set(predictor.pending_stages()) - {predictor.STAGE_IMAGE}:
+                pending[predictor._image_key] = rgb
         if len(pending) < 2:
             return 0  # nothing to share: the predictor's own stages do the one left
+        pending_images = list(pending.values())
         with model.at_resolution(predictor.image_size):
-            inputs = [model.sam_input(rgb) for rgb in pending]
+            inputs = [model.sam_input(rgb) for rgb in pending_images]
             prefix = model.encoder_prefix(torch.cat([sam_input for sam_input, _ in inputs]))
             conditioning = patches = similarity = None
             if concept is not None:
-                _, patches = model.clip_features(torch.cat([model.clip_input(rgb) for rgb in pending]))
+                _, patches = model.clip_features(torch.cat([model.clip_input(rgb) for rgb in pending_images]))
                 text = model.text_embedding(concept)
                 similarity = model.similarity(patches, text)  # per image, as one by one
                 conditioning = model.conditioning(text, patches, similarity)
             embeddings = model.encoder_suffix(prefix, conditioning)
-        for index, rgb in enumerate(pending):
+        for index, rgb in enumerate(pending_images):
             predictor.set_image(rgb)  # the one before goes to the recent images, with its features
-            one = slice(index, index + 1)
+            one = functools.partial(_one, index=index)
             predictor._sam_input, predictor.input_size = inputs[index]
-            predictor._prefix = prefix[one]
-            predictor._embeddings[concept] = embeddings[one]
+            predictor._prefix = one(prefix)
+            predictor._embeddings[concept] = one(embeddings)
             if concept is not None:
-                predictor._clip_patches, predictor._similarity[concept] = patches[one], similarity[one]
-            predictor._recent.persist(predictor, predictor._image_key)
+                predictor._clip_patches, predictor._similarity[concept] = one(patches), one(similarity)
+            recent.persist(predictor, predictor._image_key)
         return len(pending)
 
 
-def iter_read_ahead(predictor: ClipSamPredictor, number: int, count: int, read: Callable[[int], np.ndarray],
-                    concept: str | None, options, kept: dict, what: str) -> Job[np.ndarray]:
-    """Item ``number`` of ``count`` (tiles, planes) as ``read(number)`` gives it, encoded ahead in groups.
+def _one(batched, index: int):
+    """Image ``index`` of a batch, (1, ...), in memory of its own: a view would hold the whole batch's."""
+    return batched[index : index + 1].clone()
 
-    At the first item of each group of ``options.encoder_batch`` items, the group is read
-    into ``kept`` and encoded together (:func:`encode_ahead`), with a progress event; each
-    item is then taken from ``kept``. With a batch of 1 it is just ``read(number)``.
+
+class ReadAhead:
+    """Items of a loop (tiles, planes) read a group at a time and sent through the encoders together.
+
+    ``image = yield from ahead.iter_item(number)`` in a ``with ReadAhead(...) as ahead:``
+    block gives item ``number`` as ``read(number)`` does. At the first item of each group of
+    ``options.encoder_batch``, it reads the group and encodes it (:func:`encode_ahead`),
+    after a progress event (a Cancel there stops before the encoders); the predictor then
+    finds each item's features when it is set. Leaving the block (its end, an error, a
+    closed job) gives the predictor back its own number of recent images. With a batch of
+    1, or a last group of one, an item is just ``read(number)``.
     """
-    batch = encoder_batch_for(predictor, options.encoder_batch)
-    if batch > 1 and number % batch == 0:
-        group = range(number, min(count, number + batch))
-        yield Progress(f"{what} {number + 1}-{group[-1] + 1}/{count}: encoding together", number, count)
-        kept.update({item: read(item) for item in group})
-        encode_ahead(predictor, [kept[item] for item in group], concept, options.channel)
-    return kept.pop(number) if number in kept else read(number)
+
+    def __init__(self, predictor: ClipSamPredictor, read: Callable[[int], np.ndarray], count: int,
+                 concept: str | None, options, what: str) -> None:
+        self.predictor, self.read, self.count = predictor, read, count
+        self.concept, self.channel, self.what = concept, options.channel, what
+        self.batch = encoder_batch_for(predictor, options.encoder_batch)
+        self._kept: dict[int, np.ndarray] = {}
+
+    def __enter__(self) -> ReadAhead:
+        self._images_kept = self.predictor._recent.size
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._kept.clear()
+        with self.predictor:
+            self.predictor._recent.size = self._images_kept
+
+    def iter_item(self, number: int) -> Job[np.ndarray]:
+        group = range(number, min(self.count, number + self.batch))
+        if number % self.batch == 0 and len(group) > 1:
+            yield Progress(f"{self.what} {number + 1}-{group[-1] + 1}/{self.count}: encoding together",
+                           number, self.count)
+            self._kept = {item: self.read(item) for item in group}
+            encode_ahead(self.predictor, list(self._kept.values()), self.concept, self.channel)
+        return self._kept.pop(number) if number in self._kept else self.read(number)
 
 
-__all__ = ["AUTO_BATCH", "check_encoder_batch", "encode_ahead", "encoder_batch_for", "iter_read_ahead"]
+__all__ = ["AUTO_BATCH", "ReadAhead", "check_encoder_batch", "encode_ahead", "encoder_batch_for"]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._jobs import Job, Progress, relay, run
-from .encode_ahead import check_encoder_batch, iter_read_ahead
+from .encode_ahead import ReadAhead, check_encoder_batch
 from .image import MAX_CHANNELS
 from .instances import iter_refine_instances, masks_to_instances, remove_small_labels
 from .linking import link_in_place, link_to_previous
@@ -229,39 +229,44 @@ def iter_segment_stack(
     tiling = tiling_for(predictor, spatial, options)
     next_label, previous, previous_index = 1, None, None
     volume_first_label, previous_volume = 1, None
-    kept: dict[int, np.ndarray] = {}  # planes read ahead to go through the encoders together
-    for number, index in enumerate(planes):
-        prefix = f"plane {number + 1}/{len(planes)}: " if leading else ""
 
-        def rename(event, number=number, prefix=prefix):
-            return Progress(f"{prefix}{event.stage}", number, len(planes)) if leading else event
+    def read(number: int) -> np.ndarray:
+        return np.asarray(stack[planes[number]])
 
-        linked = options.instances and options.link_planes and previous is not None and index[:-1] == previous_index[:-1]
-        if tiling is None:
-            image = yield from iter_read_ahead(predictor, number, len(planes), lambda i: np.asarray(stack[planes[i]]),
-                                               concept, options, kept, "planes")
-            job = iter_segment(predictor, image, concept, points, point_labels, box, options)
-            plane = (yield from relay(job, rename)).labels
+    # Tiled planes are read tile by tile, their tiles encoded ahead instead (iter_segment_tiled).
+    with ReadAhead(predictor, read, len(planes) if tiling is None else 0, concept, options, "planes") as ahead:
+        for number, index in enumerate(planes):
+            prefix = f"plane {number + 1}/{len(planes)}: " if leading else ""
+
+            def rename(event, number=number, prefix=prefix):
+                return Progress(f"{prefix}{event.stage}", number, len(planes)) if leading else event
+
+            linked = (options.instances and options.link_planes and previous is not None
+                      and index[:-1] == previous_index[:-1])
+            if tiling is None:
+                image = yield from ahead.iter_item(number)
+                job = iter_segment(predictor, image, concept, points, point_labels, box, options)
+                plane = (yield from relay(job, rename)).labels
+                if options.instances:
+                    plane, next_label = link_to_previous(plane, previous if linked else None, next_label)
+                labels[index] = plane
+            else:
+                # Written tile by tile into the labels' plane, never held whole (a zarr ``out``).
+                plane = _PlaneView(labels, index)
+                job = iter_segment_tiled(predictor, _PlaneView(stack, index), concept, points, point_labels, box,
+                                         options, tiling, out=plane, first_label=next_label)
+                _, after = yield from relay(job, rename)
+                if options.instances:
+                    next_label = link_in_place(plane, previous, next_label) if linked else after
             if options.instances:
-                plane, next_label = link_to_previous(plane, previous if linked else None, next_label)
-            labels[index] = plane
-        else:
-            # Written tile by tile into the labels' plane, never held whole (a zarr ``out``).
-            plane = _PlaneView(labels, index)
-            job = iter_segment_tiled(predictor, _PlaneView(stack, index), concept, points, point_labels, box,
-                                     options, tiling, out=plane, first_label=next_label)
-            _, after = yield from relay(job, rename)
-            if options.instances:
-                next_label = link_in_place(plane, previous, next_label) if linked else after
-        if options.instances:
-            previous, previous_index = plane, index
-        volume_done = number + 1 == len(planes) or planes[number + 1][:-1] != index[:-1]
-        if options.instances and options.link_planes and len(leading) >= 2 and volume_done:
-            # A (T, Z, Y, X) stack: each time point's 3-D objects continue the previous time point's.
-            volume = _PlaneView(labels, index[:-1])
-            if previous_volume is not None and previous_volume[:-1] == index[:-2]:
-                next_label = link_in_place(volume, _PlaneView(labels, previous_volume), volume_first_label, rows=1)
-            volume_first_label, previous_volume = next_label, index[:-1]
+                previous, previous_index = plane, index
+            volume_done = number + 1 == len(planes) or planes[number + 1][:-1] != index[:-1]
+            if options.instances and options.link_planes and len(leading) >= 2 and volume_done:
+                # A (T, Z, Y, X) stack: each time point's 3-D objects continue the previous time point's.
+                volume = _PlaneView(labels, index[:-1])
+                if previous_volume is not None and previous_volume[:-1] == index[:-2]:
+                    next_label = link_in_place(volume, _PlaneView(labels, previous_volume), volume_first_label, rows=1)
+                volume_first_label, previous_volume = next_label, index[:-1]
     return labels
 
 

@@ -231,7 +231,7 @@ def iter_segment_tiled(
     Returns:
         (the labels: ``out`` or a new (H, W) int32 array, the next unused label).
     """
-    from .encode_ahead import iter_read_ahead
+    from .encode_ahead import ReadAhead
     from .pipeline import iter_segment
 
     shape = tuple(int(n) for n in image.shape[:2])
@@ -240,21 +240,21 @@ def iter_segment_tiled(
     if tuple(labels.shape) != shape:
         raise ValueError(f"out has shape {tuple(labels.shape)}; the image's planes are {shape}.")
     next_label = first_label
-    kept: dict[int, np.ndarray] = {}
-    for number, tile in enumerate(tiles):
-        r0, c0 = tile.origin
-        shift = np.array([c0, r0], dtype=float)
-        tile_points = None if points is None else np.asarray(points, float) - shift
-        tile_box = None if box is None else np.asarray(box, float) - np.tile(shift, 2)
-        tile_image = yield from iter_read_ahead(predictor, number, len(tiles), lambda i: _read(image, tiles[i].outer),
-                                                concept, options, kept, "tiles")
-        job = iter_segment(predictor, tile_image, concept, tile_points, point_labels, tile_box, options)
-        prefix = f"tile {tile.index + 1}/{len(tiles)}: "
-        result = yield from relay(job, lambda event: Progress(prefix + event.stage, tile.index, len(tiles)))
-        if options.instances:
-            next_label = _stitch_objects(labels, tile, result.labels, next_label, options.min_area)
-        else:
-            labels[tile.inner] = result.labels[tile.core]
+    with ReadAhead(predictor, lambda number: _read(image, tiles[number].outer), len(tiles), concept, options,
+                   "tiles") as ahead:
+        for number, tile in enumerate(tiles):
+            r0, c0 = tile.origin
+            shift = np.array([c0, r0], dtype=float)
+            tile_points = None if points is None else np.asarray(points, float) - shift
+            tile_box = None if box is None else np.asarray(box, float) - np.tile(shift, 2)
+            tile_image = yield from ahead.iter_item(number)
+            job = iter_segment(predictor, tile_image, concept, tile_points, point_labels, tile_box, options)
+            prefix = f"tile {tile.index + 1}/{len(tiles)}: "
+            result = yield from relay(job, lambda event: Progress(prefix + event.stage, tile.index, len(tiles)))
+            if options.instances:
+                next_label = _stitch_objects(labels, tile, result.labels, next_label, options.min_area)
+            else:
+                labels[tile.inner] = result.labels[tile.core]
     return labels, next_label
 
 
