@@ -94,19 +94,24 @@ def prepare_image(model: ClipSamModel, embedding: torch.Tensor, mask_prompt: tor
             dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         else:
             dense = encoder.mask_downscaling(mask_prompt)
-    first = model.sam.mask_decoder.transformer.layers[0]
     keys = (embedding + dense).flatten(2).transpose(1, 2).contiguous()
     position = position.flatten(2).transpose(1, 2).contiguous()
-    with_position = keys + position
-    to_image, to_tokens = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+    token_keys, token_values, image_queries = _image_side(model.sam.mask_decoder.transformer.layers[0], keys, position)
     return DecoderImage(
-        keys=keys, position=position,
-        token_keys=_heads(to_image.k_proj, with_position, to_image.num_heads),
-        token_values=_heads(to_image.v_proj, keys, to_image.num_heads),
-        image_queries=_heads(to_tokens.q_proj, with_position, to_tokens.num_heads),
+        keys=keys, position=position, token_keys=token_keys, token_values=token_values, image_queries=image_queries,
         grid=tuple(embedding.shape[-2:]), source=_source(model, embedding, mask_prompt),
         inputs=(embedding, mask_prompt),
     )
+
+
+def _image_side(layer: nn.Module, keys: torch.Tensor, key_pe: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A two-way layer's projections of the image tokens, computed before the tokens change them:
+    keys and values for the tokens' attention to the image, queries for the image's attention to the tokens."""
+    to_image, to_tokens = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    with_position = keys + key_pe
+    return (_heads(to_image.k_proj, with_position, to_image.num_heads),
+            _heads(to_image.v_proj, keys, to_image.num_heads),
+            _heads(to_tokens.q_proj, with_position, to_tokens.num_heads))
 
 
 def _attend(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -143,13 +148,7 @@ def _two_way_layer(layer: nn.Module, queries, keys, query_pe, key_pe, first: tup
 
     to_image, to_tokens = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
     q = queries + query_pe
-    if first is None:
-        with_position = keys + key_pe
-        token_keys = _heads(to_image.k_proj, with_position, to_image.num_heads)
-        token_values = _heads(to_image.v_proj, keys, to_image.num_heads)
-        image_queries = _heads(to_tokens.q_proj, with_position, to_tokens.num_heads)
-    else:
-        token_keys, token_values, image_queries = first
+    token_keys, token_values, image_queries = _image_side(layer, keys, key_pe) if first is None else first
     queries = layer.norm2(queries + _attend(to_image, _heads(to_image.q_proj, q, to_image.num_heads),
                                             token_keys, token_values))
     queries = layer.norm3(queries + layer.mlp(queries))
@@ -176,8 +175,6 @@ def run_decoder(decoder: nn.Module, tokens: torch.Tensor, keys: torch.Tensor, po
     final = transformer.final_attn_token_to_image
     out = _project_and_attend(final, queries + tokens, keys + position, keys)
     hidden = transformer.norm_final_attn(queries + out)
-    if keys.shape[0] != hidden.shape[0]:  # no layer: the image was never made per prompt
-        keys = keys.expand(hidden.shape[0], -1, -1)
     return masks_and_scores(decoder, hidden, keys, grid, multimask_output)
 
 
@@ -227,9 +224,6 @@ class PreparedDecoder:
 
     def __init__(self) -> None:
         self._image: DecoderImage | None = None
-
-    def forget(self) -> None:
-        self._image = None
 
     def decode(self, model: ClipSamModel, embedding: torch.Tensor, points, boxes, mask_prompt: torch.Tensor | None,
                multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
