@@ -12,7 +12,6 @@ a stack (``SegmentOptions.encoder_batch``, through :class:`ReadAhead`).
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
@@ -83,12 +82,11 @@ def encode_ahead(predictor: ClipSamPredictor, images: Sequence, concept: str | N
             embeddings = model.encoder_suffix(prefix, conditioning)
         for index, rgb in enumerate(pending_images):
             predictor.set_image(rgb)  # the one before goes to the recent images, with its features
-            one = functools.partial(_one, index=index)
             predictor._sam_input, predictor.input_size = inputs[index]
-            predictor._prefix = one(prefix)
-            predictor._embeddings[concept] = one(embeddings)
+            predictor._prefix = _one(prefix, index)
+            predictor._embeddings[concept] = _one(embeddings, index)
             if concept is not None:
-                predictor._clip_patches, predictor._similarity[concept] = one(patches), one(similarity)
+                predictor._clip_patches, predictor._similarity[concept] = _one(patches, index), _one(similarity, index)
             recent.persist(predictor, predictor._image_key)
         return len(pending)
 
