@@ -210,9 +210,13 @@ def decode_prepared(model: ClipSamModel, image: DecoderImage, points, boxes, mul
     decoder = model.sam.mask_decoder
     with sized_prompt_encoder(model) as encoder:
         sparse, _ = encoder(points=points, boxes=boxes, masks=None)
+    return runner(decoder, prompt_tokens(decoder, sparse), *image.tensors(), image.grid, multimask_output)
+
+
+def prompt_tokens(decoder: nn.Module, sparse: torch.Tensor) -> torch.Tensor:
+    """The transformer's tokens (B, T, C): SAM's IoU and mask tokens, then the prompts' sparse embeddings (B, N, C)."""
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat([output_tokens.expand(sparse.shape[0], -1, -1), sparse], dim=1)
-    return runner(decoder, tokens, *image.tensors(), image.grid, multimask_output)
+    return torch.cat([output_tokens.expand(sparse.shape[0], -1, -1), sparse], dim=1)
 
 
 class PreparedDecoder:

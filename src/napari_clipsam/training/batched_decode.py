@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from ..model.clipsam import ClipSamModel
-from ..model.decoder import masks_and_scores
+from ..model.decoder import masks_and_scores, prompt_tokens
 from ..model.prompt_encoder import sized_prompt_encoder
 
 PointPrompt = tuple[torch.Tensor, torch.Tensor]  # coords (1, N, 2) XY, labels (1, N): to_sam_frame's batch of one
@@ -50,7 +50,6 @@ def decode_batch(
                          f"{len(boxes)} boxes and {len(mask_prompts)} mask prompts.")
     layouts, dense, position = _embed_prompts(model, points, boxes, mask_prompts, count, embeddings.device)
     decoder = model.sam.mask_decoder
-    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     source = embeddings + dense
 
     by_length: dict[int, list[tuple[list[int], torch.Tensor]]] = {}
@@ -60,7 +59,7 @@ def decode_batch(
     for length, groups in sorted(by_length.items()):
         members = [i for group_members, _ in groups for i in group_members]
         sparse = torch.cat([group_sparse for _, group_sparse in groups])
-        tokens = torch.cat([output_tokens.expand(len(members), -1, -1), sparse], dim=1)
+        tokens = prompt_tokens(decoder, sparse)
         group = source[_sent(torch.tensor(members), source.device)] if len(members) < count else source
         tokens_out, image_out = decoder.transformer(group, position.expand(len(members), -1, -1, -1), tokens)
         token_outputs.append(tokens_out[:, : 1 + decoder.num_mask_tokens])  # the output tokens, same count for all
