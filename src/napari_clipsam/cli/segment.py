@@ -17,7 +17,7 @@ from .common import check_outputs, job_progress, load_model, model_arguments
 # The pipeline's INSTANCE_METHODS, spelled out: importing the pipeline (scipy) would slow
 # every command's start, --help included (a test keeps the two equal).
 INSTANCE_METHODS = ("seeds", "components")
-DEFAULT_SCORE_THRESHOLD = 0.2  # inference.seeds.DEFAULT_SCORE_THRESHOLD (a test keeps the two equal)
+DEFAULT_SCORE_THRESHOLD = 0.1  # inference.seeds.DEFAULT_SCORE_THRESHOLD (a test keeps the two equal)
 
 
 def add_parser(commands, parents) -> None:

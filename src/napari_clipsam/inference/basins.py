@@ -1,0 +1,225 @@
+"""A concept's mask into objects: seeds where objects are, basins where touching objects meet.
+
+Seeds are the peaks of the mask's distance transform (:func:`find_seeds`). Each seed owns a basin: the part of the concept's mask that the watershed of its distance
+transform gives that seed (touching round objects meet where the mask narrows). SAM's
+masks of the seeds say which seeds are one object: a seed whose mask repeats a better
+one (IoU >= ``DUPLICATE_IOU``, as SAM's automatic mask generator drops repeated masks)
+joins that object, so an elongated or irregular object with several seeds stays whole.
+Each pixel of the concept's mask then goes to the one object whose masks cover it; where
+several objects' masks overlap, or none covers it, to the object owning its basin.
+
+So a decoder that returns each object exactly gives exactly the objects, and one whose
+masks spread into their neighbours (a small or little-trained model) still parts touching
+objects along the mask's narrowing. Measured on 8 generated "nuclei" scenes (674 nuclei,
+most touching), instance F1 at IoU 0.5 with the demo model's text-only mask: clicks painted
+best first 0.43; basins joined by masks 0.70; with a true concept mask 0.49 and 0.96.
+
+The seeds' masks come from SAM (:mod:`.seeds` decodes each seed as a click); here they
+are crops: ``(y0, x0, bool crop)`` of a (H, W) mask (:func:`crop_mask`), or None.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+
+# Two seeds' masks this alike are one object's (the IoU SAM's automatic mask generator
+# removes duplicates at is 0.7; 0.8 merged fewer neighbours of the demo model's spreading masks).
+DUPLICATE_IOU = 0.8
+
+# (y0, x0, crop): a mask as its bounding box's top-left corner and the bool crop there.
+Crop = tuple[int, int, np.ndarray]
+
+# Seeds closer than this part of the diameter, in one connected region, are one object's.
+# On generated nuclei (true masks, a perfect decoder) spacings of 0.5, 0.35 and 0.25
+# found 80, 94 and 97 % of the objects, with 0.8, 0.95 and 1.0 seeds per object.
+SEED_SPACING = 0.25
+# Peaks lower than this part of the expected radius lie on thin bridges and edges.
+_MIN_PEAK = 0.2
+
+
+def distance_to_background(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each mask pixel to the nearest background pixel; the border counts as background."""
+    # Padding: an object cut by the border gets its seed inside the part that is seen.
+    return ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+
+
+def check_mask(mask) -> np.ndarray:
+    """``mask`` as a (H, W) bool array; other shapes refused."""
+    mask = np.asarray(mask).astype(bool)
+    if mask.ndim != 2:
+        raise ValueError(f"The mask must be 2-D (H, W), got shape {mask.shape}.")
+    return mask
+
+
+def estimate_diameter(mask) -> float:
+    """The typical object diameter in pixels in a (H, W) bool mask; 0.0 for an empty mask.
+
+    Twice the median height of the distance transform's peaks: each object, touching
+    others or not, has a peak at its centre as high as its inscribed radius.
+    """
+    mask = check_mask(mask)
+    if not mask.any():
+        return 0.0
+    distance = distance_to_background(mask)
+    # Peaks are found on a lightly smoothed copy: ragged outlines make flat, low ridges
+    # whose every pixel would otherwise count as a peak.
+    smooth = ndimage.gaussian_filter(distance, 1.0)
+    peaks = (smooth == ndimage.maximum_filter(smooth, size=3)) & mask & (distance >= 1)
+    heights = distance[peaks] if peaks.any() else distance[mask]
+    return float(2 * np.median(heights))
+
+
+def find_seeds(mask, diameter: float | None = None) -> np.ndarray:
+    """Seeds for the objects in a (H, W) bool mask: (N, 2) XY float64 pixels, in raster order.
+
+    Seeds are the peaks of the distance transform, at least ``diameter / 4`` apart within
+    a connected region, and every region has at least one (its deepest pixel). More
+    seeds than objects is harmless (a mask that repeats a better one is dropped when
+    overlaps are resolved); a missing seed is a missing object, hence the close spacing:
+    a small object touching a large one has its peak less than half a diameter away.
+
+    Args:
+        diameter: expected object diameter in pixels; None: :func:`estimate_diameter`.
+    """
+    mask = check_mask(mask)
+    if not mask.any():
+        return np.zeros((0, 2), dtype=np.float64)
+    if diameter is None:
+        diameter = estimate_diameter(mask)
+    if not (np.isfinite(diameter) and diameter > 0):
+        raise ValueError(f"diameter must be a positive number of pixels, got {diameter}.")
+    # Not smoothed: on generated nuclei smoothing by a tenth of the diameter lost 3 to 8 %
+    # of the objects (a small object's peak merges into its large neighbour's).
+    distance = distance_to_background(mask)
+    spacing = max(SEED_SPACING * diameter, 1.0)
+    # A square window keeps the filter separable (fast for large diameters); the
+    # greedy pass below enforces the round spacing.
+    window = 2 * int(np.ceil(spacing)) + 1
+    peaks = (distance == ndimage.maximum_filter(distance, size=window)) & mask
+    peaks &= distance >= _MIN_PEAK * diameter / 2
+    regions, count = ndimage.label(mask)
+    rows, cols = np.nonzero(peaks)
+    order = np.argsort(-distance[rows, cols], kind="stable")  # highest first; ties in raster order
+    kept: dict[int, list[tuple[int, int]]] = {}
+    for row, col in zip(rows[order], cols[order]):
+        others = kept.setdefault(int(regions[row, col]), [])
+        if all((row - r) ** 2 + (col - c) ** 2 >= spacing**2 for r, c in others):
+            others.append((int(row), int(col)))
+    # Every region gets an object, however small or thin.
+    deepest = ndimage.maximum_position(distance, regions, np.arange(1, count + 1))
+    for region, (row, col) in enumerate(deepest, start=1):
+        if not kept.get(region):
+            kept[region] = [(int(row), int(col))]
+    seeds = sorted(point for points in kept.values() for point in points)
+    return np.array([[col, row] for row, col in seeds], dtype=np.float64).reshape(-1, 2)
+
+
+def crop_mask(mask: np.ndarray) -> Crop | None:
+    """A (H, W) bool mask as (y0, x0, crop of its bounding box); None when empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    return int(y0), int(x0), mask[y0:y1, x0:x1].copy()
+
+
+
+
+def seed_basins(mask: np.ndarray, seeds: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """(H, W) int32: 1 + the index of the seed whose watershed basin holds the pixel, 0 outside ``mask``.
+
+    ``seeds`` (N, 2) XY pixels inside ``mask``; ``distance`` its distance transform.
+    Parts of the mask with no seed are 0.
+    """
+    from skimage.segmentation import watershed  # a heavy import, needed only here
+
+    markers = np.zeros(mask.shape, dtype=np.int32)
+    cols, rows = np.round(seeds).astype(np.int64).T
+    markers[rows, cols] = np.arange(1, len(seeds) + 1, dtype=np.int32)
+    markers[~mask] = 0
+    return watershed(-distance, markers, mask=mask).astype(np.int32, copy=False)
+
+
+def _box(crop: Crop) -> tuple[int, int, int, int]:
+    y0, x0, pixels = crop
+    return y0, x0, y0 + pixels.shape[0], x0 + pixels.shape[1]
+
+
+def crop_iou(first: Crop, second: Crop) -> float:
+    """IoU of two cropped masks of one image."""
+    (ay0, ax0, ay1, ax1), (by0, bx0, by1, bx1) = _box(first), _box(second)
+    y0, x0, y1, x1 = max(ay0, by0), max(ax0, bx0), min(ay1, by1), min(ax1, bx1)
+    if y0 >= y1 or x0 >= x1:
+        return 0.0
+    a = first[2][y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0]
+    b = second[2][y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
+    both = int(np.count_nonzero(a & b))
+    return both / (int(first[2].sum()) + int(second[2].sum()) - both) if both else 0.0
+
+
+def group_seeds(crops: list[Optional[Crop]], scores: np.ndarray, score_threshold: float,
+                duplicate_iou: float = DUPLICATE_IOU) -> np.ndarray:
+    """(N,) int32: each seed's object, 1.. in order of score (best first), 0 for none.
+
+    Best score first, a seed whose mask scores at least ``score_threshold`` and is not
+    yet taken starts an object; every untaken seed whose mask repeats its mask joins it,
+    whatever its own score. Seeds without a mask (None) belong to no object.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    owner = np.zeros(len(crops), dtype=np.int32)
+    boxes = np.array([_box(crop) if crop is not None else (0, 0, 0, 0) for crop in crops], dtype=np.int64).reshape(-1, 4)
+    has_mask = np.array([crop is not None for crop in crops], dtype=bool)
+    count = 0
+    for k in np.argsort(-scores, kind="stable"):
+        if owner[k] or not has_mask[k] or scores[k] < score_threshold:
+            continue
+        count += 1
+        owner[k] = count
+        y0, x0, y1, x1 = boxes[k]
+        near = np.flatnonzero(has_mask & (owner == 0) & (boxes[:, 0] < y1) & (boxes[:, 2] > y0)
+                              & (boxes[:, 1] < x1) & (boxes[:, 3] > x0))
+        for j in near:
+            if crop_iou(crops[k], crops[j]) >= duplicate_iou:
+                owner[j] = count
+    return owner
+
+
+def assemble(mask: np.ndarray, basins: np.ndarray, crops: list[Optional[Crop]], owner: np.ndarray,
+             min_area: int = 0) -> np.ndarray:
+    """(H, W) int32 labels 1..M (in the objects' order) from the seeds' objects (:func:`group_seeds`).
+
+    A pixel of ``mask`` covered by the masks of exactly one object is that object's;
+    one covered by several objects' masks, or by none, is the object owning its basin.
+    Objects of fewer than ``min_area`` pixels are dropped.
+    """
+    owner = np.asarray(owner, dtype=np.int32)
+    objects = int(owner.max()) if len(owner) else 0
+    territory = np.concatenate([[0], owner])[basins]
+    covers = np.zeros(mask.shape, dtype=np.int32)  # how many objects' masks cover a pixel
+    first = np.zeros(mask.shape, dtype=np.int32)  # the one object, where only one does
+    for number in range(1, objects + 1):
+        members = [crops[k] for k in np.flatnonzero(owner == number)]
+        y0, x0 = min(c[0] for c in members), min(c[1] for c in members)
+        y1, x1 = max(_box(c)[2] for c in members), max(_box(c)[3] for c in members)
+        union = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        for cy, cx, pixels in members:
+            union[cy - y0 : cy - y0 + pixels.shape[0], cx - x0 : cx - x0 + pixels.shape[1]] |= pixels
+        covers[y0:y1, x0:x1] += union
+        first[y0:y1, x0:x1][union & (first[y0:y1, x0:x1] == 0)] = number
+    labels = np.where(covers == 1, first, territory)
+    labels[~mask] = 0
+    # Small objects out, the rest numbered 1..M keeping their order.
+    areas = ndimage.sum_labels(np.ones_like(labels), labels, np.arange(objects + 1)) if objects else np.zeros(1)
+    keep = (np.asarray(areas) >= max(min_area, 1)) & (np.arange(objects + 1) > 0)
+    renumber = np.zeros(objects + 1, dtype=np.int32)
+    renumber[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return renumber[labels]
+
+
+__all__ = [
+    "DUPLICATE_IOU", "SEED_SPACING", "assemble", "check_mask", "crop_iou", "crop_mask", "distance_to_background", "estimate_diameter",
+    "find_seeds", "group_seeds", "seed_basins",
+]
