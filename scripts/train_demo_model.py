@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=6e-4)
+    parser.add_argument("--similarity-weight", type=float, default=1.0,
+                        help="weight of the similarity map's loss beside the mask's")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this file of every weight (continue an earlier run) instead of random weights")
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         mode="both", steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
         weight_decay=1e-3, warmup_fraction=0.05, eval_every=max(1, args.steps // args.evaluations), patience=0, augment=True,
         gradient_checkpointing=False, image_size=256, seed=args.seed, train_base=True,
+        similarity_weight=args.similarity_weight,
     )
     concepts = sorted({sample.concept for sample in train_set if sample.mask.any()})
     command = "python scripts/train_demo_model.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -148,3 +148,20 @@ def test_absent_concepts_give_empty_samples_trained_and_scored_in_the_text_mode(
     empty = [(boxes, target) for present, boxes, target in seen if not present]
     assert empty and all(boxes is None and not target.any() for boxes, target in empty)  # text mode, nothing to find
     assert result.best.per_concept["spot"]["count"] == 1  # scored as text only: no object to click
+
+
+def test_the_similarity_maps_loss_is_weighted_as_configured():
+    image, labels = _touching_pair()
+    dataset = ConceptDataset.from_arrays([(image, labels, "thing")])
+    model = load_tiny()
+    losses = {}
+    for weight in (0.0, 1.0, 2.5):
+        # lr 0: the same weights, seed and prompts each time, so only the weighting differs.
+        config = TrainingConfig(mode="text", steps=1, augment=False, learning_rate=0.0, eval_every=1, patience=0,
+                                train_base=True, similarity_weight=weight, gradient_checkpointing=False)
+        losses[weight] = train(model, dataset, None, config).losses[0]
+    map_loss = losses[1.0] - losses[0.0]
+    assert map_loss > 1e-4  # a random map is far from the mask
+    assert losses[2.5] - losses[0.0] == pytest.approx(2.5 * map_loss, rel=1e-3)
+    with pytest.raises(ValueError, match="similarity_weight"):
+        TrainingConfig(similarity_weight=-1.0)

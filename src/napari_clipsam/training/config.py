@@ -45,6 +45,8 @@ class TrainingConfig:
             ``learning_rate``, and supervise the similarity map with the mask: training
             a model from scratch, as the demo model is (``napari_clipsam.synthetic``).
             Adapting pretrained weights leaves this off (the paper's setting).
+        similarity_weight: with ``train_base``, the weight of the similarity map's loss
+            beside the mask's (1: the two summed as they are).
     """
 
     mode: str = "text"
@@ -61,6 +63,7 @@ class TrainingConfig:
     image_size: int | None = None
     seed: int = 0
     train_base: bool = False
+    similarity_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -70,7 +73,7 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.patience < 0:
             raise ValueError(f"patience must be 0 (never stop early) or more, got {self.patience}.")
-        for name in ("learning_rate", "clip_learning_rate", "weight_decay"):
+        for name in ("learning_rate", "clip_learning_rate", "weight_decay", "similarity_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number, 0 or more, got {value}.")

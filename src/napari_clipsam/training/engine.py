@@ -327,7 +327,7 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
     logits, predicted_iou = decode_batch(model, embeddings, points, boxes, mask_prompts, False)
     loss = segmentation_loss(logits, predicted_iou, targets)["loss"]  # means over the batch: per sample, then mean
     if config.train_base:
-        loss = loss + similarity_loss(similarity, [view.mask for view in views]).mean()
+        loss = loss + config.similarity_weight * similarity_loss(similarity, [view.mask for view in views]).mean()
     if not bool(torch.isfinite(loss)):
         raise _NonFinite(f"the loss is {float(loss.detach())}")
     loss.backward()
