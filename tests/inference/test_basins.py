@@ -14,12 +14,7 @@ from napari_clipsam.inference.basins import (
     group_seeds,
     seed_basins,
 )
-
-YY, XX = np.mgrid[:80, :120]
-
-
-def disc(cy: float, cx: float, r: float) -> np.ndarray:
-    return (YY - cy) ** 2 + (XX - cx) ** 2 <= r * r
+from tests.inference.test_seeds import XX, YY, disc  # discs on a 96 x 128 grid
 
 
 def objects_from(mask: np.ndarray, seeds, masks, scores, threshold=0.0, min_area=0) -> np.ndarray:
