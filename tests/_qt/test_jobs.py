@@ -76,6 +76,40 @@ def test_the_status_ends_on_the_result_when_events_pile_up(qtbot, recorder):
     assert recorder.busy == [True, False]
 
 
+def test_thousands_of_piled_up_events_do_not_nest_the_progress_bar(qtbot, recorder, monkeypatch):
+    """A job yielding faster than the GUI shows (a loaded machine): each bar update processes the
+    next waiting event inside it, and once nested one handler per event until Python's recursion
+    limit (a RecursionError under CI's load). The bar is brought up to date by one handler at a time."""
+    from napari_clipsam._qt import jobs
+
+    depth, deepest = [0], [0]
+    set_done = jobs._set_done
+
+    def counting(bar, event):
+        depth[0] += 1
+        deepest[0] = max(deepest[0], depth[0])
+        try:
+            set_done(bar, event)
+        finally:
+            depth[0] -= 1
+
+    monkeypatch.setattr(jobs, "_set_done", counting)
+    count = 3000
+
+    def job():
+        for done in range(1, count + 1):
+            yield _Event(f"step {done}", done, count)
+        return "done"
+
+    runner = JobRunner(recorder.status, recorder.busy.append)
+    runner.start("Working", job, on_result=recorder.results.append)
+    _wait_for_the_worker_to_end()  # all 3000 events wait for the GUI thread
+    qtbot.waitUntil(lambda: not runner.busy, timeout=TIMEOUT_MS)
+    assert recorder.results == ["done"]
+    assert recorder.statuses[-1] == f"step {count}"
+    assert deepest[0] == 1
+
+
 def test_a_cancel_closes_the_job_in_its_worker_before_the_widget_hears_of_it(qtbot, recorder):
     """The job's clean-up (a training run removing its files) has run when the status is written."""
     started, cleaned = threading.Event(), []

@@ -77,6 +77,7 @@ class _Job:
     worker: Any = None
     progress: Any = None
     last_event: Any = None
+    showing: bool = False  # a handler is bringing the progress bar up to date
     ended: str = ""  # "returned", "stopped" or "failed" once the worker says so
     result: Any = None
 
@@ -186,13 +187,27 @@ class JobRunner:
         self._show_progress(record)
 
     def _show_progress(self, record: _Job) -> None:
-        """Bring the bar to the newest event; each step may run later handlers (processEvents)."""
-        bar = record.progress
-        steps = (_set_total, _set_done, _set_description)
-        for step in steps:
-            if record.progress is not bar or bar is None:
-                return  # the job ended meanwhile and closed its bar
-            step(bar, record.last_event)
+        """Bring the bar to the newest event; each step may run later handlers (processEvents).
+
+        One call at a time: a later event's handler, run inside a step, leaves the bar to
+        this call, which goes on until no newer event came. (Each handler updating the
+        bar itself nested one handler per waiting event, past Python's recursion limit
+        when a job yielded faster than the GUI showed.)
+        """
+        if record.showing:
+            return
+        record.showing = True
+        try:
+            shown = None
+            while record.last_event is not shown:
+                shown = record.last_event
+                for step in (_set_total, _set_done, _set_description):
+                    bar = record.progress
+                    if bar is None:
+                        return  # the job ended meanwhile and closed its bar
+                    step(bar, shown)
+        finally:
+            record.showing = False
 
     def _returned(self, record: _Job, value: Any) -> None:
         record.ended, record.result = ("stopped", None) if value is _STOPPED else ("returned", value)
