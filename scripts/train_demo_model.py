@@ -62,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop after this long; the output then holds the best state validated so far")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--save-last", type=Path, default=None,
+                        help="also write the state after the last step here (the output holds the best validated one)")
     args = parser.parse_args(argv)
 
+    if args.save_last is not None and args.save_last.exists() and not args.overwrite:
+        parser.error(f"{args.save_last} exists; give --overwrite to replace it, or another --save-last path.")
     import torch
 
     import napari_clipsam as nc
@@ -96,15 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         earlier = read_adapters_metadata(args.init).get("description", "")
         command = earlier.split("Made by: ")[-1].split(" (seed")[0] + ", then " + command.strip()
 
-    def save(step: int, iou: float) -> None:
-        """Write the model as it is now (the state just validated) with how it was made."""
+    def save(step: int, iou: float = float("nan"), path: Path | None = None) -> None:
+        """Write the model as it is now (the state just validated, or the last one to ``path``) with how it was made."""
         description = (
             "napari-clipsam DEMO model: small CLIP-guided SAM trained from scratch on generated microscopy-like "
             f"scenes (napari_clipsam.synthetic) for the concepts {', '.join(concepts)}. For trying the plugin "
             f"offline; it knows nothing of real microscopy images. Made by: {command.strip()} (seed {args.seed}, "
-            f"best validation step {step}, validation IoU {iou:.3f})."
+            + (f"best validation step {step}, validation IoU {iou:.3f})." if path is None else
+               f"the state after its last step, {step}).")
         )
-        model.save_adapters(args.output, concepts=concepts, replace=args.overwrite or saved, every_weight=True,
+        model.save_adapters(path or args.output, concepts=concepts,
+                            replace=args.overwrite or (saved if path is None else False), every_weight=True,
                             dtype=torch.float16,
                             extra_metadata={"training_mode": "both", "description": description})
 
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     deadline = started + args.max_minutes * 60 if args.max_minutes else None
     job = iter_train(model, train_set, val_set, config)
     for event in job:
+        if event.stage == "training" and event.step == event.total and args.save_last is not None:
+            save(event.step, path=args.save_last)  # before the run puts the best validated state back
         if event.stage == "training" and event.step % 25 == 0:
             now = time.perf_counter()
             print(f"step {event.step}/{event.total} loss {event.loss:.4f} lr {event.learning_rate:.2e} "
