@@ -9,7 +9,8 @@ from 2,000,000: training uses 0.. and validation 1,000,000..), prints:
   that A's text-only mask covers; the worst pair's mean (target <= 0.05);
 - touching nuclei, on the "nuclei" scenes (their touching fraction, >= 0.30, is printed):
   instance F1 at IoU 0.5 from text alone, seeds against connected components of the same
-  mask (targets: seeds >= 0.85, and >= components + 0.15);
+  mask (targets: seeds >= 0.85, and >= components + 0.15), and, with no target, the seeds
+  on the TRUE concept mask: the instance method alone, apart from the text mask's errors;
 - one positive click at the interior point (distance-transform maximum) of up to
   ``--clicks`` objects per concept per image: IoU with the object (target >= 0.8) and the
   part of the mask outside it (target < 0.10);
@@ -103,6 +104,8 @@ def coins_truth() -> tuple[np.ndarray, np.ndarray]:
 def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of: str | None) -> dict:
     """Every figure of one image; one predictor: the image is set once, then concepts and clicks."""
     import napari_clipsam as nc
+    from napari_clipsam._jobs import run
+    from napari_clipsam.inference.seeds import iter_mask_instances
     from napari_clipsam.training.metrics import click_quality, cross_overlap, match_instances, semantic_iou
 
     predictor = nc.ClipSamPredictor(model)
@@ -129,6 +132,10 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
             labels = nc.segment(image, instances_of, model, instances=True, instance_method=method,
                                 predictor=predictor)
             result["instances"][method] = match_instances(labels, truths[instances_of], 0.5)
+        # The instance method alone: the seeds on the TRUE concept mask (what a perfect text mask would give).
+        predictor.set_concept(instances_of)
+        labels = run(iter_mask_instances(predictor, truths[instances_of] > 0))
+        result["instances"]["seeds_true_mask"] = match_instances(labels, truths[instances_of], 0.5)
     return result
 
 
@@ -189,6 +196,9 @@ def print_summary(summary: dict, targets: bool) -> None:
             print(f"    ({found['true_positives']} matched, {found['false_positives']} false, "
                   f"{found['false_negatives']} missed)")
         line("instance F1, seeds - components", seeds["f1"] - components["f1"], "seeds_minus_components_f1")
+        if "seeds_true_mask_instances" in summary:
+            line("instance F1 @0.5, seeds on the true mask", summary["seeds_true_mask_instances"]["f1"])
+            print("    (the instance method alone: its seeds, clicks and basins on the true concept mask)")
     for concept in summary["click_iou"]:
         line(f"click IoU, {concept} ({summary['clicks'][concept]} clicks)", summary["click_iou"][concept],
              "click_iou")
