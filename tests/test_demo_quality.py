@@ -20,18 +20,19 @@ from napari_clipsam.training.metrics import click_quality, cross_overlap, match_
 FIRST_SEED = 2_000_000  # as bench_quality.py: scene i of kind k has seed FIRST_SEED + 4 * i + k
 SCENES_PER_KIND = 2
 
-# Measured on these scenes with the shipped file (2026-11-26, the fourth training stage):
-# text IoU per concept 0.57 to 0.73, worst cross overlap 0.74, seeds F1 0.34 against
-# components 0.16, a click's IoU 0.55 with 0.34 of its mask outside. These are far below
-# the issue's targets (see docs/quality.md); the thresholds keep a margin below them, so a
+# Measured on these scenes with the shipped file (2026-11-27, the seventh training stage):
+# text IoU per concept 0.60 to 0.70, worst cross overlap 0.69, seeds F1 0.82 against
+# components 0.20, a click's IoU 0.58 with 0.29 of its mask outside. Most are below the
+# issue's targets (see docs/quality.md); the thresholds keep a margin below them, so a
 # broken file, text path, decoder or instance method fails (a model that masks everything
-# covers other concepts wholly, a random one scores near 0).
-MIN_TEXT_IOU = 0.50
-MAX_CROSS_OVERLAP = 0.90
-MIN_SEEDS_F1 = 0.28
-MIN_SEEDS_GAIN = 0.10  # seeds F1 minus connected-components F1
-MIN_CLICK_IOU = 0.45
-MAX_CLICK_OUTSIDE = 0.45
+# covers other concepts wholly, a random one scores near 0; instances painted from the
+# seeds' masks alone, before the basins, gave F1 0.56 here).
+MIN_TEXT_IOU = 0.52
+MAX_CROSS_OVERLAP = 0.80
+MIN_SEEDS_F1 = 0.65
+MIN_SEEDS_GAIN = 0.40  # seeds F1 minus connected-components F1
+MIN_CLICK_IOU = 0.48
+MAX_CLICK_OUTSIDE = 0.40
 
 
 @pytest.fixture(scope="module")
