@@ -77,8 +77,8 @@ def find_seeds(mask, diameter: float | None = None) -> np.ndarray:
 
     Seeds are the peaks of the distance transform, at least ``diameter / 4`` apart within
     a connected region, and every region has at least one (its deepest pixel). More
-    seeds than objects is harmless (a mask that repeats a better one is dropped when
-    overlaps are resolved); a missing seed is a missing object, hence the close spacing:
+    seeds than objects is harmless (a seed whose mask repeats a better one's joins that
+    object, :func:`group_seeds`); a missing seed is a missing object, hence the close spacing:
     a small object touching a large one has its peak less than half a diameter away.
 
     Args:
