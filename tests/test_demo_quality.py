@@ -122,3 +122,19 @@ def test_a_click_gives_its_object(text_masks):
                 qualities.append(click_quality(mask, object_mask))
     iou, outside = np.mean(qualities, axis=0)
     assert iou >= MIN_CLICK_IOU and outside <= MAX_CLICK_OUTSIDE, (iou, outside)
+
+
+def test_files_are_compared_on_the_same_scenes_and_prompts():
+    """scripts/compare_demo_models.py: one line per file; the same file twice scores the same."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "compare_demo_models.py"
+    completed = subprocess.run([sys.executable, str(script), "demo", "demo", "--scenes", "1"],
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    scores = re.findall(r"^demo: IoU ([0-9.]+) (\{.*\})$", completed.stdout, flags=re.MULTILINE)
+    assert len(scores) == 2 and scores[0] == scores[1], completed.stdout
+    assert 0.3 < float(scores[0][0]) <= 1.0
