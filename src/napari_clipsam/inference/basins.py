@@ -25,6 +25,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
+from .instances import remove_small_labels
+
 # Two seeds' masks this alike are one object's (the IoU SAM's automatic mask generator
 # removes duplicates at is 0.7; 0.8 merged fewer neighbours of the demo model's spreading masks).
 DUPLICATE_IOU = 0.8
@@ -126,8 +128,6 @@ def crop_mask(mask: np.ndarray) -> Crop | None:
     return int(y0), int(x0), mask[y0:y1, x0:x1].copy()
 
 
-
-
 def seed_basins(mask: np.ndarray, seeds: np.ndarray, distance: np.ndarray) -> np.ndarray:
     """(H, W) int32: 1 + the index of the seed whose watershed basin holds the pixel, 0 outside ``mask``.
 
@@ -211,15 +211,10 @@ def assemble(mask: np.ndarray, basins: np.ndarray, crops: list[Optional[Crop]], 
         first[y0:y1, x0:x1][union & (first[y0:y1, x0:x1] == 0)] = number
     labels = np.where(covers == 1, first, territory)
     labels[~mask] = 0
-    # Small objects out, the rest numbered 1..M keeping their order.
-    areas = ndimage.sum_labels(np.ones_like(labels), labels, np.arange(objects + 1)) if objects else np.zeros(1)
-    keep = (np.asarray(areas) >= max(min_area, 1)) & (np.arange(objects + 1) > 0)
-    renumber = np.zeros(objects + 1, dtype=np.int32)
-    renumber[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return renumber[labels]
+    return remove_small_labels(labels, min_area)  # numbered 1..M in the objects' order
 
 
 __all__ = [
-    "DUPLICATE_IOU", "SEED_SPACING", "assemble", "check_mask", "crop_iou", "crop_mask", "distance_to_background", "estimate_diameter",
-    "find_seeds", "group_seeds", "seed_basins",
+    "DUPLICATE_IOU", "SEED_SPACING", "assemble", "check_mask", "crop_iou", "crop_mask", "distance_to_background",
+    "estimate_diameter", "find_seeds", "group_seeds", "seed_basins",
 ]

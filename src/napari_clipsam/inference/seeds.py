@@ -269,7 +269,7 @@ def iter_mask_instances(
             new = np.array([crop is not None and _fraction_in(crop, leftover) >= KEEP_FRACTION
                             for crop in more_crops], dtype=bool)
         tried = np.concatenate([tried, seeds])
-        kept = np.concatenate([kept, seeds[new]]) if len(kept) else seeds[new]
+        kept = np.concatenate([kept, seeds[new]])
         crops += [crop for crop, is_new in zip(more_crops, new) if is_new]
         scores = np.concatenate([scores, more_scores[new]])
     if not len(kept):
