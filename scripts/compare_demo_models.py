@@ -20,7 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-FIRST_SCENE = 1_000_100  # past the scenes training runs validate on (1,000,000 + --validation-scenes < 100)
+from train_demo_model import VALIDATION_SEED, scenes_dataset  # noqa: E402 (the script's own folder, just added)
+
+FIRST_SCENE = VALIDATION_SEED + 100  # past the scenes training runs validate on (their --validation-scenes < 100)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from train_demo_model import scenes_dataset
 
     import napari_clipsam as nc
     from napari_clipsam._machine import cpu_description
