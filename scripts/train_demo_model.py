@@ -21,6 +21,18 @@ from pathlib import Path
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "src/napari_clipsam/weights/files/clipsam-demo.safetensors"
 VALIDATION_SEED = 1_000_000
+# Scene seeds no training run may draw: validation and comparison scenes, and the quality
+# benchmark's held-out scenes (benchmarks/bench_quality.py, FIRST_SEED).
+RESERVED_SCENES = ((VALIDATION_SEED, VALIDATION_SEED + 100_000, "validation"),
+                   (2_000_000, None, "held-out (benchmarks/bench_quality.py)"))
+
+
+def reserved_overlap(first: int, count: int) -> str | None:
+    """What the training scenes ``first .. first + count - 1`` share with reserved scenes, or None."""
+    for low, high, name in RESERVED_SCENES:
+        if first + count > low and (high is None or first < high):
+            return f"{name} scenes from {low:,}" + ("" if high is None else f" to {high - 1:,}")
+    return None
 
 
 def demo_config():
@@ -48,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenes", type=int, default=1200, help="training scenes (seeds seed*100000 + i)")
     parser.add_argument("--validation-scenes", type=int, default=12)
+    parser.add_argument("--validation-seed", type=int, default=VALIDATION_SEED,
+                        help="first validation scene (a later one validates on scenes no earlier stage trained on)")
+    parser.add_argument("--allow-validation-overlap", action="store_true",
+                        help="only to reproduce stage 6, whose training scenes included the validation scenes")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=6e-4)
@@ -66,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the state after the last step here (the output holds the best validated one)")
     args = parser.parse_args(argv)
 
+    overlap = reserved_overlap(args.seed * 100_000, args.scenes)
+    if overlap is not None and not (args.allow_validation_overlap and overlap.startswith("validation")):
+        parser.error(f"--seed {args.seed} with --scenes {args.scenes} trains on scenes {args.seed * 100_000:,} to "
+                     f"{args.seed * 100_000 + args.scenes - 1:,}, which include the {overlap}; choose another --seed "
+                     f"(1 to 9 or 11 to 19 with up to 100,000 scenes).")
     if args.save_last is not None and args.save_last.exists() and not args.overwrite:
         parser.error(f"{args.save_last} exists; give --overwrite to replace it, or another --save-last path.")
     import torch
@@ -81,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {cpu_description()}{device}, torch {torch.__version__}, {args.threads} threads", flush=True)
     started = time.perf_counter()
     train_set = scenes_dataset(args.scenes, args.seed * 100_000, 256)
-    val_set = scenes_dataset(args.validation_scenes, VALIDATION_SEED, 256)
+    val_set = scenes_dataset(args.validation_scenes, args.validation_seed, 256)
     print(f"{len(train_set)} training samples from {args.scenes} scenes, {len(val_set)} validation samples "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
     model = nc.load_model(sam=args.sam, clip="demo", sam_checkpoint=None, clip_pretrained=None, device=args.device,

@@ -138,3 +138,23 @@ def test_files_are_compared_on_the_same_scenes_and_prompts():
     scores = re.findall(r"^demo: IoU ([0-9.]+) (\{.*\})$", completed.stdout, flags=re.MULTILINE)
     assert len(scores) == 2 and scores[0] == scores[1], completed.stdout
     assert 0.3 < float(scores[0][0]) <= 1.0
+
+
+def test_training_refuses_scenes_kept_for_validation_or_the_benchmark(tmp_path):
+    """scripts/train_demo_model.py never trains on validation or held-out scenes (stage 6 once did)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "train_demo_model.py"
+    for seed, reserved in ((10, "validation scenes from 1,000,000"), (20, "held-out"), (19, "held-out")):
+        completed = subprocess.run([sys.executable, str(script), "--seed", str(seed), "--scenes", "100001",
+                                    "--output", str(tmp_path / "demo.safetensors")],
+                                   capture_output=True, text=True, timeout=120)
+        assert completed.returncode == 2 and reserved in completed.stderr, (seed, completed.stderr)
+        assert "choose another --seed" in completed.stderr
+    # The one exception reproduces stage 6; it never opens the held-out scenes.
+    completed = subprocess.run([sys.executable, str(script), "--seed", "20", "--allow-validation-overlap",
+                                "--output", str(tmp_path / "demo.safetensors")], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2 and "held-out" in completed.stderr
+    assert not (tmp_path / "demo.safetensors").exists()
