@@ -115,21 +115,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     concepts = sorted({sample.concept for sample in train_set if sample.mask.any()})
     command = "python scripts/train_demo_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    def describe(made_by: str, step: int, iou: float = float("nan"), last: bool = False) -> str:
+        return (
+            "napari-clipsam DEMO model: small CLIP-guided SAM trained from scratch on generated microscopy-like "
+            f"scenes (napari_clipsam.synthetic) for the concepts {', '.join(concepts)}. For trying the plugin "
+            f"offline; it knows nothing of real microscopy images. Made by: {made_by.strip()} (seed {args.seed}, "
+            + (f"the state after its last step, {step})." if last else
+               f"best validation step {step}, validation IoU {iou:.3f}).")
+        )
+
     if args.init is not None:
-        from napari_clipsam.weights.adapters_file import read_adapters_metadata
+        import hashlib
+
+        from napari_clipsam.weights.adapters_file import _MAX_DESCRIPTION_CHARACTERS, read_adapters_metadata
 
         earlier = read_adapters_metadata(args.init).get("description", "")
-        command = earlier.split("Made by: ")[-1].split(" (seed")[0] + ", then " + command.strip()
+        chain = earlier.split("Made by: ")[-1].split(" (seed")[0] + ", then " + command.strip()
+        if len(describe(chain, args.steps, 1.0, last=True)) > _MAX_DESCRIPTION_CHARACTERS:
+            # The commands of every stage no longer fit the file's description: name the file continued from.
+            digest = hashlib.sha256(args.init.read_bytes()).hexdigest()
+            chain = f"the stages of the file of sha256 {digest} (docs/demo_model.md), then " + command.strip()
+        command = chain
+    describe(command, args.steps, 1.0, last=True)  # too long a description fails now, not at the first save
 
     def save(step: int, iou: float = float("nan"), path: Path | None = None) -> None:
         """Write the model as it is now (the state just validated, or the last one to ``path``) with how it was made."""
-        description = (
-            "napari-clipsam DEMO model: small CLIP-guided SAM trained from scratch on generated microscopy-like "
-            f"scenes (napari_clipsam.synthetic) for the concepts {', '.join(concepts)}. For trying the plugin "
-            f"offline; it knows nothing of real microscopy images. Made by: {command.strip()} (seed {args.seed}, "
-            + (f"best validation step {step}, validation IoU {iou:.3f})." if path is None else
-               f"the state after its last step, {step}).")
-        )
+        description = describe(command, step, iou, last=path is not None)
         model.save_adapters(path or args.output, concepts=concepts,
                             replace=args.overwrite or (saved if path is None else False), every_weight=True,
                             dtype=torch.float16,
