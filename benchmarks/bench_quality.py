@@ -71,14 +71,6 @@ def load(args):
                          **checkpoints)
 
 
-def interior_point(object_mask: np.ndarray) -> tuple[float, float]:
-    """XY of the pixel deepest inside an object (distance-transform maximum; the border counts as outside)."""
-    rows, cols = ndimage.find_objects(object_mask.astype(np.int32))[0]
-    crop = np.pad(object_mask[rows, cols], 1)
-    row, col = np.unravel_index(np.argmax(ndimage.distance_transform_edt(crop)), crop.shape)
-    return float(cols.start + col - 1), float(rows.start + row - 1)
-
-
 def coins_truth() -> tuple[np.ndarray, np.ndarray]:
     """scikit-image's coins and labels from the classic region-based watershed of its gallery.
 
@@ -105,6 +97,7 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
     """Every figure of one image; one predictor: the image is set once, then concepts and clicks."""
     import napari_clipsam as nc
     from napari_clipsam._jobs import run
+    from napari_clipsam.inference.instances import interior_point
     from napari_clipsam.inference.seeds import iter_mask_instances
     from napari_clipsam.training.metrics import click_quality, cross_overlap, match_instances, semantic_iou
 
@@ -119,7 +112,7 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
         ids = np.unique(truth)[1:]
         for label in rng.choice(ids, size=min(clicks, len(ids)), replace=False):
             object_mask = truth == label
-            click = predictor.predict(point_coords=np.array([interior_point(object_mask)]),
+            click = predictor.predict(point_coords=interior_point(object_mask)[None],
                                       point_labels=np.array([1]))[0][0]
             result["clicks"][concept].append(click_quality(click, object_mask))
     for first in truths:

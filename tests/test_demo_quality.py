@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 import napari_clipsam as nc
+from napari_clipsam.inference.instances import interior_point
 from napari_clipsam.synthetic import SCENE_KINDS, generate_scene
 from napari_clipsam.training.metrics import click_quality, cross_overlap, match_instances, semantic_iou
 
@@ -102,12 +102,6 @@ def test_touching_nuclei_are_kept_apart(demo_model, text_masks):
     assert seeds >= MIN_SEEDS_F1 and seeds - components >= MIN_SEEDS_GAIN, scores
 
 
-def _interior_point(object_mask: np.ndarray) -> list[float]:
-    distance = ndimage.distance_transform_edt(np.pad(object_mask, 1))[1:-1, 1:-1]
-    row, col = np.unravel_index(np.argmax(distance), distance.shape)
-    return [float(col), float(row)]
-
-
 def test_a_click_gives_its_object(text_masks):
     qualities = []
     for scene, _, predictor in text_masks:
@@ -117,7 +111,7 @@ def test_a_click_gives_its_object(text_masks):
             ids = np.unique(truth)[1:]
             for label in rng.choice(ids, size=min(2, len(ids)), replace=False):
                 object_mask = truth == label
-                mask = predictor.predict(point_coords=np.array([_interior_point(object_mask)]),
+                mask = predictor.predict(point_coords=interior_point(object_mask)[None],
                                          point_labels=np.array([1]))[0][0]
                 qualities.append(click_quality(mask, object_mask))
     iou, outside = np.mean(qualities, axis=0)

@@ -7,7 +7,7 @@ import pytest
 
 import napari_clipsam as nc
 from napari_clipsam._jobs import run
-from napari_clipsam.inference.instances import _interior_point
+from napari_clipsam.inference.instances import interior_point
 from napari_clipsam.inference.propagation import iter_propagate
 from napari_clipsam.synthetic import generate_scene
 from napari_clipsam.training.metrics import semantic_iou
@@ -38,7 +38,7 @@ def _click(predictor, image, labels, value):
     """The mask a user gets by clicking the object's deepest point."""
     predictor.set_image(image)
     predictor.set_concept("nucleus")
-    return predictor.predict(point_coords=_interior_point(labels == value), point_labels=[1])[0][0]
+    return predictor.predict(point_coords=interior_point(labels == value)[None], point_labels=[1])[0][0]
 
 
 def test_an_object_is_followed_through_the_planes(predictor, drifting):

@@ -37,11 +37,18 @@ def masks_to_instances(mask: np.ndarray, min_area: int = 0) -> np.ndarray:
     return remove_small_labels(components, min_area)
 
 
-def _interior_point(component: np.ndarray) -> np.ndarray:
-    """(1, 2) XY of the pixel deepest inside a component (farthest from its edge)."""
-    distance = ndimage.distance_transform_edt(np.pad(component, 1))[1:-1, 1:-1]
+def interior_point(mask: np.ndarray) -> np.ndarray:
+    """(2,) XY of the pixel deepest inside a non-empty mask: the distance transform's maximum,
+    the image border counting as outside; the first in raster order of equally deep ones.
+
+    The click a user would give an object; the quality benchmark and tests click there too.
+    """
+    if not mask.any():
+        raise ValueError("interior_point needs a mask with at least one pixel.")
+    rows, cols = ndimage.find_objects(mask.astype(np.int8))[0]
+    distance = ndimage.distance_transform_edt(np.pad(mask[rows, cols], 1))[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return np.array([[x, y]], dtype=np.float64)
+    return np.array([cols.start + x, rows.start + y], dtype=np.float64)
 
 
 def iter_refine_instances(predictor: ClipSamPredictor, instances: np.ndarray) -> Job[np.ndarray]:
@@ -63,7 +70,7 @@ def iter_refine_instances(predictor: ClipSamPredictor, instances: np.ndarray) ->
         if box[2] <= box[0] or box[3] <= box[1]:
             box = None
         masks, _, _ = predictor.predict(
-            point_coords=_interior_point(component), point_labels=np.array([1]), box=box, use_similarity_prompt=False,
+            point_coords=interior_point(component)[None], point_labels=np.array([1]), box=box, use_similarity_prompt=False,
         )
         mask = masks[0] if masks[0].any() else component
         refined[mask & (refined == 0)] = label

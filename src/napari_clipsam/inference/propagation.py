@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._jobs import Job, Progress
-from .instances import _interior_point
+from .instances import interior_point
 
 if TYPE_CHECKING:
     from .predictor import ClipSamPredictor
@@ -37,7 +37,7 @@ def _prompts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     dy, dx = BOX_MARGIN * (y1 - y0 + 1), BOX_MARGIN * (x1 - x0 + 1)
     height, width = mask.shape
     box = np.array([max(x0 - dx, 0), max(y0 - dy, 0), min(x1 + dx, width - 1), min(y1 + dy, height - 1)])
-    return _interior_point(mask), box
+    return interior_point(mask)[None], box
 
 
 def _continues(mask: np.ndarray, previous: np.ndarray) -> bool:
