@@ -117,8 +117,8 @@ def main(argv=None) -> int:
         stored, stored_stages, stored_result = _segment(second, image, "nucleus")
         identical = all(np.array_equal(a, b) for a, b in zip(computed_result, stored_result))
         per_image = EmbeddingStore(folder).size_bytes()
-        sam_input_mb = second._sam_input.numel() * second._sam_input.element_size() / 1e6
-        raw = second._embeddings["nucleus"].cpu().contiguous().numpy().tobytes()
+        sam_input_mb = second.features.sam_input.numel() * second.features.sam_input.element_size() / 1e6
+        raw = second.features.embeddings["nucleus"].cpu().contiguous().numpy().tobytes()
         start = time.perf_counter()
         compressed = len(numcodecs.Zstd(level=1).encode(raw))
         zstd_seconds = time.perf_counter() - start

@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         step("another image, new concept (full)", second, "bacterium")
         step("earlier image again, a concept it had", first, "nucleus")
         step("earlier image again, a new concept", first, "spot")
-        vanilla = vanilla_encoder_s(args.sam, predictor._sam_input, args.repeats)
+        vanilla = vanilla_encoder_s(args.sam, predictor.features.sam_input, args.repeats)
         first_semantic = model.first_semantic_block
         depth = len(model.sam.image_encoder.blocks)
 

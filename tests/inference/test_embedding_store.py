@@ -171,7 +171,7 @@ def test_a_damaged_piece_is_recomputed_and_stored_again(trained_model, blobs_ima
         (prefix_chunk.parent.parent / ".zattrs").unlink()
     else:  # whole and under the right key, but not what this model's encoder makes
         shutil.rmtree(prefix_chunk.parent.parent)
-        entry = EmbeddingStore.entry(predictor._image_key, model_fingerprint(trained_model), 256)
+        entry = EmbeddingStore.entry(predictor.image_digest, model_fingerprint(trained_model), 256)
         assert EmbeddingStore(cache).write(entry, "base", {"prefix": torch.zeros(1, 16, 16, 8)})
     later = _same_weights(trained_model)
     calls = _count_encoder_calls(monkeypatch, later)
@@ -219,7 +219,7 @@ def test_a_store_that_cannot_be_written_warns_once_and_the_work_goes_on(trained_
         _assert_same(result, expected[0])
         for concept in ("cell", "membrane"):  # new embeddings: their writes are refused
             _segment(predictor, flipped, concept)
-    assert len(caplog.records) == 1 and not predictor._recent.store.writable
+    assert len(caplog.records) == 1 and not predictor.recent_images.store.writable
     assert _stored_files(cache) == before
 
 

@@ -104,7 +104,7 @@ def test_the_images_kept_are_raised_for_a_group_then_put_back(tiny_model):
     stages = [event.stage for event in events]
     assert stages[0] == "planes 1-4/4: encoding together"
     assert not [stage for stage in stages if predictor.STAGE_PREFIX in stage]  # each plane found its features
-    assert predictor._recent.size == 1
+    assert predictor.recent_images.size == 1
     assert encoder_batch_for(predictor, "auto") == 1  # a CPU: batches gain nothing
     with pytest.raises(ValueError, match="encoder_batch must be 'auto' or a whole number"):
         SegmentOptions(encoder_batch=0)
@@ -116,7 +116,7 @@ def test_a_job_closed_before_a_group_is_encoded_stops_there(tiny_model):
     job = iter_segment_stack(predictor, stack, "nucleus", options=SegmentOptions(encoder_batch=3))
     assert next(job).stage == "planes 1-3/3: encoding together"
     job.close()  # a Cancel
-    assert predictor._recent.size == 0 and not predictor.is_image_set  # nothing encoded, nothing kept
+    assert predictor.recent_images.size == 0 and not predictor.is_image_set  # nothing encoded, nothing kept
     _, labels = _events_and_labels(predictor, stack, 3)
     _, expected = _events_and_labels(nc.ClipSamPredictor(tiny_model), stack, 1)
     np.testing.assert_array_equal(labels, expected)

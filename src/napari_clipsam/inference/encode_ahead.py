@@ -55,7 +55,7 @@ def encode_ahead(predictor: ClipSamPredictor, images: Sequence, concept: str | N
     """
     import torch
 
-    model, recent = predictor.model, predictor._recent
+    model, recent = predictor.model, predictor.recent_images
     with predictor, torch.no_grad():
         recent.size = max(recent.size, len(images) - 1)  # room for the whole group: none pushes another out
         predictor.set_concept(concept)
@@ -66,7 +66,7 @@ def encode_ahead(predictor: ClipSamPredictor, images: Sequence, concept: str | N
             predictor.set_image(rgb)
             # Only SAM's input left (features from the store): the predictor's own cheap stage.
             if set(predictor.pending_stages()) - {predictor.STAGE_IMAGE}:
-                pending[predictor._image_key] = rgb
+                pending[predictor.image_digest] = rgb
         if len(pending) < 2:
             return 0  # nothing to share: the predictor's own stages do the one left
         pending_images = list(pending.values())
@@ -82,12 +82,13 @@ def encode_ahead(predictor: ClipSamPredictor, images: Sequence, concept: str | N
             embeddings = model.encoder_suffix(prefix, conditioning)
         for index, rgb in enumerate(pending_images):
             predictor.set_image(rgb)  # the one before goes to the recent images, with its features
-            predictor._sam_input, predictor.input_size = inputs[index]
-            predictor._prefix = _one(prefix, index)
-            predictor._embeddings[concept] = _one(embeddings, index)
+            features = predictor.features  # the predictor's own: it decides which image it is kept for
+            features.sam_input, features.input_size = inputs[index]
+            features.prefix = _one(prefix, index)
+            features.add_embedding(concept, _one(embeddings, index))
             if concept is not None:
-                predictor._clip_patches, predictor._similarity[concept] = _one(patches, index), _one(similarity, index)
-            recent.persist(predictor, predictor._image_key)
+                features.clip_patches, features.similarity[concept] = _one(patches, index), _one(similarity, index)
+            recent.persist(predictor, predictor.image_digest)
         return len(pending)
 
 
@@ -116,13 +117,13 @@ class ReadAhead:
         self._kept: dict[int, np.ndarray] = {}
 
     def __enter__(self) -> ReadAhead:
-        self._images_kept = self.predictor._recent.size
+        self._images_kept = self.predictor.recent_images.size
         return self
 
     def __exit__(self, *exc_info) -> None:
         self._kept.clear()
         with self.predictor:
-            self.predictor._recent.size = self._images_kept
+            self.predictor.recent_images.size = self._images_kept
 
     def iter_item(self, number: int) -> Job[np.ndarray]:
         group = range(number, min(self.count, number + self.batch))

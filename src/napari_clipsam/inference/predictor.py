@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -13,16 +12,14 @@ import torch
 
 from ..errors import ConcurrentUseError
 from ..model.clipsam import ClipSamModel
-from ..model.decoder import PreparedDecoder
 from ..model.memory import release_free_memory
 from .fast_masks import masks_at_image_size
+from .features import ImageFeatures
 from .image import to_rgb_uint8
 from .prompts import check_prompts
 from .recent_images import DEFAULT_IMAGES_KEPT, RecentImages, StoreLike
-from .sam_frame import mask_prompt_from_similarity, resize_map, text_mode_points, to_sam_frame
+from .sam_frame import mask_prompt_from_logits, mask_prompt_from_similarity, resize_map, text_mode_points, to_sam_frame
 
-# Image embeddings kept per concept for the current image (4 MB each for vit_b).
-_EMBEDDINGS_KEPT = 8
 _ADVICE = ("Give each thread its own ClipSamPredictor (they can share one model), or hold "
            "`with predictor:` around each set_image -> set_concept -> predict sequence.")
 
@@ -71,7 +68,8 @@ class ClipSamPredictor:
         # Serialises calls; re-entrant because calls call each other (predict -> prepare).
         self._lock = threading.RLock()
         self._claims = _Claims()
-        self._recent = RecentImages(images_kept, store=embedding_cache)
+        # Features of the last few images (revisiting one costs nothing), and on disk with a cache.
+        self.recent_images = RecentImages(images_kept, store=embedding_cache)
         self._drop_image()
         self.concept: str | None = None
 
@@ -110,15 +108,18 @@ class ClipSamPredictor:
         self._forget_features()
 
     def _forget_features(self) -> None:
-        self._weights_version = self.model.weights_version
-        self.input_size: tuple[int, int] | None = None
-        self._sam_input: torch.Tensor | None = None
-        self._clip_patches: torch.Tensor | None = None
-        self._prefix: torch.Tensor | None = None
-        self._embeddings: OrderedDict[str | None, torch.Tensor] = OrderedDict()
-        self._similarity: dict[str, torch.Tensor] = {}
-        self._mask_prompts: dict[str, torch.Tensor] = {}
-        self._decoder = PreparedDecoder()  # the decoder's share of the image, made at the first click
+        # What is computed from the current image, at the current size and weights (features.py).
+        self.features = ImageFeatures(self.model.weights_version, self.image_size)
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The image's (H, W) once resized for SAM; None until its first stage ran."""
+        return self.features.input_size
+
+    @property
+    def image_digest(self) -> str | None:
+        """The current image's content digest (None: no image), the key of its features."""
+        return self._image_key
 
     @property
     def is_image_set(self) -> bool:
@@ -138,10 +139,15 @@ class ClipSamPredictor:
             self._claims.values["image"] = digest
             if digest == self._image_key:
                 return
-            if not self._recent.switch(self, self._image_key, digest):
+            kept = self.recent_images.take(digest, self.model.weights_version, self.image_size)
+            if self.image is not None:  # taken first: keeping this image must not push the new one out
+                self.recent_images.keep(self._image_key, self.image, self.features)
+            if kept is None:
                 self._drop_image()
                 self.image = rgb
-                self.original_size = rgb.shape[:2]
+            else:
+                self.image, self.features = kept
+            self.original_size = self.image.shape[:2]
             self._image_key = digest
 
     def set_concept(self, concept: str | None) -> None:
@@ -159,7 +165,7 @@ class ClipSamPredictor:
     # ---------------------------------------------------------------- threads
     def _state(self) -> tuple:
         """What every computed feature depends on."""
-        return self._image_key, self.concept, self.image_size, self._weights_version
+        return self._image_key, self.concept, self.image_size, self.features.weights_version
 
     @contextmanager
     def _checked(self) -> Iterator[None]:
@@ -197,46 +203,44 @@ class ClipSamPredictor:
         """The stages the current image and concept still need, in order (cached ones left out)."""
         with self._checked():
             self._require_image()
-            if self._weights_version != self.model.weights_version:
+            if not self.features.valid_for(self.model.weights_version, self.image_size):
                 self._forget_features()  # adapters loaded or trained since: every feature is stale
-            concept = self.concept
-            if concept not in self._embeddings:
-                self._recent.load(self, self._image_key, concept)  # stored on disk by an earlier session
+            concept, features = self.concept, self.features
+            if concept not in features.embeddings:
+                self.recent_images.load(self, self._image_key, concept)  # stored on disk by an earlier session
             stages = []
-            if self._sam_input is None:
+            if features.sam_input is None:
                 stages.append(self.STAGE_IMAGE)
-            if concept is not None and self._clip_patches is None:
+            if concept is not None and features.clip_patches is None:
                 stages.append(self.STAGE_CLIP)
-            if concept is not None and concept not in self._similarity:
+            if concept is not None and concept not in features.similarity:
                 stages.append(self.STAGE_TEXT)
-            if concept not in self._embeddings:
-                if self._prefix is None:
+            if concept not in features.embeddings:
+                if features.prefix is None:
                     stages.append(self.STAGE_PREFIX)
                 stages.append(self.STAGE_UNCONDITIONED if concept is None else self.STAGE_CONDITIONED)
             return stages
 
     @torch.no_grad()
     def _run_stage(self, stage: str) -> None:
-        model, concept = self.model, self.concept
+        model, concept, features = self.model, self.concept, self.features
         if stage == self.STAGE_IMAGE:
-            self._sam_input, self.input_size = model.sam_input(self.image)
+            features.sam_input, features.input_size = model.sam_input(self.image)
         elif stage == self.STAGE_CLIP:
-            _, self._clip_patches = model.clip_features(model.clip_input(self.image))
+            _, features.clip_patches = model.clip_features(model.clip_input(self.image))
         elif stage == self.STAGE_TEXT:
             text = model.text_embedding(concept)
-            self._similarity[concept] = model.similarity(self._clip_patches, text[None])
+            features.similarity[concept] = model.similarity(features.clip_patches, text[None])
         elif stage == self.STAGE_PREFIX:
-            self._prefix = model.encoder_prefix(self._sam_input)
+            features.prefix = model.encoder_prefix(features.sam_input)
         else:
             conditioning = None
             if concept is not None:
                 conditioning = model.conditioning(
-                    model.text_embedding(concept), self._clip_patches, self._similarity[concept]
+                    model.text_embedding(concept), features.clip_patches, features.similarity[concept]
                 )
-            self._embeddings[concept] = model.encoder_suffix(self._prefix, conditioning)
-            while len(self._embeddings) > _EMBEDDINGS_KEPT:
-                self._embeddings.popitem(last=False)
-            self._recent.persist(self, self._image_key)  # on disk now: outlives this process
+            features.add_embedding(concept, model.encoder_suffix(features.prefix, conditioning))
+            self.recent_images.persist(self, self._image_key)  # on disk now: outlives this process
 
     def iter_prepare(self) -> Iterator[str]:
         """Compute what the current image and concept need, one named stage at a time.
@@ -248,8 +252,8 @@ class ClipSamPredictor:
         :class:`ConcurrentUseError`.
         """
         with self._checked():
-            if self.concept in self._embeddings:
-                self._embeddings.move_to_end(self.concept)
+            if self.concept in self.features.embeddings:
+                self.features.embeddings.move_to_end(self.concept)
             stages, state = self.pending_stages(), self._state()
         for stage in stages:
             yield stage
@@ -273,13 +277,13 @@ class ClipSamPredictor:
         """SAM's (1, 256, 64, 64) image embedding for the current image and concept."""
         with self._checked():
             self.prepare()
-            return self._embeddings[self.concept]
+            return self.features.embeddings[self.concept]
 
     def _similarity_grid(self) -> torch.Tensor:
         if self.concept is None:
             raise RuntimeError("Set a concept with set_concept(...) to get a similarity map.")
         self.prepare()
-        return self._similarity[self.concept]
+        return self.features.similarity[self.concept]
 
     def similarity_map(self) -> np.ndarray:
         """(H, W) float32 similarity of the image to the concept, in [0, 1]."""
@@ -340,13 +344,7 @@ class ClipSamPredictor:
             )
             mask_prompt = None
             if mask_input is not None:
-                mask_prompt = torch.as_tensor(np.asarray(mask_input), dtype=torch.float32, device=model.device)
-                if mask_prompt.shape[-2:] != model.mask_input_size:
-                    raise ValueError(
-                        f"mask_input must have shape (1, {model.mask_input_size[0]}, "
-                        f"{model.mask_input_size[1]}), got {tuple(mask_prompt.shape)}."
-                    )
-                mask_prompt = mask_prompt.reshape(1, 1, *model.mask_input_size)
+                mask_prompt = mask_prompt_from_logits(mask_input, model.mask_input_size, model.device)
             elif use_similarity_prompt is None or use_similarity_prompt:
                 mask_prompt = self.similarity_mask_prompt(force=bool(use_similarity_prompt))
             masks, iou, low_res = self.predict_torch(point_prompt, box_prompt, mask_prompt, multimask_output)
@@ -362,13 +360,13 @@ class ClipSamPredictor:
             if self.concept is None or not (force or model.config.similarity_mask_prompt):
                 return None
             self.prepare()
-            prompt = self._mask_prompts.get(self.concept)
-            if prompt is None:
-                prompt = mask_prompt_from_similarity(
-                    self._similarity[self.concept], model.config.similarity_threshold, self.input_size,
+            prompts = self.features.mask_prompts
+            if self.concept not in prompts:
+                prompts[self.concept] = mask_prompt_from_similarity(
+                    self.features.similarity[self.concept], model.config.similarity_threshold, self.input_size,
                     model.image_size, model.mask_input_size,
                 )
-                self._mask_prompts[self.concept] = prompt
+            prompt = prompts[self.concept]
             return prompt
 
     def predict_torch(
@@ -392,8 +390,8 @@ class ClipSamPredictor:
         model = self.model
         with self._checked(), model.at_resolution(self.image_size):
             self.prepare()
-            low_res, iou = self._decoder.decode(model, self._embeddings[self.concept], points, boxes, mask_prompt,
-                                                multimask_output)
+            low_res, iou = self.features.decoder.decode(model, self.features.embeddings[self.concept], points, boxes,
+                                                        mask_prompt, multimask_output)
             masks = masks_at_image_size(low_res, model.image_size, self.input_size, self.original_size,
                                         model.sam.mask_threshold, self.full_resolution_masks)
         return masks, iou, low_res

@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from typing import Any
 
+import numpy as np
 import torch
 import xxhash
 
 from .embedding_store import EmbeddingStore, StoreLike, model_fingerprint, open_store
-
-# What a predictor computes from one image (and keeps while that image is set).
-FEATURES = ("image", "original_size", "input_size", "_sam_input", "_clip_patches", "_prefix", "_embeddings",
-            "_similarity", "_mask_prompts", "_weights_version")
+from .features import ImageFeatures
 
 # Images whose features a predictor keeps besides the current one, by default.
 DEFAULT_IMAGES_KEPT = 4
@@ -49,38 +46,29 @@ class RecentImages:
         if size < 0:
             raise ValueError(f"The number of images to keep must be 0 or more, got {size}.")
         self.size = size
-        self._bundles: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._bundles: OrderedDict[str, tuple[np.ndarray, ImageFeatures]] = OrderedDict()
         self.store = open_store(store)
 
     def __len__(self) -> int:
         return len(self._bundles)
 
-    def stash(self, predictor, digest: str | None) -> None:
-        """Keep the predictor's features of its current image (``digest``), if any were computed."""
-        if self.size == 0 or digest is None or predictor.image is None or predictor._sam_input is None:
+    def keep(self, digest: str | None, image: np.ndarray, features: ImageFeatures) -> None:
+        """Keep an image (its content ``digest``) and its features, if any were computed."""
+        if self.size == 0 or digest is None or features.sam_input is None:
             return
-        bundle = {name: getattr(predictor, name) for name in FEATURES}
-        bundle["image_size"] = predictor.image_size
-        self._bundles[digest] = bundle
+        self._bundles[digest] = (image, features)
         self._bundles.move_to_end(digest)
         while len(self._bundles) > self.size:
             self._bundles.popitem(last=False)
 
-    def switch(self, predictor, current: str | None, new: str) -> bool:
-        """Keep the features of image ``current`` and give the predictor those kept of image ``new``.
-
-        Returns False when none of ``new`` are kept (or they are stale); the predictor's
-        features are then left for the caller to reset.
-        """
-        bundle = self._bundles.pop(new, None)  # taken first: keeping ``current`` must not push it out
-        self.stash(predictor, current)
-        if bundle is None:
-            return False
-        if bundle["_weights_version"] != predictor.model.weights_version or bundle["image_size"] != predictor.image_size:
-            return False  # computed with other weights or at another size: stale
-        for name in FEATURES:
-            setattr(predictor, name, bundle[name])
-        return True
+    def take(self, digest: str, weights_version: int, image_size: int | None
+             ) -> tuple[np.ndarray, ImageFeatures] | None:
+        """Remove and return image ``digest`` and its features; None when not kept or stale
+        (computed with other weights or at another size)."""
+        kept = self._bundles.pop(digest, None)
+        if kept is None or not kept[1].valid_for(weights_version, image_size):
+            return None
+        return kept
 
     def clear(self) -> None:
         """Forget the images kept in memory (the store keeps its own)."""
@@ -97,26 +85,27 @@ class RecentImages:
         or mismatched piece is a miss. SAM's input is never stored: the predictor recomputes
         it (its cheap first stage). Returns whether the embedding was loaded.
         """
-        if self.store is None or digest is None or predictor._weights_version != predictor.model.weights_version:
+        features = predictor.features
+        if self.store is None or digest is None or features.weights_version != predictor.model.weights_version:
             return False
         entry, expected = self._entry(predictor, digest), _expected_shapes(predictor)
         device = predictor.model.device
-        if concept is not None and predictor._clip_patches is None:
+        if concept is not None and features.clip_patches is None:
             clip = self._read(entry, "clip", expected)
             if clip is not None:
-                predictor._clip_patches = clip["patches"].to(device)
-        if concept in predictor._embeddings:
+                features.clip_patches = clip["patches"].to(device)
+        if concept in features.embeddings:
             return False
         stored = self._read(entry, _concept_piece(concept), expected, concept)
         if stored is not None:
-            predictor._embeddings[concept] = stored["embedding"].to(device)
+            features.add_embedding(concept, stored["embedding"].to(device))
             if concept is not None:
-                predictor._similarity[concept] = stored["similarity"].to(device)
+                features.similarity[concept] = stored["similarity"].to(device)
             return True
-        if predictor._prefix is None:
+        if features.prefix is None:
             prefix = self._read(entry, "base", expected)
             if prefix is not None:
-                predictor._prefix = prefix["prefix"].to(device)
+                features.prefix = prefix["prefix"].to(device)
         return False
 
     def persist(self, predictor, digest: str | None) -> None:
@@ -125,23 +114,23 @@ class RecentImages:
         Call it whenever the predictor computes an embedding: what a process computed then
         outlives it, even for the last image it saw.
         """
-        store = self.store
+        store, features = self.store, predictor.features
         if store is None or not store.writable or digest is None \
-                or predictor._weights_version != predictor.model.weights_version:
+                or features.weights_version != predictor.model.weights_version:
             return  # features of weights since replaced must not be filed under the new ones
         entry = self._entry(predictor, digest)
         # With adapters from the first block on (the default) the prefix is the patch embedding
         # alone: 12 MB for vit_b that its 0.3 s of compute do not justify.
-        if predictor._prefix is not None and predictor.model.first_semantic_block > 0:
-            store.write(entry, "base", {"prefix": predictor._prefix})
-        if predictor._clip_patches is not None:
-            store.write(entry, "clip", {"patches": predictor._clip_patches})
-        for concept, embedding in list(predictor._embeddings.items()):
+        if features.prefix is not None and predictor.model.first_semantic_block > 0:
+            store.write(entry, "base", {"prefix": features.prefix})
+        if features.clip_patches is not None:
+            store.write(entry, "clip", {"patches": features.clip_patches})
+        for concept, embedding in list(features.embeddings.items()):
             arrays = {"embedding": embedding}
             if concept is not None:
-                if concept not in predictor._similarity:
+                if concept not in features.similarity:
                     continue
-                arrays["similarity"] = predictor._similarity[concept]
+                arrays["similarity"] = features.similarity[concept]
             store.write(entry, _concept_piece(concept), arrays, {"concept": concept})
 
     @staticmethod

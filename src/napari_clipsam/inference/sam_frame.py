@@ -43,6 +43,15 @@ def mask_prompt_from_similarity(
     return (low_res >= threshold).float() * 255.0
 
 
+def mask_prompt_from_logits(mask_input, mask_size: tuple[int, int], device) -> torch.Tensor:
+    """SAM's dense prompt (1, 1, h, w) from a previous call's low-resolution logits (1, h, w)."""
+    prompt = torch.as_tensor(np.asarray(mask_input), dtype=torch.float32, device=device)
+    if prompt.shape[-2:] != tuple(mask_size) or prompt.numel() != mask_size[0] * mask_size[1]:
+        raise ValueError(f"mask_input must have shape (1, {mask_size[0]}, {mask_size[1]}): the low-resolution "
+                         f"logits of one mask from an earlier predict(); got {tuple(prompt.shape)}.")
+    return prompt.reshape(1, 1, *mask_size)
+
+
 def text_mode_points(grid: torch.Tensor, image_size: tuple[int, int], config) -> tuple[np.ndarray, np.ndarray]:
     """The text-only mode's prompts for a (1, g, g) similarity grid of an image of ``image_size``.
 
