@@ -42,11 +42,22 @@ def demo_config():
     return ClipSamConfig(clip_image_size=256, surgery_blocks=2, templates="microscopy")
 
 
-def scenes_dataset(count: int, first_seed: int, size: int):
+def scene_kind(seed: int, mixed_share: float) -> str | None:
+    """The kind of training scene ``seed``: "mixed" with probability ``mixed_share``, else the
+    seed's own draw (None; a quarter of those are mixed too). 0 gives every earlier stage's scenes."""
+    import numpy as np
+
+    if mixed_share <= 0:
+        return None
+    return "mixed" if np.random.default_rng([seed, 1]).random() < mixed_share else None
+
+
+def scenes_dataset(count: int, first_seed: int, size: int, mixed_share: float = 0.0):
     from napari_clipsam.synthetic import DEMO_CONCEPTS, generate_scene
     from napari_clipsam.training.data import ConceptDataset
 
-    scenes = [generate_scene(first_seed + index, size=size) for index in range(count)]
+    scenes = [generate_scene(first_seed + index, size=size, kind=scene_kind(first_seed + index, mixed_share))
+              for index in range(count)]
     # Concepts absent from a scene give empty samples: typed on an image without them, they find nothing.
     return ConceptDataset.from_instance_labels(
         [(scene.image, scene.labels) for scene in scenes], names=[f"scene {first_seed + i}" for i in range(count)],
@@ -60,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenes", type=int, default=1200, help="training scenes (seeds seed*100000 + i)")
     parser.add_argument("--validation-scenes", type=int, default=12)
+    parser.add_argument("--mixed-share", type=float, default=0.0,
+                        help="share of training scenes drawn as 'mixed' (nuclei, bacteria and spots together), "
+                             "besides the quarter of the others that are; validation scenes stay as drawn")
     parser.add_argument("--validation-seed", type=int, default=VALIDATION_SEED,
                         help="first validation scene (a later one validates on scenes no earlier stage trained on)")
     parser.add_argument("--allow-validation-overlap", action="store_true",
@@ -87,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seed {args.seed} with --scenes {args.scenes} trains on scenes {args.seed * 100_000:,} to "
                      f"{args.seed * 100_000 + args.scenes - 1:,}, which include the {overlap}; choose another --seed "
                      f"(1 to 9 or 11 to 19 with up to 100,000 scenes).")
+    if not 0 <= args.mixed_share <= 1:
+        parser.error(f"--mixed-share is a share from 0 to 1, got {args.mixed_share}.")
     if args.save_last is not None and args.save_last.exists() and not args.overwrite:
         parser.error(f"{args.save_last} exists; give --overwrite to replace it, or another --save-last path.")
     import torch
@@ -101,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     device = f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""
     print(f"CPU: {cpu_description()}{device}, torch {torch.__version__}, {args.threads} threads", flush=True)
     started = time.perf_counter()
-    train_set = scenes_dataset(args.scenes, args.seed * 100_000, 256)
+    train_set = scenes_dataset(args.scenes, args.seed * 100_000, 256, args.mixed_share)
     val_set = scenes_dataset(args.validation_scenes, args.validation_seed, 256)
     print(f"{len(train_set)} training samples from {args.scenes} scenes, {len(val_set)} validation samples "
           f"({time.perf_counter() - started:.0f} s)", flush=True)

@@ -152,3 +152,27 @@ def test_training_refuses_scenes_kept_for_validation_or_the_benchmark(tmp_path):
                                 "--output", str(tmp_path / "demo.safetensors")], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 2 and "held-out" in completed.stderr
     assert not (tmp_path / "demo.safetensors").exists()
+
+
+def test_training_can_draw_more_mixed_scenes(tmp_path):
+    """--mixed-share: that share of training scenes is 'mixed', by seed; 0 keeps every earlier stage's scenes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        from train_demo_model import scene_kind
+    finally:
+        sys.path.remove(str(scripts))
+    seeds = range(1_600_000, 1_602_000)
+    assert all(scene_kind(seed, 0.0) is None for seed in seeds)
+    assert all(scene_kind(seed, 1.0) == "mixed" for seed in seeds)
+    half = [scene_kind(seed, 0.5) for seed in seeds]
+    assert half == [scene_kind(seed, 0.5) for seed in seeds] and set(half) == {None, "mixed"}
+    assert 0.45 < half.count("mixed") / len(half) < 0.55
+    completed = subprocess.run([sys.executable, str(scripts / "train_demo_model.py"), "--mixed-share", "1.5",
+                                "--output", str(tmp_path / "demo.safetensors")], capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 2 and "--mixed-share is a share from 0 to 1" in completed.stderr
