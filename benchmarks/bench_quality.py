@@ -142,9 +142,11 @@ def pooled_f1(matches) -> dict:
 def summarise(records: list[dict]) -> dict:
     """Means over images (IoU, confusion per pair), over clicks, and pooled object counts (F1)."""
     text, cross, clicks, matches = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
+    by_kind = defaultdict(list)
     for record in records:
         for concept, value in record["text_iou"].items():
             text[concept].append(value)
+            by_kind[f"{concept} in {record.get('kind', 'image')}"].append(value)
         for pair, value in record["cross"].items():
             cross[pair].append(value)
         for concept, values in record["clicks"].items():
@@ -153,6 +155,7 @@ def summarise(records: list[dict]) -> dict:
             matches[method].append(match)
     summary = {"text_iou": {c: float(np.mean(v)) for c, v in text.items()},
                "text_iou_images": {c: len(v) for c, v in text.items()},
+               "text_iou_by_kind": {k: float(np.mean(v)) for k, v in sorted(by_kind.items())},
                "cross_overlap": {p: float(np.mean(v)) for p, v in cross.items()},
                "click_iou": {c: float(np.mean([q[0] for q in v])) for c, v in clicks.items()},
                "click_outside": {c: float(np.mean([q[1] for q in v])) for c, v in clicks.items()},
@@ -175,6 +178,9 @@ def print_summary(summary: dict, targets: bool) -> None:
 
     for concept, value in summary["text_iou"].items():
         line(f"text-only IoU, {concept}", value, "text_iou")
+    if len(summary["text_iou_by_kind"]) > len(summary["text_iou"]):
+        print("  text-only IoU per scene kind: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in summary["text_iou_by_kind"].items()))
     if "cross_overlap_max" in summary:
         print("  cross-concept overlap, per pair: "
               + ", ".join(f"{p} {v:.3f}" for p, v in summary["cross_overlap"].items()))
@@ -215,7 +221,8 @@ def run_scenes(model, concepts, args) -> tuple[dict, float]:
                 objects = len(np.unique(truths["nucleus"])) - 1
                 touching.append((touching_fraction(truths["nucleus"]) * objects, objects))
             records.append(measure_image(model, scene.image, truths, clicks=args.clicks,
-                                         rng=np.random.default_rng(seed), instances_of="nucleus" if nuclei else None))
+                                         rng=np.random.default_rng(seed), instances_of="nucleus" if nuclei else None)
+                           | {"kind": kind})
     seconds = (time.perf_counter() - started) / max(len(records), 1)
     summary = summarise(records)
     if touching:
