@@ -86,7 +86,8 @@ def test_a_tzyx_stack_links_along_z_and_then_along_t(demo_model):
     unlinked = nc.segment(moved, "nucleus", model=demo_model, instances=True, instance_method="components")
     expected, _ = link_to_previous(unlinked, labels[1, 0], int(labels[:2].max()) + 1)
     np.testing.assert_array_equal(labels[2, 0], expected)
-    assert 0 < len((set(np.unique(labels[2])) & set(np.unique(labels[1]))) - {0}) < len(np.unique(unlinked)) - 1
+    # Objects continue across t (how many depends on the model: with the demo file of 2026-11-27 all do).
+    assert len((set(np.unique(labels[2])) & set(np.unique(labels[1]))) - {0}) > 0.5 * (len(np.unique(unlinked)) - 1)
     separate = nc.segment(np.stack(volumes), "nucleus", model=demo_model, instances=True,
                           instance_method="components", link_planes=False)
     assert not (set(np.unique(separate[0, 0])) - {0}) & (set(np.unique(separate[1, 0])) - {0})
