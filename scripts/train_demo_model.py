@@ -100,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     if overlap is not None and not (args.allow_validation_overlap and overlap.startswith("validation")):
         parser.error(f"--seed {args.seed} with --scenes {args.scenes} trains on scenes {args.seed * 100_000:,} to "
                      f"{args.seed * 100_000 + args.scenes - 1:,}, which include the {overlap}; choose another --seed "
-                     f"(1 to 9 or 11 to 19 with up to 100,000 scenes).")
+                     f"(0 to 9 or 11 to 19 with up to 100,000 scenes).")
+    low, high, _ = RESERVED_SCENES[0]
+    if not low <= args.validation_seed <= high - args.validation_scenes:
+        parser.error(f"--validation-seed {args.validation_seed} with --validation-scenes {args.validation_scenes} "
+                     f"validates outside the validation scenes ({low:,} to {high - 1:,}): the held-out scenes must "
+                     "not choose a file, and training scenes would flatter it; give a seed in that range.")
     if not 0 <= args.mixed_share <= 1:
         parser.error(f"--mixed-share is a share from 0 to 1, got {args.mixed_share}.")
     if args.save_last is not None and args.save_last.exists() and not args.overwrite:

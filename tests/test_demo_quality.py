@@ -151,6 +151,11 @@ def test_training_refuses_scenes_kept_for_validation_or_the_benchmark(tmp_path):
     completed = subprocess.run([sys.executable, str(script), "--seed", "20", "--allow-validation-overlap",
                                 "--output", str(tmp_path / "demo.safetensors")], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 2 and "held-out" in completed.stderr
+    for validation_seed in ("2000000", "1099990", "0"):  # held out; running past the range; training scenes
+        completed = subprocess.run([sys.executable, str(script), "--validation-seed", validation_seed,
+                                    "--validation-scenes", "20", "--output", str(tmp_path / "demo.safetensors")],
+                                   capture_output=True, text=True, timeout=120)
+        assert completed.returncode == 2 and "validates outside the validation scenes" in completed.stderr
     assert not (tmp_path / "demo.safetensors").exists()
 
 
