@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_clipsam._machine import cpu_description
     from napari_clipsam.training.config import TrainingConfig
     from napari_clipsam.training.engine import iter_train
+    from napari_clipsam.weights.adapters_file import _MAX_DESCRIPTION_CHARACTERS, read_adapters_metadata
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # the random initial weights
@@ -146,19 +147,23 @@ def main(argv: list[str] | None = None) -> int:
                f"best validation step {step}, validation IoU {iou:.3f}).")
         )
 
+    def fits(made_by: str) -> bool:
+        """Whether both descriptions a run writes (best validated, last state) fit the file's limit."""
+        return all(len(describe(made_by, args.steps, 1.0, last)) <= _MAX_DESCRIPTION_CHARACTERS for last in (False, True))
+
     if args.init is not None:
         import hashlib
 
-        from napari_clipsam.weights.adapters_file import _MAX_DESCRIPTION_CHARACTERS, read_adapters_metadata
-
         earlier = read_adapters_metadata(args.init).get("description", "")
         chain = earlier.split("Made by: ")[-1].split(" (seed")[0] + ", then " + command.strip()
-        if len(describe(chain, args.steps, 1.0, last=True)) > _MAX_DESCRIPTION_CHARACTERS:
+        if not fits(chain):
             # The commands of every stage no longer fit the file's description: name the file continued from.
             digest = hashlib.sha256(args.init.read_bytes()).hexdigest()
             chain = f"the stages of the file of sha256 {digest} (docs/demo_model.md), then " + command.strip()
         command = chain
-    describe(command, args.steps, 1.0, last=True)  # too long a description fails now, not at the first save
+    if not fits(command):  # fails now, not at the first save an hour in
+        parser.error(f"The file's description would pass {_MAX_DESCRIPTION_CHARACTERS} characters with this "
+                     "command line; shorten its paths.")
 
     def save(step: int, iou: float = float("nan"), path: Path | None = None) -> None:
         """Write the model as it is now (the state just validated, or the last one to ``path``) with how it was made."""

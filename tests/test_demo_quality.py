@@ -182,3 +182,18 @@ def test_training_can_draw_more_mixed_scenes(tmp_path):
                                 "--output", str(tmp_path / "demo.safetensors")], capture_output=True, text=True,
                                timeout=120)
     assert completed.returncode == 2 and "--mixed-share is a share from 0 to 1" in completed.stderr
+
+
+def test_training_refuses_a_description_too_long_before_it_trains(tmp_path):
+    """The file's description holds the command; too long for the file, the run stops before training."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "train_demo_model.py"
+    output = tmp_path / "/".join(["d" * 200] * 10) / "demo.safetensors"
+    completed = subprocess.run([sys.executable, str(script), "--seed", "14", "--scenes", "2", "--validation-scenes", "1",
+                                "--validation-seed", "1050000", "--steps", "2", "--output", str(output)],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2 and "would pass 2000 characters" in completed.stderr, completed.stderr[-2000:]
+    assert "step 0" not in completed.stdout and not output.exists()
