@@ -9,6 +9,11 @@ decoder or instance method does.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -119,16 +124,18 @@ def test_a_click_gives_its_object(text_masks):
     assert iou >= MIN_CLICK_IOU and outside <= MAX_CLICK_OUTSIDE, (iou, outside)
 
 
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _script(name: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``scripts/<name>`` with ``args`` in a fresh interpreter."""
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def test_files_are_compared_on_the_same_scenes_and_prompts():
     """scripts/compare_demo_models.py: one line per file; the same file twice scores the same."""
-    import re
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "scripts" / "compare_demo_models.py"
-    completed = subprocess.run([sys.executable, str(script), "demo", "demo", "--scenes", "1"],
-                               capture_output=True, text=True, timeout=600)
+    completed = _script("compare_demo_models.py", "demo", "demo", "--scenes", 1, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     scores = re.findall(r"^demo: IoU ([0-9.]+) (\{.*\})$", completed.stdout, flags=re.MULTILINE)
     assert len(scores) == 2 and scores[0] == scores[1], completed.stdout
@@ -137,63 +144,42 @@ def test_files_are_compared_on_the_same_scenes_and_prompts():
 
 def test_training_refuses_scenes_kept_for_validation_or_the_benchmark(tmp_path):
     """scripts/train_demo_model.py never trains on validation or held-out scenes (stage 6 once did)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "scripts" / "train_demo_model.py"
+    output = tmp_path / "demo.safetensors"
     for seed, reserved in ((10, "validation scenes from 1,000,000"), (20, "held-out"), (19, "held-out")):
-        completed = subprocess.run([sys.executable, str(script), "--seed", str(seed), "--scenes", "100001",
-                                    "--output", str(tmp_path / "demo.safetensors")],
-                                   capture_output=True, text=True, timeout=120)
+        completed = _script("train_demo_model.py", "--seed", seed, "--scenes", 100001, "--output", output)
         assert completed.returncode == 2 and reserved in completed.stderr, (seed, completed.stderr)
         assert "choose another --seed" in completed.stderr
     # The one exception reproduces stage 6; it never opens the held-out scenes.
-    completed = subprocess.run([sys.executable, str(script), "--seed", "20", "--allow-validation-overlap",
-                                "--output", str(tmp_path / "demo.safetensors")], capture_output=True, text=True, timeout=120)
+    completed = _script("train_demo_model.py", "--seed", 20, "--allow-validation-overlap", "--output", output)
     assert completed.returncode == 2 and "held-out" in completed.stderr
     for validation_seed in ("2000000", "1099990", "0"):  # held out; running past the range; training scenes
-        completed = subprocess.run([sys.executable, str(script), "--validation-seed", validation_seed,
-                                    "--validation-scenes", "20", "--output", str(tmp_path / "demo.safetensors")],
-                                   capture_output=True, text=True, timeout=120)
+        completed = _script("train_demo_model.py", "--validation-seed", validation_seed, "--validation-scenes", 20,
+                            "--output", output)
         assert completed.returncode == 2 and "validates outside the validation scenes" in completed.stderr
-    assert not (tmp_path / "demo.safetensors").exists()
+    assert not output.exists()
 
 
 def test_training_can_draw_more_mixed_scenes(tmp_path):
     """--mixed-share: that share of training scenes is 'mixed', by seed; 0 keeps every earlier stage's scenes."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    scripts = Path(__file__).resolve().parent.parent / "scripts"
-    sys.path.insert(0, str(scripts))
+    sys.path.insert(0, str(SCRIPTS))
     try:
         from train_demo_model import scene_kind
     finally:
-        sys.path.remove(str(scripts))
+        sys.path.remove(str(SCRIPTS))
     seeds = range(1_600_000, 1_602_000)
     assert all(scene_kind(seed, 0.0) is None for seed in seeds)
     assert all(scene_kind(seed, 1.0) == "mixed" for seed in seeds)
     half = [scene_kind(seed, 0.5) for seed in seeds]
     assert half == [scene_kind(seed, 0.5) for seed in seeds] and set(half) == {None, "mixed"}
     assert 0.45 < half.count("mixed") / len(half) < 0.55
-    completed = subprocess.run([sys.executable, str(scripts / "train_demo_model.py"), "--mixed-share", "1.5",
-                                "--output", str(tmp_path / "demo.safetensors")], capture_output=True, text=True,
-                               timeout=120)
+    completed = _script("train_demo_model.py", "--mixed-share", 1.5, "--output", tmp_path / "demo.safetensors")
     assert completed.returncode == 2 and "--mixed-share is a share from 0 to 1" in completed.stderr
 
 
 def test_training_refuses_a_description_too_long_before_it_trains(tmp_path):
     """The file's description holds the command; too long for the file, the run stops before training."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "scripts" / "train_demo_model.py"
     output = tmp_path / "/".join(["d" * 200] * 10) / "demo.safetensors"
-    completed = subprocess.run([sys.executable, str(script), "--seed", "14", "--scenes", "2", "--validation-scenes", "1",
-                                "--validation-seed", "1050000", "--steps", "2", "--output", str(output)],
-                               capture_output=True, text=True, timeout=300)
+    completed = _script("train_demo_model.py", "--seed", 14, "--scenes", 2, "--validation-scenes", 1,
+                        "--validation-seed", 1050000, "--steps", 2, "--output", output, timeout=300)
     assert completed.returncode == 2 and "would pass 2000 characters" in completed.stderr, completed.stderr[-2000:]
     assert "step 0" not in completed.stdout and not output.exists()
