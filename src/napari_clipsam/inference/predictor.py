@@ -366,8 +366,7 @@ class ClipSamPredictor:
                     self.features.similarity[self.concept], model.config.similarity_threshold, self.input_size,
                     model.image_size, model.mask_input_size,
                 )
-            prompt = prompts[self.concept]
-            return prompt
+            return prompts[self.concept]
 
     def predict_torch(
         self,
