@@ -82,7 +82,7 @@ def encode_ahead(predictor: ClipSamPredictor, images: Sequence, concept: str | N
             embeddings = model.encoder_suffix(prefix, conditioning)
         for index, rgb in enumerate(pending_images):
             predictor.set_image(rgb)  # the one before goes to the recent images, with its features
-            features = predictor.features  # the predictor's own: it decides which image it is kept for
+            features = predictor.features  # the image just set: empty, filled here from the batch
             features.sam_input, features.input_size = inputs[index]
             features.prefix = _one(prefix, index)
             features.add_embedding(concept, _one(embeddings, index))
