@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=6e-4)
     parser.add_argument("--similarity-weight", type=float, default=1.0,
                         help="weight of the similarity map's loss beside the mask's")
+    parser.add_argument("--lone-click-share", type=float, default=0.0,
+                        help="share of manual-mode prompts that are one positive click alone "
+                             "(TrainingConfig.lone_click_share; stages 1-9 ran with 0)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this file of every weight (continue an earlier run) instead of random weights")
@@ -134,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         weight_decay=1e-3, warmup_fraction=0.05, eval_every=max(1, args.steps // args.evaluations), patience=0, augment=True,
         gradient_checkpointing=False, image_size=256, seed=args.seed, train_base=True,
         similarity_weight=args.similarity_weight,
+        lone_click_share=args.lone_click_share,
     )
     concepts = sorted({sample.concept for sample in train_set if sample.mask.any()})
     command = "python scripts/train_demo_model.py " + " ".join(sys.argv[1:] if argv is None else argv)

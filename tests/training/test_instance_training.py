@@ -12,6 +12,7 @@ from napari_clipsam.training.augment import augment
 from napari_clipsam.training.config import TrainingConfig
 from napari_clipsam.training.data import ConceptDataset, Sample, instance_objects
 from napari_clipsam.training.engine import train
+from napari_clipsam.training.evaluate import manual_prompts
 from napari_clipsam.weights.adapters_file import read_adapters_metadata
 from tests.helpers import load_tiny
 
@@ -83,6 +84,43 @@ def test_both_mode_trains_on_whole_concepts_and_on_single_objects(monkeypatch):
     whole = [t for t in targets if np.array_equal(t, labels > 0)]
     single = [t for t in targets if len(np.unique(labels[t])) == 1 and t.sum() in (300, 100)]
     assert whole and single and len(whole) + len(single) == 12
+
+
+def test_lone_clicks_are_one_positive_click_inside_the_object_and_nothing_else():
+    _, labels = _touching_pair()
+    target = labels == 2
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        coords, point_labels, box = manual_prompts(target, rng, lone_click_probability=1.0)
+        assert box is None and point_labels.tolist() == [1] and coords.shape == (1, 2)
+        x, y = coords[0].astype(int)
+        assert target[y, x]
+    # A share between 0 and 1 mixes them with the usual prompts (a box half the time, several clicks).
+    drawn = [manual_prompts(target, rng, lone_click_probability=0.5) for _ in range(200)]
+    lone = sum(box is None and labels_.tolist() == [1] for _, labels_, box in drawn)
+    assert 80 <= lone <= 140 and any(box is not None for *_, box in drawn)
+
+
+def test_no_lone_click_share_draws_exactly_the_earlier_prompts():
+    """Share 0 draws no extra random number: earlier training runs (the demo model's stages) replay."""
+    _, labels = _touching_pair()
+    first, second = np.random.default_rng(7), np.random.default_rng(7)
+    for _ in range(10):
+        plain, shared = manual_prompts(labels == 1, first), manual_prompts(labels == 1, second, lone_click_probability=0.0)
+        for a, b in zip(plain, shared):
+            assert (a is None and b is None) or np.array_equal(a, b)
+
+
+def test_training_draws_lone_clicks_at_the_configured_share(monkeypatch):
+    image, labels = _touching_pair()
+    dataset = ConceptDataset.from_arrays([(image, labels, "thing")])
+    prompts = []
+    original = engine_module.check_prompts
+    monkeypatch.setattr(engine_module, "check_prompts", lambda *a: prompts.append(a) or original(*a))
+    train(load_tiny(), dataset, None, TrainingConfig(mode="manual", steps=10, augment=False, seed=3,
+                                                     lone_click_share=1.0))
+    assert len(prompts) == 10
+    assert all(box is None and point_labels.tolist() == [1] for _, point_labels, box in prompts)
 
 
 def test_training_from_scratch_changes_every_part_and_saves_every_weight(tmp_path):

@@ -308,7 +308,7 @@ def test_float_labels_with_fractions_are_refused_naming_the_source(tmp_path):
 @pytest.mark.parametrize(
     ("field", "value"),
     [("image_size", 1048576), ("image_size", 100), ("learning_rate", float("nan")), ("learning_rate", -1.0),
-     ("warmup_fraction", 2.0), ("patience", -1)],
+     ("warmup_fraction", 2.0), ("patience", -1), ("lone_click_share", 1.5), ("lone_click_share", float("nan"))],
 )
 def test_training_settings_out_of_range_are_refused(field, value):
     with pytest.raises(ValueError, match=field):

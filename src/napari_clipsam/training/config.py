@@ -47,6 +47,10 @@ class TrainingConfig:
             Adapting pretrained weights leaves this off (the paper's setting).
         similarity_weight: with ``train_base``, the weight of the similarity map's loss
             beside the mask's (1: the two summed as they are).
+        lone_click_share: in the manual mode, the share of prompts that are one positive
+            click alone (no box, no negative click); the rest are drawn from the usual mix
+            of 1-3 clicks, 0-2 negatives and a box half the time (which has lone clicks
+            too, 1 in 12). Validation keeps the usual mix.
     """
 
     mode: str = "text"
@@ -64,6 +68,7 @@ class TrainingConfig:
     seed: int = 0
     train_base: bool = False
     similarity_weight: float = 1.0
+    lone_click_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -77,8 +82,9 @@ class TrainingConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number, 0 or more, got {value}.")
-        if not 0 <= self.warmup_fraction <= 1:
-            raise ValueError(f"warmup_fraction must be from 0 to 1, got {self.warmup_fraction}.")
+        for name in ("warmup_fraction", "lone_click_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be from 0 to 1, got {getattr(self, name)}.")
         low, high = TRAINING_IMAGE_SIZE_RANGE
         if self.image_size is not None and not (
             low <= self.image_size <= high and self.image_size % TRAINING_IMAGE_SIZE_MULTIPLE == 0

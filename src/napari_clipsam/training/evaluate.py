@@ -44,11 +44,19 @@ _POSITIVE_COUNT_WEIGHTS = (0.5, 0.3, 0.2)
 
 
 def manual_prompts(mask: np.ndarray, rng: np.random.Generator, max_positive: int = 3, max_negative: int = 2,
-                   box_probability: float = 0.5) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+                   box_probability: float = 0.5, lone_click_probability: float = 0.0
+                   ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Manual-mode prompts sampled from a ground-truth mask: points (XY) with labels, and maybe a box (XYXY).
 
-    The mask is the one object the prompts point at (see :func:`choose_object`).
+    The mask is the one object the prompts point at (see :func:`choose_object`). With
+    ``lone_click_probability`` p, a prompt is one positive click and nothing else with
+    probability p (a user's commonest prompt, and what seeded instances decode), else
+    drawn from the mix above; at 0 no extra random number is drawn, so earlier runs' draws
+    stay the same.
     """
+    if lone_click_probability > 0 and rng.random() < lone_click_probability:
+        coords, labels = points_from_mask(mask, 1, 0, rng)
+        return (coords if len(coords) else None), (labels if len(labels) else None), None
     weights = np.array(_POSITIVE_COUNT_WEIGHTS if max_positive == len(_POSITIVE_COUNT_WEIGHTS) else [1.0] * max_positive)
     positives = int(rng.choice(np.arange(1, max_positive + 1), p=weights / weights.sum()))
     negatives = int(rng.integers(0, max_negative + 1))
