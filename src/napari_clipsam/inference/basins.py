@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from .instances import remove_small_labels
+from .instances import distance_to_background, remove_small_labels
 
 # Two seeds' masks this alike are one object's (the IoU SAM's automatic mask generator
 # removes duplicates at is 0.7; 0.8 merged fewer neighbours of the demo model's spreading masks).
@@ -40,12 +40,6 @@ Crop = tuple[int, int, np.ndarray]
 SEED_SPACING = 0.25
 # Peaks lower than this part of the expected radius lie on thin bridges and edges.
 _MIN_PEAK = 0.2
-
-
-def distance_to_background(mask: np.ndarray) -> np.ndarray:
-    """Euclidean distance of each mask pixel to the nearest background pixel; the border counts as background."""
-    # Padding: an object cut by the border gets its seed inside the part that is seen.
-    return ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
 
 
 def check_mask(mask) -> np.ndarray:

@@ -37,6 +37,12 @@ def masks_to_instances(mask: np.ndarray, min_area: int = 0) -> np.ndarray:
     return remove_small_labels(components, min_area)
 
 
+def distance_to_background(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each mask pixel to the nearest background pixel; the border counts as background."""
+    # Padding: an object cut by the border gets its seed inside the part that is seen.
+    return ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+
+
 def interior_point(mask: np.ndarray) -> np.ndarray:
     """(2,) XY of the pixel deepest inside a non-empty mask: the distance transform's maximum,
     the image border counting as outside; the first in raster order of equally deep ones.
@@ -46,7 +52,7 @@ def interior_point(mask: np.ndarray) -> np.ndarray:
     if not mask.any():
         raise ValueError("interior_point needs a mask with at least one pixel.")
     rows, cols = ndimage.find_objects(mask.astype(np.int8))[0]
-    distance = ndimage.distance_transform_edt(np.pad(mask[rows, cols], 1))[1:-1, 1:-1]
+    distance = distance_to_background(mask[rows, cols])  # the crop's edge is outside the mask too
     y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
     return np.array([cols.start + x, rows.start + y], dtype=np.float64)
 
@@ -84,4 +90,5 @@ def refine_instances(predictor: ClipSamPredictor, instances: np.ndarray) -> np.n
     return run(iter_refine_instances(predictor, instances))
 
 
-__all__ = ["iter_refine_instances", "masks_to_instances", "refine_instances", "remove_small_labels"]
+__all__ = ["distance_to_background", "interior_point", "iter_refine_instances", "masks_to_instances", "refine_instances",
+           "remove_small_labels"]
