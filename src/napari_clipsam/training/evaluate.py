@@ -51,8 +51,9 @@ def manual_prompts(mask: np.ndarray, rng: np.random.Generator, max_positive: int
     The mask is the one object the prompts point at (see :func:`choose_object`). With
     ``lone_click_probability`` p, a prompt is one positive click and nothing else with
     probability p (a user's commonest prompt, and what seeded instances decode), else
-    drawn from the mix above; at 0 no extra random number is drawn, so earlier runs' draws
-    stay the same.
+    drawn from the usual mix (1 to ``max_positive`` clicks, 0 to ``max_negative``
+    negatives, a box with ``box_probability``); at 0 no extra random number is drawn, so
+    earlier runs' draws stay the same.
     """
     if lone_click_probability > 0 and rng.random() < lone_click_probability:
         coords, labels = points_from_mask(mask, 1, 0, rng)
