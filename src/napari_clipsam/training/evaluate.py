@@ -55,15 +55,17 @@ def manual_prompts(mask: np.ndarray, rng: np.random.Generator, max_positive: int
     negatives, a box with ``box_probability``); at 0 no extra random number is drawn, so
     earlier runs' draws stay the same.
     """
-    if lone_click_probability > 0 and rng.random() < lone_click_probability:
-        coords, labels = points_from_mask(mask, 1, 0, rng)
-        return (coords if len(coords) else None), (labels if len(labels) else None), None
-    weights = np.array(_POSITIVE_COUNT_WEIGHTS if max_positive == len(_POSITIVE_COUNT_WEIGHTS) else [1.0] * max_positive)
-    positives = int(rng.choice(np.arange(1, max_positive + 1), p=weights / weights.sum()))
-    negatives = int(rng.integers(0, max_negative + 1))
+    lone = lone_click_probability > 0 and rng.random() < lone_click_probability
+    if lone:
+        positives, negatives = 1, 0
+    else:
+        weights = np.array(_POSITIVE_COUNT_WEIGHTS if max_positive == len(_POSITIVE_COUNT_WEIGHTS)
+                           else [1.0] * max_positive)
+        positives = int(rng.choice(np.arange(1, max_positive + 1), p=weights / weights.sum()))
+        negatives = int(rng.integers(0, max_negative + 1))
     coords, labels = points_from_mask(mask, positives, negatives, rng)
     box = None
-    if rng.random() < box_probability:
+    if not lone and rng.random() < box_probability:
         ys, xs = np.nonzero(mask)
         box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
         if box[2] <= box[0] or box[3] <= box[1]:
