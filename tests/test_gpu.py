@@ -118,10 +118,12 @@ def test_full_size_random_model_on_cuda_matches_cpu(blobs_image, no_tf32, monkey
     print(f"random vit_b + ViT-B-16, cuda vs cpu fp32: embedding max |diff| "
           f"{float((embedding - expected_embedding).abs().max()):.2e}, logits max |diff| "
           f"{float(np.abs(logits - expected_logits).max()):.2e} (of max |logit| {float(np.abs(expected_logits).max()):.2f})")
-    # Every global block (4 in vit_b) once, all 64 x 64 queries in one call on CUDA; 8 bands each on CPU.
+    # Every global block (4 in vit_b) once, all 64 x 64 queries in one call on CUDA; bands of
+    # QUERIES_PER_BAND queries on CPU (4096 / 256 = 16 bands per block).
     global_blocks = sum(block.window_size == 0 for block in gpu.sam.image_encoder.blocks)
+    band = attention.QUERIES_PER_BAND
     assert calls.count(("cuda", (1, 12, 4096, 64))) == global_blocks == 4
-    assert cpu_calls.count(("cpu", (1, 12, 512, 64))) == 8 * global_blocks
+    assert cpu_calls.count(("cpu", (1, 12, band, 64))) == (4096 // band) * global_blocks
     torch.testing.assert_close(embedding, expected_embedding, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(logits, expected_logits, rtol=1e-3, atol=1e-3)
 
