@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop after this long; the output then holds the best state validated so far")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--save-last", type=Path, default=None,
-                        help="also write the state after the last step here (the output holds the best validated one)")
+                        help="also write the state after the last step here, or the step --max-minutes stopped at "
+                             "(the output holds the best validated one)")
     args = parser.parse_args(argv)
 
     overlap = reserved_overlap(args.seed * 100_000, args.scenes)
@@ -198,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 save(event.step, report.iou)
                 saved = True
         if deadline is not None and time.perf_counter() > deadline and event.stage == "training":
+            if args.save_last is not None and event.step < event.total:
+                save(event.step, path=args.save_last)  # the state it stopped at, before closing puts the best back
             job.close()
             print(f"stopped at step {event.step}: --max-minutes {args.max_minutes} reached", flush=True)
             break

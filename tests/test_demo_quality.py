@@ -184,3 +184,18 @@ def test_training_refuses_a_description_too_long_before_it_trains(tmp_path):
                         "--validation-seed", 1050000, "--steps", 2, "--output", output, timeout=300)
     assert completed.returncode == 2 and "would pass 2000 characters" in completed.stderr, completed.stderr[-2000:]
     assert "step 0" not in completed.stdout and not output.exists()
+
+
+def test_a_run_stopped_by_its_time_limit_keeps_its_last_state(tmp_path):
+    """--save-last is written when --max-minutes stops a run too (a GPU run once lost it so)."""
+    output, last = tmp_path / "best.safetensors", tmp_path / "last.safetensors"
+    completed = _script("train_demo_model.py", "--seed", 14, "--scenes", 2, "--validation-scenes", 1,
+                        "--validation-seed", 1050000, "--steps", 50, "--batch-size", 1, "--threads", 1,
+                        "--max-minutes", 0.0001, "--output", output, "--save-last", last, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "--max-minutes 0.0001 reached" in completed.stdout
+    stopped = int(re.search(r"stopped at step (\d+)", completed.stdout).group(1))
+    assert 0 < stopped < 50 and output.exists() and last.exists()
+    from napari_clipsam.weights.adapters_file import read_adapters_metadata
+
+    assert f"the state after its last step, {stopped})" in read_adapters_metadata(last)["description"]
