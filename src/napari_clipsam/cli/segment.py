@@ -64,7 +64,8 @@ def add_parser(commands, parents) -> None:
     seg.add_argument(
         "--tile-shape", type=_tile_shape, default="auto", metavar="PX|H,W|auto|none",
         help="segment images larger than SAM's input in tiles of this core size, at native resolution "
-             "(default auto: tiles when the image is more than twice the input; none: resize the image to the input)",
+             "(default auto: tiles when the image is more than twice the input, or any larger than the input with the "
+             "demo model; none: resize the image to the input)",
     )
     seg.add_argument("--halo", type=_halo, default="auto", metavar="PX|H,W|auto",
                      help="pixels of context around each tile (default auto: a quarter of the input)")

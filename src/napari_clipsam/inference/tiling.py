@@ -32,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from .._jobs import Job, Progress, relay
+from ..model.build_sam import DEFAULT_AUTO_DOWNSCALE
 from .seeds import KEEP_FRACTION
 
 if TYPE_CHECKING:
@@ -39,9 +40,6 @@ if TYPE_CHECKING:
     from .predictor import ClipSamPredictor
 
 AUTO = "auto"
-# "auto" tiles an image whose longer side exceeds this many SAM inputs; below it, resizing
-# to the input loses at most half the detail and one pass is much faster.
-AUTO_TILING_FACTOR = 2
 # "auto" halo: this part of SAM's input on each side (256 px at 1024, 64 at 256), so a tile's
 # core is half the input. On a 640 px field of generated nuclei (demo model, seeds) instance
 # F1 was 0.27 with an eighth (32 px; nuclei reach 60 px), 0.32 with a quarter, against 0.34
@@ -95,16 +93,20 @@ def check_tiling(tile_shape=AUTO, halo=AUTO) -> None:
         _pair(tile_shape, "tile_shape")
 
 
-def resolve_tiling(image_shape: tuple[int, int], input_size: int, tile_shape=AUTO, halo=AUTO):
+def resolve_tiling(image_shape: tuple[int, int], input_size: int, tile_shape=AUTO, halo=AUTO,
+                   max_downscale: float = DEFAULT_AUTO_DOWNSCALE):
     """The ((core h, core w), (halo h, halo w)) to segment an image of ``image_shape`` with, or None for one pass.
 
     Args:
         input_size: SAM's input side in pixels (the predictor's).
-        tile_shape: ``"auto"`` (tiles when the image's longer side exceeds
-            ``AUTO_TILING_FACTOR`` inputs: cores of ``input - 2 * halo`` so that a tile with its
-            halo is exactly one input, read at native resolution), None (never: the whole
-            image resized to the input) or the core's (height, width) in pixels.
+        tile_shape: ``"auto"`` (tiles when the image's longer side exceeds ``max_downscale``
+            inputs: cores of ``input - 2 * halo`` so that a tile with its halo is exactly one
+            input, read at native resolution), None (never: the whole image resized to the
+            input) or the core's (height, width) in pixels.
         halo: pixels of context on each side (``"auto"``: a quarter of the input), or (h, w).
+        max_downscale: how many times "auto" may shrink an image to the input instead
+            (the model's ``max_auto_downscale``: 2 for the published SAM, whose one pass is
+            much faster and loses at most half the detail; 1 for the demo model).
     """
     check_tiling(tile_shape, halo)
     height, width = (int(n) for n in image_shape)
@@ -112,7 +114,7 @@ def resolve_tiling(image_shape: tuple[int, int], input_size: int, tile_shape=AUT
     if tile_shape is None:
         return None
     if isinstance(tile_shape, str):
-        if max(height, width) <= AUTO_TILING_FACTOR * input_size:
+        if max(height, width) <= max_downscale * input_size:
             return None
         core = tuple(max(input_size - 2 * h, input_size // 2) for h in halo_pair)
         return (core[0], core[1]), halo_pair
@@ -129,7 +131,8 @@ def sam_side(predictor: ClipSamPredictor) -> int:
 
 def tiling_for(predictor: ClipSamPredictor, image_shape, options: SegmentOptions):
     """:func:`resolve_tiling` for a plane of ``image_shape`` ((H, W, ...)) at ``predictor``'s SAM input."""
-    return resolve_tiling(tuple(image_shape)[:2], sam_side(predictor), options.tile_shape, options.halo)
+    return resolve_tiling(tuple(image_shape)[:2], sam_side(predictor), options.tile_shape, options.halo,
+                          predictor.model.max_auto_downscale)
 
 
 def plan_tiles(image_shape: tuple[int, int], tile_shape: tuple[int, int], halo: tuple[int, int]) -> list[Tile]:

@@ -23,6 +23,7 @@ from torch import nn
 
 from .adapters import Conditioning, attach_adapters, first_semantic_block, run_blocks
 from .attention import use_banded_global_attention, use_fused_windowed_attention
+from .build_sam import auto_downscale
 from .config import ClipSamConfig
 from .device import autocast
 from .prompt_encoder import sized_prompt_encoder
@@ -76,6 +77,9 @@ class ClipSamModel(nn.Module):
         # SAM input side the loaded adapters were trained at (None: native); predictors
         # without an explicit image_size run at it.
         self.preferred_image_size: int | None = None
+        # How many times tile_shape="auto" may shrink an image to SAM's input before it tiles
+        # at native resolution instead: 2 for the published SAM, 1 for the demo model.
+        self.max_auto_downscale = auto_downscale(sam_name)
         # Counts changes to the trainable weights (loading, training): predictors compare
         # it with the count their cached features were computed at.
         self.weights_version = 0
