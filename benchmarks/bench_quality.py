@@ -94,7 +94,9 @@ def coins_truth() -> tuple[np.ndarray, np.ndarray]:
 
 
 def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of: str | None) -> dict:
-    """Every figure of one image; one predictor: the image is set once, then concepts and clicks."""
+    """Every figure of one image, as ``nc.segment`` gives it by default (an image larger than the
+    model's input in tiles where the model's ``max_auto_downscale`` says so); one predictor, so
+    an image read in one pass is encoded once for every concept and click."""
     import napari_clipsam as nc
     from napari_clipsam._jobs import run
     from napari_clipsam.inference.instances import interior_point
@@ -102,18 +104,16 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
     from napari_clipsam.training.metrics import click_quality, cross_overlap, match_instances, semantic_iou
 
     predictor = nc.ClipSamPredictor(model)
-    predictor.set_image(image)
     result = {"text_iou": {}, "cross": {}, "clicks": defaultdict(list), "instances": {}}
     masks = {}
     for concept, truth in truths.items():
-        predictor.set_concept(concept)
-        masks[concept] = predictor.predict()[0][0]
+        masks[concept] = nc.segment(image, concept, model, predictor=predictor) > 0
         result["text_iou"][concept] = semantic_iou(masks[concept], truth > 0)
         ids = np.unique(truth)[1:]
         for label in rng.choice(ids, size=min(clicks, len(ids)), replace=False):
             object_mask = truth == label
-            click = predictor.predict(point_coords=interior_point(object_mask)[None],
-                                      point_labels=np.array([1]))[0][0]
+            click = nc.segment(image, concept, model, predictor=predictor, points=interior_point(object_mask)[None],
+                               point_labels=np.array([1])) > 0
             result["clicks"][concept].append(click_quality(click, object_mask))
     for first in truths:
         for second in truths:
@@ -125,7 +125,9 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
             labels = nc.segment(image, instances_of, model, instances=True, instance_method=method,
                                 predictor=predictor)
             result["instances"][method] = match_instances(labels, truths[instances_of], 0.5)
-        # The instance method alone: the seeds on the TRUE concept mask (what a perfect text mask would give).
+        # The instance method alone: the seeds on the TRUE concept mask (what a perfect text mask
+        # would give), the whole image in one pass.
+        predictor.set_image(image)
         predictor.set_concept(instances_of)
         labels = run(iter_mask_instances(predictor, truths[instances_of] > 0))
         result["instances"]["seeds_true_mask"] = match_instances(labels, truths[instances_of], 0.5)
