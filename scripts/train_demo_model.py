@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lone-click-share", type=float, default=0.0,
                         help="share of manual-mode prompts that are one positive click alone "
                              "(TrainingConfig.lone_click_share; stages 1-9 ran with 0)")
+    parser.add_argument("--neighbour-weight", type=float, default=1.0,
+                        help="manual mode: cross-entropy weight of the concept's other objects' pixels "
+                             "(TrainingConfig.neighbour_weight; stages 1-10 ran with 1)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this file of every weight (continue an earlier run) instead of random weights")
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         gradient_checkpointing=False, image_size=256, seed=args.seed, train_base=True,
         similarity_weight=args.similarity_weight,
         lone_click_share=args.lone_click_share,
+        neighbour_weight=args.neighbour_weight,
     )
     concepts = sorted({sample.concept for sample in train_set if sample.mask.any()})
     command = "python scripts/train_demo_model.py " + " ".join(sys.argv[1:] if argv is None else argv)

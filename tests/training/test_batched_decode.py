@@ -107,7 +107,7 @@ def _reference_train_step(model, optimizer, batch, indices, cache, config, rng, 
     embeddings = model.encode_image(torch.cat(sam_inputs), conditioning, config.gradient_checkpointing)
     losses = []
     for i, (view, input_size) in enumerate(zip(views, input_sizes)):
-        points, boxes, mask_prompt, target_mask = engine._training_prompts(model, view, similarity[i : i + 1],
+        points, boxes, mask_prompt, target_mask, _ = engine._training_prompts(model, view, similarity[i : i + 1],
                                                                            input_size, config, rng)
         layouts.append((None if points is None else points[0].shape[1], boxes is not None))
         logits, predicted_iou = model.decode(embeddings[i : i + 1], points, boxes, mask_prompt, False)

@@ -203,3 +203,34 @@ def test_the_similarity_maps_loss_is_weighted_as_configured():
     assert losses[2.5] - losses[0.0] == pytest.approx(2.5 * map_loss, rel=1e-3)
     with pytest.raises(ValueError, match="similarity_weight"):
         TrainingConfig(similarity_weight=-1.0)
+
+
+def test_neighbour_weight_weighs_the_concepts_other_objects_in_the_manual_mode_only(monkeypatch):
+    """The pixels a click's mask must not take (the touching neighbour) weigh more; the text
+    mode, whose target is every object, is unchanged."""
+    image, labels = _touching_pair()
+    dataset = ConceptDataset.from_instance_labels([(image, {"nucleus": labels})])
+    others = []
+    original = engine_module._training_prompts
+
+    def recording(model, view, *args):
+        prompts = original(model, view, *args)
+        others.append((view.mask, prompts[3], prompts[4]))
+        return prompts
+
+    monkeypatch.setattr(engine_module, "_training_prompts", recording)
+    losses = {}
+    model = load_tiny()
+    for mode in ("manual", "text"):
+        for weight in (1.0, 4.0):
+            # lr 0: the same weights, seed and prompts each time, so only the weighting differs.
+            config = TrainingConfig(mode=mode, steps=1, augment=False, learning_rate=0.0, eval_every=1, patience=0,
+                                    neighbour_weight=weight)
+            losses[mode, weight] = train(model, dataset, None, config).losses[0]
+    for mask, target, other in others:
+        assert not (target & other).any() and ((target | other) == mask).all()
+    assert any(other.any() for _, _, other in others)  # the manual mode's neighbour
+    assert abs(losses["manual", 4.0] - losses["manual", 1.0]) > 1e-5
+    assert losses["text", 4.0] == pytest.approx(losses["text", 1.0], abs=1e-7)
+    with pytest.raises(ValueError, match="neighbour_weight"):
+        TrainingConfig(neighbour_weight=-1.0)

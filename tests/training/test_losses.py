@@ -91,3 +91,20 @@ def test_loss_is_lower_for_better_predictions():
     bad = segmentation_loss(-target * 20 + 10, torch.tensor([[1.0]]), target)
     assert good["loss"] < 0.1 < bad["loss"]
     assert good["soft_iou"] < 1e-3 and bad["soft_iou"] > 0.99
+
+
+def test_the_bce_weight_makes_a_weighted_mean_of_the_pixels():
+    """A per-pixel weight (the manual mode's heavier neighbours) weighs the BCE term only."""
+    logits, target = _tensor(LOGITS), _tensor(TARGET)
+    predicted_iou = torch.tensor([[0.5]])
+    plain = segmentation_loss(logits, predicted_iou, target)
+    ones = segmentation_loss(logits, predicted_iou, target, torch.ones_like(target))
+    assert float(ones["bce"]) == pytest.approx(float(plain["bce"]))
+    weight = _tensor([[1.0, 3.0], [1.0, 1.0]])  # the wrong pixel (logit 2, target 0) three times
+    weighted = segmentation_loss(logits, predicted_iou, target, weight)
+    bce = [-math.log(_sigmoid(0.0)), -math.log(1 - _sigmoid(2.0)), -math.log(1 - _sigmoid(-1.0)),
+           -math.log(_sigmoid(3.0))]
+    assert float(weighted["bce"]) == pytest.approx((bce[0] + 3 * bce[1] + bce[2] + bce[3]) / 6, rel=1e-5)
+    assert float(weighted["bce"]) > float(plain["bce"])  # the heavier pixel is the worst one
+    for term in ("dice", "soft_iou", "iou_prediction"):
+        assert float(weighted[term]) == pytest.approx(float(plain[term]))

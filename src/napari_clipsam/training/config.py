@@ -51,6 +51,9 @@ class TrainingConfig:
             click alone (no box, no negative click); the rest are drawn from the usual mix
             of 1-3 clicks, 0-2 negatives and a box half the time (which has lone clicks
             too, 1 in 12). Validation keeps the usual mix.
+        neighbour_weight: in the manual mode, the cross-entropy weight of the pixels of the
+            concept's other objects (a click's mask spreading onto touching neighbours is
+            its commonest error); 1: every pixel alike.
     """
 
     mode: str = "text"
@@ -69,6 +72,7 @@ class TrainingConfig:
     train_base: bool = False
     similarity_weight: float = 1.0
     lone_click_share: float = 0.0
+    neighbour_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -78,7 +82,7 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.patience < 0:
             raise ValueError(f"patience must be 0 (never stop early) or more, got {self.patience}.")
-        for name in ("learning_rate", "clip_learning_rate", "weight_decay", "similarity_weight"):
+        for name in ("learning_rate", "clip_learning_rate", "weight_decay", "similarity_weight", "neighbour_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number, 0 or more, got {value}.")

@@ -321,11 +321,16 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
     prompts = [_training_prompts(model, view, similarity[i : i + 1], input_size, config, rng,
                                  similarity_on_cpu[i : i + 1])
                for i, (view, input_size) in enumerate(zip(views, input_sizes))]
-    points, boxes, mask_prompts, target_masks = zip(*prompts)
+    points, boxes, mask_prompts, target_masks, others = zip(*prompts)
     targets = torch.cat([low_res_target(mask, input_size, model.image_size, model.mask_input_size, "cpu")
                          for mask, input_size in zip(target_masks, input_sizes)]).to(model.device, non_blocking=True)
+    weights = None
+    if config.neighbour_weight != 1:  # the other objects of a manual-mode sample's concept weigh more
+        weights = torch.cat([1 + (config.neighbour_weight - 1) * low_res_target(
+            other, input_size, model.image_size, model.mask_input_size, "cpu") for other, input_size in
+            zip(others, input_sizes)]).to(model.device, non_blocking=True)
     logits, predicted_iou = decode_batch(model, embeddings, points, boxes, mask_prompts, False)
-    loss = segmentation_loss(logits, predicted_iou, targets)["loss"]  # means over the batch: per sample, then mean
+    loss = segmentation_loss(logits, predicted_iou, targets, weights)["loss"]  # per sample, then mean
     if config.train_base:
         loss = loss + config.similarity_weight * similarity_loss(similarity, [view.mask for view in views]).mean()
     if not bool(torch.isfinite(loss)):
@@ -360,7 +365,8 @@ def _training_prompts(model: ClipSamModel, view: Augmented, similarity: torch.Te
     the same (1, g, g) map already on the CPU, spares the text mode a transfer.
 
     Points and box are on the CPU (:func:`decode_batch` sends a batch's at once), the mask
-    prompt on the model's device.
+    prompt on the model's device. Last, the concept's pixels outside the target (its other
+    objects in the manual mode; none in the text mode).
     """
     original_size = view.mask.shape
     mask_prompt = None
@@ -379,7 +385,7 @@ def _training_prompts(model: ClipSamModel, view: Augmented, similarity: torch.Te
         target = choose_object(view.objects, rng)
         coords, labels, box = check_prompts(*manual_prompts(target, rng, lone_click_probability=config.lone_click_share))
     points, boxes = to_sam_frame(coords, labels, box, original_size, model.image_size, torch.device("cpu"))
-    return points, boxes, mask_prompt, target
+    return points, boxes, mask_prompt, target, view.mask & ~target
 
 
 __all__ = ["iter_train", "resume_path", "train"]
