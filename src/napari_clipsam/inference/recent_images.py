@@ -35,6 +35,11 @@ from .features import ImageFeatures
 DEFAULT_IMAGES_KEPT = 4
 
 
+def _current(predictor) -> bool:
+    """Whether the predictor's features hold for its model's weights and its size now."""
+    return predictor.features.valid_for(predictor.model.weights_version, predictor.image_size)
+
+
 class RecentImages:
     """Feature bundles of recently set images, newest last."""
 
@@ -86,7 +91,7 @@ class RecentImages:
         it (its cheap first stage). Returns whether the embedding was loaded.
         """
         features = predictor.features
-        if self.store is None or digest is None or features.weights_version != predictor.model.weights_version:
+        if self.store is None or digest is None or not _current(predictor):
             return False
         entry, expected = self._entry(predictor, digest), _expected_shapes(predictor)
         device = predictor.model.device
@@ -115,9 +120,8 @@ class RecentImages:
         outlives it, even for the last image it saw.
         """
         store, features = self.store, predictor.features
-        if store is None or not store.writable or digest is None \
-                or features.weights_version != predictor.model.weights_version:
-            return  # features of weights since replaced must not be filed under the new ones
+        if store is None or not store.writable or digest is None or not _current(predictor):
+            return  # features of weights (or a size) since replaced must not be filed under the new ones
         entry = self._entry(predictor, digest)
         # With adapters from the first block on (the default) the prefix is the patch embedding
         # alone: 12 MB for vit_b that its 0.3 s of compute do not justify.
