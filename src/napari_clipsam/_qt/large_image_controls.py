@@ -1,9 +1,10 @@
 """The controls for large images: tiles, the resolution level of a multiscale layer, the visible region.
 
 - **Tiles** (saved with the other settings): ``Auto`` tiles a plane more than twice SAM's
-  input (any plane larger than it with the demo model) at native resolution, ``Off`` resizes the whole plane to the input, ``Custom``
-  uses **Tile size** as each tile's core; **Tile halo** is the context around a core
-  (0: auto, a quarter of the input). See ``inference/tiling.py``.
+  input (any plane larger than it with the demo model) at native resolution, ``Off``
+  resizes the whole plane to the input, ``Custom`` uses **Tile size** as each tile's core;
+  **Tile halo** is the context around a core (0: auto, a quarter of the input). See
+  ``inference/tiling.py``.
 - **Resolution** (multiscale layers only, not saved: levels differ between images): the
   level to read, full resolution (level 0) by default.
 - **Visible region only** (the text-only mode, one plane): segment only what the canvas shows.
@@ -48,8 +49,8 @@ class LargeImageControls:
         self.tiles = ComboBox(label="Tiles", choices=list(TILE_CHOICES), value=TILES_AUTO)
         self.tiles.tooltip = (
             "Auto: planes more than twice SAM's input (with the demo model: larger than it) are "
-            "segmented in overlapping tiles at native resolution. Off: the whole plane is resized to SAM's input (fast, loses small objects). "
-            "Custom: tiles of the size below."
+            "segmented in overlapping tiles at native resolution. Off: the whole plane is resized to "
+            "SAM's input (fast, loses small objects). Custom: tiles of the size below."
         )
         self.tile_size = SpinBox(label="Tile size (px)", min=16, max=100_000, step=64, value=512)
         self.tile_size.tooltip = "Each tile's core in pixels of the level read; the halo comes on top."
