@@ -108,3 +108,9 @@ def test_the_bce_weight_makes_a_weighted_mean_of_the_pixels():
     assert float(weighted["bce"]) > float(plain["bce"])  # the heavier pixel is the worst one
     for term in ("dice", "soft_iou", "iou_prediction"):
         assert float(weighted[term]) == pytest.approx(float(plain[term]))
+    # A batch is the mean of its samples' losses, each weighted within itself, as if decoded alone.
+    other_logits, other_target = _tensor([[1.0, -2.0], [0.5, 0.0]]), _tensor([[1.0, 1.0], [0.0, 0.0]])
+    other = segmentation_loss(other_logits, predicted_iou, other_target, torch.ones_like(other_target))
+    both = segmentation_loss(torch.cat([logits, other_logits]), torch.tensor([[0.5], [0.5]]),
+                             torch.cat([target, other_target]), torch.cat([weight, torch.ones_like(weight)]))
+    assert float(both["bce"]) == pytest.approx((float(weighted["bce"]) + float(other["bce"])) / 2, rel=1e-5)

@@ -330,7 +330,7 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
             other, input_size, model.image_size, model.mask_input_size, "cpu") for other, input_size in
             zip(others, input_sizes)]).to(model.device, non_blocking=True)
     logits, predicted_iou = decode_batch(model, embeddings, points, boxes, mask_prompts, False)
-    loss = segmentation_loss(logits, predicted_iou, targets, weights)["loss"]  # per sample, then mean
+    loss = segmentation_loss(logits, predicted_iou, targets, weights)["loss"]  # per sample, then the batch mean
     if config.train_base:
         loss = loss + config.similarity_weight * similarity_loss(similarity, [view.mask for view in views]).mean()
     if not bool(torch.isfinite(loss)):

@@ -54,6 +54,15 @@ def iou_prediction_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, targe
     return F.mse_loss(predicted_iou.reshape(-1).float(), true_iou.reshape(-1))
 
 
+def _bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the batch of each sample's (weighted) mean binary cross-entropy of its pixels."""
+    if weight is None:
+        return F.binary_cross_entropy_with_logits(logits, target)  # all samples one size: the same mean
+    dims = tuple(range(1, logits.ndim))
+    weighted = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
+    return (weighted.sum(dims) / weight.sum(dims).clamp_min(1e-6)).mean()
+
+
 def segmentation_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, target: torch.Tensor,
                       bce_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """BCE + Dice + soft IoU on the mask logits (the paper's loss), plus the IoU head's regression.
@@ -62,17 +71,16 @@ def segmentation_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, target:
         logits: (B, 1, h, w) SAM's low-resolution mask logits.
         predicted_iou: (B, 1) SAM's IoU prediction.
         target: (B, 1, h, w) 0/1 ground truth (see :func:`low_res_target`).
-        bce_weight: (B, 1, h, w) per-pixel weights of the BCE term (None: all 1); the BCE is
-            then their weighted mean, so its scale stays that of the unweighted loss.
+        bce_weight: (B, 1, h, w) per-pixel weights of the BCE term (None: all 1); each
+            sample's BCE is then the weighted mean of its pixels (the scale of the unweighted
+            loss), and the batch's the mean of the samples', as for the other terms.
 
     Returns:
         ``"loss"``, the sum of the terms, to minimise; and each term, detached:
         ``"bce"``, ``"dice"``, ``"soft_iou"``, ``"iou_prediction"``.
     """
     terms = {
-        "bce": (F.binary_cross_entropy_with_logits(logits, target) if bce_weight is None else
-                (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * bce_weight).sum()
-                / bce_weight.sum().clamp_min(1e-6)),
+        "bce": _bce(logits, target, bce_weight),
         "dice": dice_loss(logits, target),
         "soft_iou": soft_iou_loss(logits, target),
         "iou_prediction": iou_prediction_loss(logits, predicted_iou, target),
