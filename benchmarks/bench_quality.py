@@ -61,8 +61,13 @@ def load(args):
 
     if args.model == "demo":
         return nc.load_model(preset="demo", device=args.device, precision="fp32")
+    if args.model != "random" and not (args.sam and args.clip):  # a file says which architecture it fills
+        from napari_clipsam.weights.adapters_file import read_adapters_metadata
+
+        metadata = read_adapters_metadata(args.model)
+        args.sam, args.clip = args.sam or metadata["sam"], args.clip or metadata["clip"]
     sam, clip = args.sam or "demo", args.clip or "demo"
-    small = {"demo", "tiny"}
+    small = {"demo", "demo-deep", "tiny"}
     checkpoints = dict(sam_checkpoint=None if sam in small else "default",
                        clip_pretrained=None if clip in small else "default")
     if args.model == "random":
@@ -255,8 +260,8 @@ def main(argv=None) -> int:
     parser.add_argument("--clicks", type=int, default=5, help="objects clicked per concept per image, at most")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--sam", help="SAM architecture of a file or random model (default: demo)")
-    parser.add_argument("--clip", help="CLIP architecture of a file or random model (default: demo)")
+    parser.add_argument("--sam", help="SAM architecture of a random model (default: demo; a file says its own)")
+    parser.add_argument("--clip", help="CLIP architecture of a random model (default: demo; a file says its own)")
     parser.add_argument("--no-samples", action="store_true", help="skip the bundled samples")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)

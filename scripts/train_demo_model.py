@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this file of every weight (continue an earlier run) instead of random weights")
+    parser.add_argument("--deepen", action="store_true",
+                        help="--init is a model with half of --sam's encoder blocks (e.g. a demo file for --sam "
+                             "demo-deep): grow it (napari_clipsam.model.grow.deepen_encoder; new blocks start as the "
+                             "identity, so training starts from the file's own masks)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (a GPU's file differs from a CPU's in the last bits)")
     parser.add_argument("--sam", default="demo", help="SAM architecture (a variant of napari_clipsam.model.build_sam)")
     parser.add_argument("--evaluations", type=int, default=6, help="validations during the run")
@@ -113,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--validation-seed {args.validation_seed} with --validation-scenes {args.validation_scenes} "
                      f"validates outside the validation scenes ({low:,} to {high - 1:,}): the held-out scenes must "
                      "not choose a file, and training scenes would flatter it; give a seed in that range.")
+    if args.deepen and args.init is None:
+        parser.error("--deepen grows the model of --init; give --init FILE.")
     if not 0 <= args.mixed_share <= 1:
         parser.error(f"--mixed-share is a share from 0 to 1, got {args.mixed_share}.")
     if args.save_last is not None and args.save_last.exists() and not args.overwrite:
@@ -135,7 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(train_set)} training samples from {args.scenes} scenes, {len(val_set)} validation samples "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
     model = nc.load_model(sam=args.sam, clip="demo", sam_checkpoint=None, clip_pretrained=None, device=args.device,
-                          precision="fp32", config=demo_config(), adapters=args.init)
+                          precision="fp32", config=demo_config(), adapters=None if args.deepen else args.init)
+    if args.deepen:
+        from napari_clipsam.model.grow import deepen_encoder
+
+        grown_from = read_adapters_metadata(args.init)["sam"]
+        deepen_encoder(nc.load_model(sam=grown_from, clip="demo", sam_checkpoint=None, clip_pretrained=None,
+                                     device=args.device, precision="fp32", config=demo_config(), adapters=args.init),
+                       model)
+        print(f"grown from {args.init} ({grown_from}, {len(model.sam.image_encoder.blocks) // 2} encoder blocks) to "
+              f"{args.sam} ({len(model.sam.image_encoder.blocks)} blocks)", flush=True)
     config = TrainingConfig(
         mode="both", steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
         weight_decay=1e-3, warmup_fraction=0.05, eval_every=max(1, args.steps // args.evaluations), patience=0, augment=True,
