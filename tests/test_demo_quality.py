@@ -199,3 +199,24 @@ def test_a_run_stopped_by_its_time_limit_keeps_its_last_state(tmp_path):
     from napari_clipsam.weights.adapters_file import read_adapters_metadata
 
     assert f"the state after its last step, {stopped})" in read_adapters_metadata(last)["description"]
+
+
+def test_a_run_can_grow_the_model_deeper_and_starts_from_its_masks(tmp_path):
+    """--deepen: the demo file grown to demo-deep validates as the file itself at step 0, then trains."""
+    from napari_clipsam.weights.presets import preset_path
+
+    shipped = preset_path("demo")
+    common = ("--seed", 14, "--scenes", 2, "--validation-scenes", 2, "--validation-seed", 1050000, "--steps", 1,
+              "--batch-size", 1, "--threads", 1, "--evaluations", 1, "--init", shipped)
+    runs = {sam: _script("train_demo_model.py", *common, "--sam", sam, *(("--deepen",) if sam != "demo" else ()),
+                         "--output", tmp_path / f"{sam}.safetensors", timeout=300) for sam in ("demo", "demo-deep")}
+    for completed in runs.values():
+        assert completed.returncode == 0, completed.stderr[-2000:]
+    first = {sam: re.search(r"step 0: validation IoU .*", completed.stdout).group(0) for sam, completed in runs.items()}
+    assert first["demo"] == first["demo-deep"]
+    assert "(demo, 4 encoder blocks) to demo-deep (8 blocks)" in runs["demo-deep"].stdout
+    from napari_clipsam.weights.adapters_file import read_adapters_metadata
+
+    assert read_adapters_metadata(tmp_path / "demo-deep.safetensors")["sam"] == "demo-deep"
+    completed = _script("train_demo_model.py", "--deepen", "--output", tmp_path / "x.safetensors")
+    assert completed.returncode == 2 and "--deepen grows the model of --init" in completed.stderr
