@@ -80,6 +80,7 @@ class _Stages:
 def test_a_multiscale_layer_segments_at_full_resolution_in_tiles(viewer, demo_model, scene):
     viewer.add_image(_pyramid(scene.image), multiscale=True, name="pyramid")
     widget = _docked(viewer, demo_model)
+    assert "DEMO model: generated scenes only" in widget._controls.status.value
     widget.set_image("pyramid")
     stages = _Stages(widget)
     result = _segment(widget)

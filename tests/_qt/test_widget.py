@@ -236,6 +236,7 @@ def test_load_model_loads_what_the_fields_say_once(qtbot, viewer, widget):
     model = widget._jobs.model
     assert model.sam_name == "tiny" and model.clip_name == "tiny"
     assert "Model: SAM tiny + CLIP tiny" in widget._controls.status.value
+    assert "DEMO" not in widget._controls.status.value  # said of the demo models only (tests/model/test_grow.py)
     widget.set_concept("nucleus")
     widget.segment()
     widget.wait(TIMEOUT_S)

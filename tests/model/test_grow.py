@@ -40,6 +40,7 @@ def test_the_grown_model_gives_the_small_models_masks(grown):
     source, target = grown
     assert len(target.sam.image_encoder.blocks) == 2 * len(source.sam.image_encoder.blocks)
     assert target.concepts == source.concepts and target.description == source.description
+    assert target.is_demo and source.is_demo and target.max_auto_downscale == source.max_auto_downscale == 1
     scene = generate_scene(2_000_000, kind="nuclei")
     ys, xs = np.nonzero(scene.labels["nucleus"] == 1)
     click = (float(xs[len(xs) // 2]), float(ys[len(ys) // 2]))  # a pixel of the first nucleus

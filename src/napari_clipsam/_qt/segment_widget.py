@@ -261,7 +261,7 @@ class ClipSamWidget(Container):
         self._model_fields.refresh_choices()  # open_clip is loaded now: its names are free
         self._model_concepts = list(model.concepts)  # offered beside the recent ones
         self._controls.recent.reset_choices()
-        demo = " DEMO model: generated scenes only, not for real data." if model.sam_name == "demo" else ""
+        demo = " DEMO model: generated scenes only, not for real data." if model.is_demo else ""
         self._set_status(f"Model: SAM {model.sam_name} + CLIP {model.clip_name} ({model.device}, {model.precision}).{demo}")
 
     def _recent_choices(self, _widget: Any = None) -> list[str]:

@@ -195,7 +195,9 @@ SAM_BUILDERS: dict[str, Callable[[], Sam]] = {
 # training crops are enlarged, never shrunk): the 512 px synthetic nuclei sample shrunk to its
 # 256 px input gave text IoU 0.34, read in native-size tiles 0.87. So it never shrinks.
 DEFAULT_AUTO_DOWNSCALE = 2.0
-AUTO_DOWNSCALE: dict[str, float] = {"demo": 1.0, "demo-deep": 1.0}
+# The variants of the demo model (trained on generated scenes only; the widget says so).
+DEMO_VARIANTS = ("demo", "demo-deep")
+AUTO_DOWNSCALE: dict[str, float] = dict.fromkeys(DEMO_VARIANTS, 1.0)
 
 
 def auto_downscale(variant: str) -> float:

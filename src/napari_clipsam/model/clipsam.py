@@ -23,7 +23,7 @@ from torch import nn
 
 from .adapters import Conditioning, attach_adapters, first_semantic_block, run_blocks
 from .attention import use_banded_global_attention, use_fused_windowed_attention
-from .build_sam import auto_downscale
+from .build_sam import DEMO_VARIANTS, auto_downscale
 from .config import ClipSamConfig
 from .device import autocast
 from .prompt_encoder import sized_prompt_encoder
@@ -80,6 +80,7 @@ class ClipSamModel(nn.Module):
         # How many times tile_shape="auto" may shrink an image to SAM's input before it tiles
         # at native resolution instead: 2 for the published SAM, 1 for the demo model.
         self.max_auto_downscale = auto_downscale(sam_name)
+        self.is_demo = sam_name in DEMO_VARIANTS  # trained on generated scenes only: the widget says so
         # Counts changes to the trainable weights (loading, training): predictors compare
         # it with the count their cached features were computed at.
         self.weights_version = 0
