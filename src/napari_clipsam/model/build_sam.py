@@ -133,19 +133,14 @@ def build_sam_tiny() -> Sam:
     )
 
 
-def build_sam_demo() -> Sam:
-    """The demo model's SAM: 256 px input, 8 px patches (a 32x32 grid, 128x128 mask logits).
-
-    Small enough to train from scratch on a CPU and ship in the package; the finer patch
-    grid than ``tiny`` keeps small objects (spots of 5 px) resolvable.
-    """
+def _build_demo(encoder_depth: int, encoder_global_attn_indexes: tuple[int, ...]) -> Sam:
     return _build_sam(
         image_size=256,
         patch_size=8,
         encoder_embed_dim=64,
-        encoder_depth=4,
+        encoder_depth=encoder_depth,
         encoder_num_heads=4,
-        encoder_global_attn_indexes=(1, 3),
+        encoder_global_attn_indexes=encoder_global_attn_indexes,
         window_size=8,
         prompt_embed_dim=64,
         mask_in_chans=8,
@@ -154,6 +149,16 @@ def build_sam_demo() -> Sam:
         decoder_num_heads=4,
         iou_head_hidden_dim=64,
     )
+
+
+def build_sam_demo() -> Sam:
+    """The demo model's SAM: 256 px input, 8 px patches (a 32x32 grid, 128x128 mask logits).
+
+    Small enough to train from scratch on a CPU and ship in the package; the finer patch
+    grid than ``tiny`` keeps small objects (spots of 5 px) resolvable. 4 encoder blocks of
+    width 64, global attention in blocks 1 and 3.
+    """
+    return _build_demo(4, (1, 3))
 
 
 def build_sam_demo_deep() -> Sam:
@@ -162,21 +167,7 @@ def build_sam_demo_deep() -> Sam:
     Made to be grown from a trained ``demo`` model (:func:`napari_clipsam.model.grow.deepen_encoder`):
     its block ``i`` becomes block ``2i`` here, and each block between starts as the identity.
     """
-    return _build_sam(
-        image_size=256,
-        patch_size=8,
-        encoder_embed_dim=64,
-        encoder_depth=8,
-        encoder_num_heads=4,
-        encoder_global_attn_indexes=(2, 6),
-        window_size=8,
-        prompt_embed_dim=64,
-        mask_in_chans=8,
-        decoder_depth=2,
-        decoder_mlp_dim=256,
-        decoder_num_heads=4,
-        iou_head_hidden_dim=64,
-    )
+    return _build_demo(8, (2, 6))
 
 
 SAM_BUILDERS: dict[str, Callable[[], Sam]] = {
