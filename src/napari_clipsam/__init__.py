@@ -4,6 +4,8 @@ Importing this package imports neither Qt nor napari, so scripts and batch jobs 
 without a display. The public names load on first use (PEP 562), which keeps
 ``import napari_clipsam`` light and lets the napari widgets prepare the process
 before torch's stack is imported (see ``model.device.avoid_triton_on_cpu_only_machines``).
+Importing it asks torch to put large CPU tensors in huge pages (``_machine.use_huge_pages``;
+``THP_MEM_ALLOC_ENABLE=0`` turns that off).
 
 Where things are: ``model/`` (networks and builders), ``weights/`` (files, formats,
 registry), ``inference/`` (predictor and the segmentation pipeline), ``training/``,
@@ -14,6 +16,10 @@ from __future__ import annotations
 
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+from ._machine import use_huge_pages
+
+use_huge_pages()  # before torch's first allocation: large CPU tensors in 2 MB pages (see there)
 
 try:
     from ._version import version as __version__

@@ -1,0 +1,122 @@
+"""Huge pages for torch's CPU tensors, off and on: seconds per demo training step and per new image.
+
+``import napari_clipsam`` sets ``THP_MEM_ALLOC_ENABLE=1`` (``napari_clipsam._machine.use_huge_pages``):
+torch then puts CPU tensors of 2 MB or more in transparent huge pages. This benchmark
+runs the same work in two child processes, the variable 0 and 1 (torch reads it once, at
+its first allocation), and prints both times and their ratio:
+
+- a training step of the demo model (the tiny test model with ``--sam tiny``) as
+  ``scripts/train_demo_model.py`` runs it (every weight, text and manual mode, batch
+  ``--batch-size``, augmentation), median of ``--steps`` steps after one warm-up step,
+  on generated scenes;
+- a new image and a concept through the CLIP-guided predictor (``set_image``,
+  ``set_concept``, one text-only ``predict``), median of ``--repeats`` images after one
+  warm-up, with ``--sam``/``--clip`` (default the published vit_b + ViT-B-16 architecture,
+  random weights: speed does not depend on their values).
+
+    python benchmarks/bench_allocator.py                           # about 3 minutes on 2 cores
+    python benchmarks/bench_allocator.py --sam tiny --clip tiny    # a smoke test
+
+The results are the same either way; only the time spent faulting in fresh memory differs.
+Linux only (elsewhere both children run alike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def child(args) -> dict:
+    import numpy as np
+    import torch
+
+    import napari_clipsam as nc
+    from napari_clipsam.synthetic import DEMO_CONCEPTS, generate_scene
+    from napari_clipsam.training.config import TrainingConfig
+    from napari_clipsam.training.data import ConceptDataset
+    from napari_clipsam.training.engine import iter_train
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    small = args.sam == "tiny"
+    if small:
+        trained = nc.load_model(sam="tiny", clip="tiny", sam_checkpoint=None, clip_pretrained=None, precision="fp32")
+    else:
+        trained = nc.load_model(preset="demo", precision="fp32")
+    scenes = [generate_scene(600_000 + index) for index in range(6)]  # training scenes of --seed 6
+    samples = ConceptDataset.from_instance_labels([(scene.image, scene.labels) for scene in scenes],
+                                                  absent=DEMO_CONCEPTS)
+    config = TrainingConfig(mode="both", steps=args.steps + 1, batch_size=args.batch_size, learning_rate=1e-4,
+                            eval_every=10**6, patience=0, augment=True, image_size=trained.image_size, seed=0,
+                            train_base=True)
+    steps, last = [], None
+    for event in iter_train(trained, samples, samples, config):
+        if event.stage == "training":
+            now = time.perf_counter()
+            if last is not None and event.step > 1:  # the first step warms up
+                steps.append(now - last)
+            last = now
+    predicting = nc.load_model(sam=args.sam, clip=args.clip, sam_checkpoint=None, clip_pretrained=None,
+                               precision="fp32")
+    predictor = nc.ClipSamPredictor(predicting)
+    images = []
+    rng = np.random.default_rng(0)
+    for _ in range(args.repeats + 1):
+        image = rng.integers(0, 255, (512, 512), dtype=np.uint8)
+        start = time.perf_counter()
+        predictor.set_image(image)
+        predictor.set_concept("nucleus")
+        predictor.predict()
+        images.append(time.perf_counter() - start)
+    return {"step_s": statistics.median(steps), "image_s": statistics.median(images[1:]),
+            "variable": os.environ.get("THP_MEM_ALLOC_ENABLE")}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sam", default="vit_b", help="SAM architecture of the predictor timed (random weights)")
+    parser.add_argument("--clip", default="ViT-B-16", help="its CLIP architecture")
+    parser.add_argument("--device", default="cpu", choices=["cpu"], help="huge pages concern CPU memory only")
+    parser.add_argument("--steps", type=int, default=4, help="training steps timed")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2, help="new images timed")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the demo model trains on 1)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args)))
+        return 0
+
+    import torch
+
+    from napari_clipsam._machine import cpu_description
+
+    print(f"CPU: {cpu_description()}, torch {torch.__version__}, {args.threads} thread(s)")
+    trained = "tiny" if args.sam == "tiny" else "demo"
+    print(f"{trained} training step: batch {args.batch_size}, median of {args.steps}; new image + concept: "
+          f"SAM {args.sam} + CLIP {args.clip}, 512x512, median of {args.repeats}")
+    results = {}
+    for value in ("0", "1"):
+        command = [sys.executable, __file__, "--child", *(argv if argv is not None else sys.argv[1:])]
+        completed = subprocess.run(command, capture_output=True, text=True,
+                                   env={**os.environ, "THP_MEM_ALLOC_ENABLE": value})
+        if completed.returncode != 0:
+            print(completed.stderr[-3000:], file=sys.stderr)
+            return completed.returncode
+        results[value] = json.loads(completed.stdout.strip().splitlines()[-1])
+        assert results[value]["variable"] == value
+    off, on = results["0"], results["1"]
+    print(f"{'':34}{'off':>10}{'on':>10}{'on / off':>10}")
+    for key, label in (("step_s", f"{trained} training step, s"), ("image_s", "new image + concept, s")):
+        print(f"{label:34}{off[key]:10.3f}{on[key]:10.3f}{on[key] / off[key]:10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
