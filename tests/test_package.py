@@ -45,6 +45,21 @@ def test_import_loads_no_gui():
     assert loaded == [], f"importing napari_clipsam imported {loaded}"
 
 
+@pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])
+def test_import_asks_torch_for_huge_pages_unless_told_not_to(preset, expected):
+    """Before torch is imported (it reads THP_MEM_ALLOC_ENABLE once); a value already set is kept."""
+    import os
+
+    environment = {key: value for key, value in os.environ.items() if key != "THP_MEM_ALLOC_ENABLE"}
+    if preset is not None:
+        environment["THP_MEM_ALLOC_ENABLE"] = preset
+    code = "import os, sys, napari_clipsam\nprint(os.environ.get('THP_MEM_ALLOC_ENABLE'), 'torch' in sys.modules)"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                               env=environment)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == [expected, "False"]
+
+
 @pytest.fixture(scope="module")
 def manifest() -> PluginManifest:
     return PluginManifest.from_distribution(DISTRIBUTION)
