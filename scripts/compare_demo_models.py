@@ -43,13 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     import napari_clipsam as nc
     from napari_clipsam._machine import cpu_description
     from napari_clipsam.training.evaluate import evaluate
+    from napari_clipsam.weights.adapters_file import read_adapters_metadata
 
     torch.set_num_threads(args.threads)
     print(f"CPU: {cpu_description()}, torch {torch.__version__}, {args.threads} threads; scenes "
           f"{args.first_scene}..{args.first_scene + args.scenes - 1}, prompt seed {args.prompt_seed}", flush=True)
     scenes = scenes_dataset(args.scenes, args.first_scene, 256)
     for name in args.files:
-        model = nc.load_model(preset="demo", adapters=None if name == "demo" else name, device="cpu", precision="fp32")
+        if name == "demo":
+            model = nc.load_model(preset="demo", device="cpu", precision="fp32")
+        else:  # each file with its own architecture (demo, or demo-deep grown from it)
+            metadata = read_adapters_metadata(name)
+            model = nc.load_model(sam=metadata["sam"], clip=metadata["clip"], sam_checkpoint=None, clip_pretrained=None,
+                                  adapters=name, device="cpu", precision="fp32")
         report = evaluate(model, scenes, "both", seed=args.prompt_seed, image_size=256)
         per_concept = {concept: round(values["iou"], 3) for concept, values in sorted(report.per_concept.items())}
         print(f"{name}: IoU {report.iou:.3f} {json.dumps(per_concept)}", flush=True)

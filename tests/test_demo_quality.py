@@ -135,10 +135,12 @@ def _script(name: str, *args, timeout: float = 120) -> subprocess.CompletedProce
 
 
 def test_files_are_compared_on_the_same_scenes_and_prompts():
-    """scripts/compare_demo_models.py: one line per file; the same file twice scores the same."""
-    completed = _script("compare_demo_models.py", "demo", "demo", "--scenes", 1, timeout=600)
+    """scripts/compare_demo_models.py: one line per file; the same file twice (by name, by path) scores the same."""
+    from napari_clipsam.weights.presets import preset_path
+
+    completed = _script("compare_demo_models.py", "demo", preset_path("demo"), "--scenes", 1, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    scores = re.findall(r"^demo: IoU ([0-9.]+) (\{.*\})$", completed.stdout, flags=re.MULTILINE)
+    scores = re.findall(r"^\S*demo\S*: IoU ([0-9.]+) (\{.*\})$", completed.stdout, flags=re.MULTILINE)
     assert len(scores) == 2 and scores[0] == scores[1], completed.stdout
     assert 0.3 < float(scores[0][0]) <= 1.0
 
