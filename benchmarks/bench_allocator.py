@@ -3,7 +3,7 @@
 ``import napari_clipsam`` sets ``THP_MEM_ALLOC_ENABLE=1`` (``napari_clipsam._machine.use_huge_pages``):
 torch then puts CPU tensors of 2 MB or more in transparent huge pages. This benchmark
 runs the same work in two child processes, the variable 0 and 1 (torch reads it once, at
-its first allocation), and prints both times and their ratio:
+its first allocation), and prints both times, their ratio and each process's peak memory:
 
 - a training step of the demo model (the tiny test model with ``--sam tiny``) as
   ``scripts/train_demo_model.py`` runs it (every weight, text and manual mode, batch
@@ -30,6 +30,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from _common import peak_memory_gb
 
 
 def child(args) -> dict:
@@ -75,7 +77,7 @@ def child(args) -> dict:
         predictor.predict()
         images.append(time.perf_counter() - start)
     return {"step_s": statistics.median(steps), "image_s": statistics.median(images[1:]),
-            "variable": os.environ.get("THP_MEM_ALLOC_ENABLE")}
+            "peak_gb": peak_memory_gb(torch.device("cpu")), "variable": os.environ.get("THP_MEM_ALLOC_ENABLE")}
 
 
 def main(argv=None) -> int:
@@ -113,7 +115,8 @@ def main(argv=None) -> int:
         assert results[value]["variable"] == value
     off, on = results["0"], results["1"]
     print(f"{'':34}{'off':>10}{'on':>10}{'on / off':>10}")
-    for key, label in (("step_s", f"{trained} training step, s"), ("image_s", "new image + concept, s")):
+    for key, label in (("step_s", f"{trained} training step, s"), ("image_s", "new image + concept, s"),
+                       ("peak_gb", "peak memory of the process, GB")):
         print(f"{label:34}{off[key]:10.3f}{on[key]:10.3f}{on[key] / off[key]:10.2f}")
     return 0
 

@@ -139,7 +139,7 @@ def test_embedding_store_benchmark_prints_its_figures():
 def test_allocator_benchmark_prints_both_settings_and_their_ratio():
     output = _run("bench_allocator.py", "--steps", "1", "--repeats", "1", "--batch-size", "2")
     assert "huge pages:" in output  # the machine line says whether torch was asked for them
-    for label in ("tiny training step, s", "new image + concept, s"):
+    for label in ("tiny training step, s", "new image + concept, s", "peak memory of the process, GB"):
         row = re.search(rf"{re.escape(label)}\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)", output)
         assert row, output
         off, on, ratio = map(float, row.groups())

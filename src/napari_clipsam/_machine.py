@@ -34,9 +34,11 @@ def use_huge_pages() -> None:
     32x32 grid, batch 8: 33 MB), freed and made again at every call. The C allocator
     gives blocks that large fresh from the kernel each time, and the first touch of
     each 4 kB page faults: on a virtual machine measured here (2026-11-27) a fresh 64 MB
-    tensor took 94 ms to fill against 12 ms for one already mapped. In 2 MB pages it
-    faults 512 times less often (36 ms), and a demo-model training step fell from
-    about 6.5 s to 4.4 s (``benchmarks/bench_allocator.py``). Values are unchanged.
+    tensor took 94 ms to fill against 12 ms for one already mapped, 36 ms in 2 MB pages.
+    A demo-model training step (1 thread) took 3.33 s instead of 4.12 (0.81) on a quiet
+    machine, 4.4 s instead of about 6.5 with three processes on its two cores; a vit_b
+    image was level (28.1 s against 28.7), peak memory the same
+    (``benchmarks/bench_allocator.py``). Values are unchanged.
     ``import napari_clipsam`` calls this, so that it precedes torch's first allocation;
     where torch has allocated already it changes nothing. ``THP_MEM_ALLOC_ENABLE=0``
     in the environment turns it off.
