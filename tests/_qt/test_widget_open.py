@@ -37,8 +37,8 @@ def test_the_open_benchmark_prints_its_figures(tmp_path):
 
 def test_sam_choices_come_from_the_builders_and_the_registry():
     variants = sam_variant_choices()
-    # The demo model's architecture comes with its preset (the Model choice), not as a SAM choice.
-    assert sorted(variants) == sorted(v for v in list_sam_variants() if v != "demo")
+    # The demo model's architectures come with its preset (the Model choice), not as SAM choices.
+    assert sorted(variants) == sorted(v for v in list_sam_variants() if v not in ("demo", "demo-deep"))
     assert variants[-1] == "tiny" and variants[0] == "vit_b"  # the test model last
     assert sam_weight_choices("vit_l") == ["default", *[n for n in list_sam_weights("vit_l") if n != "vit_l"],
                                            RANDOM_WEIGHTS]

@@ -37,14 +37,14 @@ def model_choices() -> dict[str, str]:
 def sam_variant_choices() -> list[str]:
     """SAM variants: those with published weights first, the test variant(s) at the end.
 
-    A preset's own architecture (the demo model's) is left out: without the preset's
-    weights it would only ever have random ones; the Model choice offers the preset.
+    A preset's own architecture and the demo model's variants are left out: without a
+    preset's weights they would only ever have random ones; the Model choice offers the preset.
     """
-    from ..model.build_sam import list_sam_variants
+    from ..model.build_sam import DEMO_VARIANTS, list_sam_variants
     from ..weights.presets import PRESETS
     from ..weights.registry import DEFAULT_SAM_WEIGHTS
 
-    own = {preset.sam for preset in PRESETS.values()}
+    own = {preset.sam for preset in PRESETS.values()} | set(DEMO_VARIANTS)
     variants = [v for v in list_sam_variants() if v not in own]
     return [v for v in variants if v in DEFAULT_SAM_WEIGHTS] + [v for v in variants if v not in DEFAULT_SAM_WEIGHTS]
 
