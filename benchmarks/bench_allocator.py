@@ -5,10 +5,10 @@ torch then puts CPU tensors of 2 MB or more in transparent huge pages. This benc
 runs the same work in two child processes, the variable 0 and 1 (torch reads it once, at
 its first allocation), and prints both times, their ratio and each process's peak memory:
 
-- a training step of the demo model (the tiny test model with ``--sam tiny``) as
-  ``scripts/train_demo_model.py`` runs it (every weight, text and manual mode, batch
-  ``--batch-size``, augmentation), median of ``--steps`` steps after one warm-up step,
-  on generated scenes;
+- a training step of the demo model as ``benchmarks/bench_training.py --preset demo``
+  times it (``scripts/train_demo_model.py``'s training: every weight, text and manual
+  mode, batch ``--batch-size``, augmentation; with ``--sam tiny`` that script's text-mode
+  step of the tiny model), median of ``--steps`` steps after one warm-up step;
 - a new image and a concept through the CLIP-guided predictor (``set_image``,
   ``set_concept``, one text-only ``predict``), median of ``--repeats`` images after one
   warm-up, with ``--sam``/``--clip`` (default the published vit_b + ViT-B-16 architecture,
@@ -32,6 +32,7 @@ import sys
 import time
 
 from _common import peak_memory_gb
+from bench_training import run_part
 
 
 def child(args) -> dict:
@@ -39,31 +40,12 @@ def child(args) -> dict:
     import torch
 
     import napari_clipsam as nc
-    from napari_clipsam.synthetic import DEMO_CONCEPTS, generate_scene
-    from napari_clipsam.training.config import TrainingConfig
-    from napari_clipsam.training.data import ConceptDataset
-    from napari_clipsam.training.engine import iter_train
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    small = args.sam == "tiny"
-    if small:
-        trained = nc.load_model(sam="tiny", clip="tiny", sam_checkpoint=None, clip_pretrained=None, precision="fp32")
-    else:
-        trained = nc.load_model(preset="demo", precision="fp32")
-    scenes = [generate_scene(600_000 + index) for index in range(6)]  # training scenes of --seed 6
-    samples = ConceptDataset.from_instance_labels([(scene.image, scene.labels) for scene in scenes],
-                                                  absent=DEMO_CONCEPTS)
-    config = TrainingConfig(mode="both", steps=args.steps + 1, batch_size=args.batch_size, learning_rate=1e-4,
-                            eval_every=10**6, patience=0, augment=True, image_size=trained.image_size, seed=0,
-                            train_base=True)
-    steps, last = [], None
-    for event in iter_train(trained, samples, samples, config):
-        if event.stage == "training":
-            now = time.perf_counter()
-            if last is not None and event.step > 1:  # the first step warms up
-                steps.append(now - last)
-            last = now
+    # The training step as bench_training.py times it (its --preset demo: the demo model's own training).
+    training = run_part(False, argparse.Namespace(
+        preset="default" if args.sam == "tiny" else "demo", sam=args.sam, clip=args.clip, device="cpu",
+        precision="fp32", steps=args.steps, batch_size=args.batch_size, no_augment=False, image_size=None))
     predicting = nc.load_model(sam=args.sam, clip=args.clip, sam_checkpoint=None, clip_pretrained=None,
                                precision="fp32")
     predictor = nc.ClipSamPredictor(predicting)
@@ -76,7 +58,7 @@ def child(args) -> dict:
         predictor.set_concept("nucleus")
         predictor.predict()
         images.append(time.perf_counter() - start)
-    return {"step_s": statistics.median(steps), "image_s": statistics.median(images[1:]),
+    return {"step_s": training["step_s"], "image_s": statistics.median(images[1:]),
             "peak_gb": peak_memory_gb(torch.device("cpu")), "variable": os.environ.get("THP_MEM_ALLOC_ENABLE")}
 
 

@@ -67,7 +67,9 @@ def load(args):
         metadata = read_adapters_metadata(args.model)
         args.sam, args.clip = args.sam or metadata["sam"], args.clip or metadata["clip"]
     sam, clip = args.sam or "demo", args.clip or "demo"
-    small = {"demo", "demo-deep", "tiny"}
+    from napari_clipsam.model.build_sam import DEMO_VARIANTS
+
+    small = {*DEMO_VARIANTS, "tiny"}
     checkpoints = dict(sam_checkpoint=None if sam in small else "default",
                        clip_pretrained=None if clip in small else "default")
     if args.model == "random":

@@ -11,12 +11,11 @@ from napari_clipsam.model.grow import deepen_encoder
 from napari_clipsam.synthetic import generate_scene
 
 
-def _demo(sam: str):
-    """A demo-architecture model with random weights (the demo file's configuration)."""
+def _demo(sam: str, config):
+    """A demo-architecture model with random weights and ``config`` (the demo file's)."""
     torch.manual_seed(3)
-    shipped = nc.load_model(preset="demo", precision="fp32")
     return nc.load_model(sam=sam, clip="demo", sam_checkpoint=None, clip_pretrained=None, device="cpu",
-                         precision="fp32", config=shipped.config)
+                         precision="fp32", config=config)
 
 
 def _predictions(model, image, click=None):
@@ -31,7 +30,7 @@ def _predictions(model, image, click=None):
 @pytest.fixture(scope="module")
 def grown():
     source = nc.load_model(preset="demo", precision="fp32")  # trained: its adapters are not zero
-    target = _demo("demo-deep")
+    target = _demo("demo-deep", source.config)
     deepen_encoder(source, target)
     return source, target
 
@@ -59,7 +58,7 @@ def test_the_new_blocks_are_the_identity_and_learn(grown):
     for layer in (new_block.attn.proj, new_block.mlp.lin2, new_block.clipsam.space.up, new_block.clipsam.semantic.up):
         assert not layer.weight.any() and not layer.bias.any()
     assert new_block.attn.qkv.weight.any()  # only the branch outputs are zeroed
-    grown_copy = _demo("demo-deep")
+    grown_copy = _demo("demo-deep", target.config)
     grown_copy.load_state_dict(target.state_dict())
     for parameter in grown_copy.parameters():
         parameter.requires_grad_(True)
@@ -73,7 +72,7 @@ def test_the_new_blocks_are_the_identity_and_learn(grown):
 def test_deepen_refuses_models_that_differ_in_more_than_depth():
     source = nc.load_model(preset="demo", precision="fp32")
     with pytest.raises(ValueError, match="twice the source's 4 encoder blocks; it has 4"):
-        deepen_encoder(source, _demo("demo"))
+        deepen_encoder(source, _demo("demo", source.config))
     other_config = nc.load_model(sam="demo-deep", clip="demo", sam_checkpoint=None, clip_pretrained=None,
                                  device="cpu", precision="fp32", config=nc.ClipSamConfig(clip_image_size=256))
     with pytest.raises(ValueError, match="same CLIP and CLIP-guided configuration"):
