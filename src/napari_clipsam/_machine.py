@@ -35,9 +35,9 @@ def use_huge_pages() -> None:
     gives blocks that large fresh from the kernel each time, and the first touch of
     each 4 kB page faults: on a virtual machine measured here (2026-11-27) a fresh 64 MB
     tensor took 94 ms to fill against 12 ms for one already mapped, 36 ms in 2 MB pages.
-    A demo-model training step (1 thread) took 3.33 s instead of 4.12 (0.81) on a quiet
+    A demo-model training step (1 thread) took 2.24 s instead of 2.97 (0.76) on a quiet
     machine, 4.4 s instead of about 6.5 with three processes on its two cores; a vit_b
-    image was level (28.1 s against 28.7), peak memory the same
+    image 25.2 s instead of 27.1, peak memory within 1 %
     (``benchmarks/bench_allocator.py``). Values are unchanged.
     ``import napari_clipsam`` calls this, so that it precedes torch's first allocation;
     where torch has allocated already it changes nothing. ``THP_MEM_ALLOC_ENABLE=0``
