@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neighbour-weight", type=float, default=1.0,
                         help="manual mode: cross-entropy weight of the concept's other objects' pixels "
                              "(TrainingConfig.neighbour_weight; stages 1-10 ran with 1)")
+    parser.add_argument("--full-resolution-loss", action="store_true",
+                        help="mask loss on the logits upsampled to the input, as inference uses them "
+                             "(TrainingConfig.full_resolution_loss; stages 1-10 ran without)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this file of every weight (continue an earlier run) instead of random weights")
@@ -158,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         similarity_weight=args.similarity_weight,
         lone_click_share=args.lone_click_share,
         neighbour_weight=args.neighbour_weight,
+        full_resolution_loss=args.full_resolution_loss,
     )
     concepts = sorted({sample.concept for sample in train_set if sample.mask.any()})
     command = "python scripts/train_demo_model.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import napari_clipsam as nc
-from napari_clipsam.inference.sam_frame import to_sam_frame
+from napari_clipsam.inference.sam_frame import logits_in_frame, to_sam_frame
 from napari_clipsam.training import engine as engine_module
 from napari_clipsam.training.augment import augment
 from napari_clipsam.training.config import TrainingConfig
@@ -333,6 +333,30 @@ def test_manual_mode_training_prompts_land_on_one_object_in_sams_frame(datasets,
             ys, xs = np.nonzero(objects == value)
             assert (x0, y0, x1, y1) == pytest.approx((xs.min(), ys.min(), xs.max(), ys.max()), abs=1e-3)
         assert mask_prompt is not None  # the similarity mask prompt stays on, as in manual segmentation
+
+
+def test_the_full_resolution_loss_compares_the_upsampled_logits_with_the_truth_at_the_frames_size(
+        datasets, monkeypatch):
+    """``full_resolution_loss``: the loss sees the logits as inference upsamples them (before its
+    threshold) and the target mask at that resolution; off, SAM's low-resolution logits."""
+    sample = datasets[0][0]  # 96 x 96, resized into the tiny SAM's 256 frame
+    decoded, losses = [], []
+    decode, loss = engine_module.decode_batch, engine_module.segmentation_loss
+    monkeypatch.setattr(engine_module, "decode_batch", lambda *a: decoded.append(decode(*a)) or decoded[-1])
+    monkeypatch.setattr(engine_module, "segmentation_loss",
+                        lambda logits, iou, target, *a: losses.append((logits, target)) or loss(logits, iou, target, *a))
+    for full in (False, True):
+        model = _model()
+        train(model, ConceptDataset([sample]), None,
+              TrainingConfig(mode="text", steps=1, augment=False, full_resolution_loss=full))
+    frame = model.image_size
+    (low_logits, low_target), (full_logits, full_target) = losses
+    assert low_logits.shape[-2:] == model.mask_input_size == low_target.shape[-2:]
+    assert full_logits.shape[-2:] == (frame, frame) == full_target.shape[-2:]
+    torch.testing.assert_close(full_logits, logits_in_frame(decoded[1][0], frame))
+    resized = torch.nn.functional.interpolate(torch.as_tensor(sample.mask, dtype=torch.float32)[None, None],
+                                              size=(frame, frame), mode="bilinear", align_corners=False) > 0.5
+    assert torch.equal(full_target.bool(), resized)
 
 
 def test_the_training_configuration_and_results_import_no_torch():

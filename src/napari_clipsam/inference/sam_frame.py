@@ -99,6 +99,11 @@ def to_sam_frame(
     return point_prompt, box_prompt
 
 
+def logits_in_frame(logits: torch.Tensor, frame: int) -> torch.Tensor:
+    """Low-resolution logits (B, C, h, w) upsampled (bilinear) to SAM's padded ``frame x frame`` input."""
+    return F.interpolate(logits, size=(frame, frame), mode="bilinear", align_corners=False)
+
+
 def logits_to_image(
     logits: torch.Tensor, frame: int, input_size: tuple[int, int], original_size: tuple[int, int]
 ) -> torch.Tensor:
@@ -108,6 +113,5 @@ def logits_to_image(
     segment_anything's ``Sam.postprocess_masks`` does, but with the frame passed in,
     since SAM's own method reads it from the shared model (see ``at_resolution``).
     """
-    in_frame = F.interpolate(logits, size=(frame, frame), mode="bilinear", align_corners=False)
-    image_part = in_frame[..., : input_size[0], : input_size[1]]
+    image_part = logits_in_frame(logits, frame)[..., : input_size[0], : input_size[1]]
     return F.interpolate(image_part, size=original_size, mode="bilinear", align_corners=False)

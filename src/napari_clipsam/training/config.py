@@ -54,6 +54,11 @@ class TrainingConfig:
         neighbour_weight: in the manual mode, the cross-entropy weight of the pixels of the
             concept's other objects (a click's mask spreading onto touching neighbours is
             its commonest error); 1: every pixel alike.
+        full_resolution_loss: compute the mask loss on the logits upsampled to SAM's input
+            frame, as inference upsamples them before its threshold, against the ground
+            truth at that resolution. Off: on SAM's 4x smaller logits against the truth
+            averaged down (a 2x2 block is foreground only where 3 or 4 of its pixels are),
+            which teaches masks about a pixel too small and blurs thin lines and small spots.
     """
 
     mode: str = "text"
@@ -73,6 +78,7 @@ class TrainingConfig:
     similarity_weight: float = 1.0
     lone_click_share: float = 0.0
     neighbour_weight: float = 1.0
+    full_resolution_loss: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

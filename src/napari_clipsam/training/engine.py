@@ -18,7 +18,7 @@ import torch
 from .._jobs import Job, relay, run
 from ..errors import OutputExistsError, TrainingDivergedError
 from ..inference.prompts import check_prompts
-from ..inference.sam_frame import mask_prompt_from_similarity, text_mode_points, to_sam_frame
+from ..inference.sam_frame import logits_in_frame, mask_prompt_from_similarity, text_mode_points, to_sam_frame
 from ..model.clipsam import ClipSamModel
 from .augment import Augmented, augment, photometric
 from .batched_decode import decode_batch
@@ -322,14 +322,17 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
                                  similarity_on_cpu[i : i + 1])
                for i, (view, input_size) in enumerate(zip(views, input_sizes))]
     points, boxes, mask_prompts, target_masks, others = zip(*prompts)
-    targets = torch.cat([low_res_target(mask, input_size, model.image_size, model.mask_input_size, "cpu")
+    size = (model.image_size,) * 2 if config.full_resolution_loss else model.mask_input_size
+    targets = torch.cat([low_res_target(mask, input_size, model.image_size, size, "cpu")
                          for mask, input_size in zip(target_masks, input_sizes)]).to(model.device, non_blocking=True)
     weights = None
     if config.neighbour_weight != 1:  # the other objects of a manual-mode sample's concept weigh more
         weights = torch.cat([1 + (config.neighbour_weight - 1) * low_res_target(
-            other, input_size, model.image_size, model.mask_input_size, "cpu") for other, input_size in
+            other, input_size, model.image_size, size, "cpu") for other, input_size in
             zip(others, input_sizes)]).to(model.device, non_blocking=True)
     logits, predicted_iou = decode_batch(model, embeddings, points, boxes, mask_prompts, False)
+    if config.full_resolution_loss:  # the logits as inference upsamples them, before its threshold
+        logits = logits_in_frame(logits, model.image_size)
     loss = segmentation_loss(logits, predicted_iou, targets, weights)["loss"]  # per sample, then the batch mean
     if config.train_base:
         loss = loss + config.similarity_weight * similarity_loss(similarity, [view.mask for view in views]).mean()

@@ -10,7 +10,12 @@ import torch.nn.functional as F
 
 
 def low_res_target(mask: np.ndarray, input_size: tuple[int, int], frame: int, size: tuple[int, int], device) -> torch.Tensor:
-    """The ground truth in SAM's padded input frame at the low-resolution logits' size."""
+    """The ground truth in SAM's padded ``frame x frame`` input, averaged down to ``size``.
+
+    ``size``: the low-resolution logits' (SAM's loss), or ``(frame, frame)`` for the loss on
+    the logits upsampled as inference upsamples them (``TrainingConfig.full_resolution_loss``);
+    a pixel (block) is foreground where more than half of it is.
+    """
     tensor = torch.as_tensor(mask, dtype=torch.float32, device=device)[None, None]
     tensor = F.interpolate(tensor, size=input_size, mode="bilinear", align_corners=False)
     tensor = F.pad(tensor, (0, frame - input_size[1], 0, frame - input_size[0]))
