@@ -108,14 +108,16 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
     from napari_clipsam._jobs import run
     from napari_clipsam.inference.instances import interior_point
     from napari_clipsam.inference.seeds import iter_mask_instances
-    from napari_clipsam.training.metrics import click_quality, cross_overlap, match_instances, semantic_iou
+    from napari_clipsam.training.metrics import (click_quality, cross_overlap, match_instances, rim_errors,
+                                                  semantic_iou)
 
     predictor = nc.ClipSamPredictor(model)
-    result = {"text_iou": {}, "cross": {}, "clicks": defaultdict(list), "instances": {}}
+    result = {"text_iou": {}, "rim": {}, "cross": {}, "clicks": defaultdict(list), "instances": {}}
     masks = {}
     for concept, truth in truths.items():
         masks[concept] = nc.segment(image, concept, model, predictor=predictor) > 0
         result["text_iou"][concept] = semantic_iou(masks[concept], truth > 0)
+        result["rim"][concept] = rim_errors(masks[concept], truth > 0)
         ids = np.unique(truth)[1:]
         for label in rng.choice(ids, size=min(clicks, len(ids)), replace=False):
             object_mask = truth == label
@@ -151,8 +153,11 @@ def pooled_f1(matches) -> dict:
 def summarise(records: list[dict]) -> dict:
     """Means over images (IoU, confusion per pair), over clicks, and pooled object counts (F1)."""
     text, cross, clicks, matches = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
-    by_kind = defaultdict(list)
+    by_kind, rim = defaultdict(list), defaultdict(lambda: defaultdict(int))
     for record in records:
+        for concept, counts in record.get("rim", {}).items():
+            for name, count in counts.items():
+                rim[concept][name] += count
         for concept, value in record["text_iou"].items():
             text[concept].append(value)
             by_kind[f"{concept} in {record.get('kind', 'image')}"].append(value)
@@ -165,6 +170,7 @@ def summarise(records: list[dict]) -> dict:
     summary = {"text_iou": {c: float(np.mean(v)) for c, v in text.items()},
                "text_iou_images": {c: len(v) for c, v in text.items()},
                "text_iou_by_kind": {k: float(np.mean(v)) for k, v in sorted(by_kind.items())},
+               "text_errors": {c: dict(counts) for c, counts in rim.items()},
                "cross_overlap": {p: float(np.mean(v)) for p, v in cross.items()},
                "click_iou": {c: float(np.mean([q[0] for q in v])) for c, v in clicks.items()},
                "click_outside": {c: float(np.mean([q[1] for q in v])) for c, v in clicks.items()},
@@ -190,6 +196,10 @@ def print_summary(summary: dict, targets: bool) -> None:
     if len(summary["text_iou_by_kind"]) > len(summary["text_iou"]):
         print("  text-only IoU per scene kind: "
               + ", ".join(f"{k} {v:.3f}" for k, v in summary["text_iou_by_kind"].items()))
+    for concept, counts in summary.get("text_errors", {}).items():
+        share = {side: counts[f"{side}_at_rim"] / max(counts[side], 1) for side in ("missed", "false")}
+        print(f"  text-only wrong pixels, {concept}: {counts['missed']} missed ({share['missed']:.0%} on the "
+              f"objects' 1-px rim), {counts['false']} false ({share['false']:.0%} within 1 px of an object)")
     if "cross_overlap_max" in summary:
         print("  cross-concept overlap, per pair: "
               + ", ".join(f"{p} {v:.3f}" for p, v in summary["cross_overlap"].items()))

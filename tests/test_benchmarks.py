@@ -56,6 +56,10 @@ def test_quality_benchmark_prints_its_figures(tmp_path):
     figures = json.loads((tmp_path / "quality.json").read_text())
     assert set(figures["scenes"]["text_iou"]) == {"nucleus", "cell membrane", "spot", "bacterium"}
     assert set(figures["samples"]) == {"synthetic_nuclei", "coins"}
+    errors = figures["scenes"]["text_errors"]["nucleus"]
+    assert 0 <= errors["missed_at_rim"] <= errors["missed"] and 0 <= errors["false_at_rim"] <= errors["false"]
+    assert errors["missed"] + errors["false"] > 0  # random weights: wrong somewhere
+    assert re.search(r"text-only wrong pixels, nucleus: \d+ missed \(\d+% on", output)
 
 
 def _run_plain(script: str, *args: str) -> str:

@@ -10,6 +10,7 @@ from napari_clipsam.training.metrics import (
     cross_overlap,
     match_instances,
     pair_ious,
+    rim_errors,
     semantic_iou,
 )
 
@@ -117,3 +118,22 @@ def test_label_maps_without_background():
     assert (match.true_positives, match.false_positives, match.false_negatives) == (1, 1, 0)
     assert match.mean_matched_iou == pytest.approx(0.5)
     assert match_instances(everywhere, everywhere).f1 == 1.0
+
+
+def test_rim_errors_tell_outlines_off_by_a_pixel_from_objects_missed_or_invented():
+    truth = _box((12, 12), 3, 3, 6, 6) > 0  # 36 px
+    smaller = _box((12, 12), 4, 4, 4, 4) > 0  # a pixel too small all round: every miss on the rim
+    assert rim_errors(smaller, truth) == {"missed": 20, "missed_at_rim": 20, "false": 0, "false_at_rim": 0}
+    larger = _box((12, 12), 2, 2, 8, 8) > 0
+    larger[11, 11] = True  # and a speck 3 px away from the truth
+    assert rim_errors(larger, truth) == {"missed": 0, "missed_at_rim": 0, "false": 29, "false_at_rim": 24}
+    assert rim_errors(larger, truth, width=1.5)["false_at_rim"] == 28  # the ring's corners lie 1.41 px away
+    # A missed object: its inner pixels are not on the rim; 2 px wide rims with width=2.
+    assert rim_errors(np.zeros_like(truth), truth) == {"missed": 36, "missed_at_rim": 20, "false": 0,
+                                                       "false_at_rim": 0}
+    assert rim_errors(np.zeros_like(truth), truth, width=2)["missed_at_rim"] == 32
+    # Nothing to find: every predicted pixel is false and none is near a truth.
+    assert rim_errors(truth, np.zeros_like(truth)) == {"missed": 0, "missed_at_rim": 0, "false": 36,
+                                                       "false_at_rim": 0}
+    with pytest.raises(ValueError, match="one shape"):
+        rim_errors(truth, truth[:5])
