@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from napari_clipsam.inference.sam_frame import logits_in_frame
 from napari_clipsam.training import engine
 from napari_clipsam.training.augment import Augmented, augment, photometric
 from napari_clipsam.training.batched_decode import decode_batch
@@ -111,7 +112,10 @@ def _reference_train_step(model, optimizer, batch, indices, cache, config, rng, 
                                                                            input_size, config, rng)
         layouts.append((None if points is None else points[0].shape[1], boxes is not None))
         logits, predicted_iou = model.decode(embeddings[i : i + 1], points, boxes, mask_prompt, False)
-        target = low_res_target(target_mask, input_size, model.image_size, model.mask_input_size, model.device)
+        size = model.mask_input_size
+        if config.full_resolution_loss:  # the logits as inference upsamples them, the truth at that size
+            logits, size = logits_in_frame(logits, model.image_size), (model.image_size, model.image_size)
+        target = low_res_target(target_mask, input_size, model.image_size, size, model.device)
         losses.append(segmentation_loss(logits, predicted_iou, target)["loss"])
         if config.train_base and view.mask.any():
             share = F.interpolate(torch.as_tensor(view.mask, dtype=torch.float32)[None, None],
@@ -127,14 +131,15 @@ def _reference_train_step(model, optimizer, batch, indices, cache, config, rng, 
     return float(loss.detach())
 
 
-@pytest.mark.parametrize("train_base", [True, False])
-def test_a_batched_step_has_the_loss_and_gradients_of_per_sample_steps(train_base):
+@pytest.mark.parametrize("train_base, full_resolution_loss", [(True, True), (False, True), (False, False)])
+def test_a_batched_step_has_the_loss_and_gradients_of_per_sample_steps(train_base, full_resolution_loss):
     """Two steps (the second reuses cached CLIP features while CLIP is frozen): same loss, gradients, weights."""
     images = [two_kinds_image(seed) for seed in range(3)]
     items = [(image, {"disc": labels * (labels == 1), "square": labels * (labels == 2)}) for image, labels in images]
     items.append((images[0][0], {"disc": np.zeros_like(images[0][1])}))  # an absent concept: text mode, empty target
     dataset = ConceptDataset.from_instance_labels(items, absent=["disc"])
-    config = TrainingConfig(mode="both", batch_size=12, augment=True, train_base=train_base, seed=0)
+    config = TrainingConfig(mode="both", batch_size=12, augment=True, train_base=train_base, seed=0,
+                            full_resolution_loss=full_resolution_loss)
     layouts, results = [], []
     for model, step in ((_model(), engine._train_step), (_model(), partial(_reference_train_step, layouts=layouts))):
         model.freeze_base()
