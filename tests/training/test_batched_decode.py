@@ -15,7 +15,7 @@ from napari_clipsam.training.augment import Augmented, augment, photometric
 from napari_clipsam.training.batched_decode import decode_batch
 from napari_clipsam.training.config import TrainingConfig
 from napari_clipsam.training.data import ConceptDataset
-from napari_clipsam.training.losses import low_res_target, segmentation_loss
+from napari_clipsam.training.losses import segmentation_loss, target_in_frame
 from tests.helpers import load_tiny, randomize_adapters, two_kinds_image
 
 
@@ -115,7 +115,7 @@ def _reference_train_step(model, optimizer, batch, indices, cache, config, rng, 
         size = model.mask_input_size
         if config.full_resolution_loss:  # the logits as inference upsamples them, the truth at that size
             logits, size = logits_in_frame(logits, model.image_size), (model.image_size, model.image_size)
-        target = low_res_target(target_mask, input_size, model.image_size, size, model.device)
+        target = target_in_frame(target_mask, input_size, model.image_size, size, model.device)
         losses.append(segmentation_loss(logits, predicted_iou, target)["loss"])
         if config.train_base and view.mask.any():
             share = F.interpolate(torch.as_tensor(view.mask, dtype=torch.float32)[None, None],

@@ -78,8 +78,8 @@ def test_both_mode_trains_on_whole_concepts_and_on_single_objects(monkeypatch):
     image, labels = _touching_pair()
     dataset = ConceptDataset.from_arrays([(image, labels, "thing")])
     targets = []
-    original = engine_module.low_res_target
-    monkeypatch.setattr(engine_module, "low_res_target", lambda mask, *a: targets.append(mask) or original(mask, *a))
+    original = engine_module.target_in_frame
+    monkeypatch.setattr(engine_module, "target_in_frame", lambda mask, *a: targets.append(mask) or original(mask, *a))
     train(load_tiny(), dataset, None, TrainingConfig(mode="both", steps=12, augment=False, seed=3))
     whole = [t for t in targets if np.array_equal(t, labels > 0)]
     single = [t for t in targets if len(np.unique(labels[t])) == 1 and t.sum() in (300, 100)]

@@ -9,7 +9,7 @@ import torch
 
 import numpy as np
 
-from napari_clipsam.training.losses import dice_loss, low_res_target, segmentation_loss, soft_iou_loss
+from napari_clipsam.training.losses import dice_loss, segmentation_loss, soft_iou_loss, target_in_frame
 
 LOGITS = [[0.0, 2.0], [-1.0, 3.0]]
 TARGET = [[1.0, 0.0], [0.0, 1.0]]
@@ -118,17 +118,17 @@ def test_the_bce_weight_makes_a_weighted_mean_of_the_pixels():
     assert float(both["bce"]) == pytest.approx((float(weighted["bce"]) + float(other["bce"])) / 2, rel=1e-5)
 
 
-def test_a_thin_line_vanishes_from_the_low_res_target_but_not_from_the_full_resolution_one():
+def test_a_thin_line_vanishes_from_the_target_in_frame_but_not_from_the_full_resolution_one():
     """Why ``full_resolution_loss``: averaged down 4x, a 3-px line straddling two blocks covers
     half of one and a quarter of the other, so neither is foreground; at the frame's own
     resolution the target is the mask itself."""
     mask = np.zeros((64, 64), dtype=bool)
     mask[:, 10:13] = True
-    low = low_res_target(mask, (64, 64), 64, (16, 16), "cpu")
+    low = target_in_frame(mask, (64, 64), 64, (16, 16), "cpu")
     assert low.shape == (1, 1, 16, 16) and not low.any()
-    full = low_res_target(mask, (64, 64), 64, (64, 64), "cpu")
+    full = target_in_frame(mask, (64, 64), 64, (64, 64), "cpu")
     np.testing.assert_array_equal(full[0, 0].numpy().astype(bool), mask)
     wider = np.zeros((64, 64), dtype=bool)
     wider[:, 8:12] = True  # a line filling whole blocks stays in both
-    np.testing.assert_array_equal(low_res_target(wider, (64, 64), 64, (16, 16), "cpu")[0, 0, 0].numpy(),
+    np.testing.assert_array_equal(target_in_frame(wider, (64, 64), 64, (16, 16), "cpu")[0, 0, 0].numpy(),
                                   [0, 0, 1, 0] + [0] * 12)

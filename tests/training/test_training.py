@@ -317,8 +317,8 @@ def test_manual_mode_training_prompts_land_on_one_object_in_sams_frame(datasets,
     model = _model()
     seen = _decoded_prompts(model, monkeypatch)
     targets = []
-    original_loss = engine_module.low_res_target
-    monkeypatch.setattr(engine_module, "low_res_target", lambda mask, *a: targets.append(mask) or original_loss(mask, *a))
+    original_loss = engine_module.target_in_frame
+    monkeypatch.setattr(engine_module, "target_in_frame", lambda mask, *a: targets.append(mask) or original_loss(mask, *a))
     train(model, ConceptDataset([sample]), None, TrainingConfig(mode="manual", steps=6, augment=False))
     scale = model.image_size / max(sample.mask.shape)
     assert len(seen) == 6 and any(boxes is not None for _, boxes, _ in seen)

@@ -56,10 +56,10 @@ class TrainingConfig:
             its commonest error); 1: every pixel alike.
         full_resolution_loss: compute the mask loss on the logits upsampled to SAM's input
             frame, as inference upsamples them before its threshold, against the ground
-            truth at that resolution (the default). Off: on SAM's 4x smaller logits against
-            the truth averaged down (a 4x4 block is foreground only where more than half of
-            it is), which teaches masks about a pixel too small and loses thin lines and
-            small spots; the demo model's stages 1-10 trained so.
+            truth at that resolution (the default). Off: on SAM's 4x smaller logits (2x for
+            the demo model) against the truth averaged down (a block is foreground only
+            where more than half of it is), which teaches masks about a pixel too small and
+            loses thin lines and small spots; the demo model's stages 1-10 trained so.
     """
 
     mode: str = "text"

@@ -25,7 +25,7 @@ from .batched_decode import decode_batch
 from .config import TrainingConfig
 from .data import Sample
 from .evaluate import choose_object, iter_evaluate, manual_prompts
-from .losses import low_res_target, segmentation_loss, similarity_loss
+from .losses import segmentation_loss, similarity_loss, target_in_frame
 from .results import EvaluationReport, TrainProgress, TrainResult
 from .resume import ResumeState, read_resume_state, restore_optimizer, write_resume_state
 from .run_files import resume_path
@@ -323,11 +323,11 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
                for i, (view, input_size) in enumerate(zip(views, input_sizes))]
     points, boxes, mask_prompts, target_masks, others = zip(*prompts)
     size = (model.image_size,) * 2 if config.full_resolution_loss else model.mask_input_size
-    targets = torch.cat([low_res_target(mask, input_size, model.image_size, size, "cpu")
+    targets = torch.cat([target_in_frame(mask, input_size, model.image_size, size, "cpu")
                          for mask, input_size in zip(target_masks, input_sizes)]).to(model.device, non_blocking=True)
     weights = None
     if config.neighbour_weight != 1:  # the other objects of a manual-mode sample's concept weigh more
-        weights = torch.cat([1 + (config.neighbour_weight - 1) * low_res_target(
+        weights = torch.cat([1 + (config.neighbour_weight - 1) * target_in_frame(
             other, input_size, model.image_size, size, "cpu") for other, input_size in
             zip(others, input_sizes)]).to(model.device, non_blocking=True)
     logits, predicted_iou = decode_batch(model, embeddings, points, boxes, mask_prompts, False)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 
-def low_res_target(mask: np.ndarray, input_size: tuple[int, int], frame: int, size: tuple[int, int], device) -> torch.Tensor:
+def target_in_frame(mask: np.ndarray, input_size: tuple[int, int], frame: int, size: tuple[int, int], device) -> torch.Tensor:
     """The ground truth in SAM's padded ``frame x frame`` input, averaged down to ``size``.
 
     ``size``: the low-resolution logits' (SAM's loss), or ``(frame, frame)`` for the loss on
@@ -75,7 +75,7 @@ def segmentation_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, target:
     Args:
         logits: (B, 1, h, w) SAM's low-resolution mask logits.
         predicted_iou: (B, 1) SAM's IoU prediction.
-        target: (B, 1, h, w) 0/1 ground truth (see :func:`low_res_target`).
+        target: (B, 1, h, w) 0/1 ground truth (see :func:`target_in_frame`).
         bce_weight: (B, 1, h, w) per-pixel weights of the BCE term (None: all 1); each
             sample's BCE is then the weighted mean of its pixels (the scale of the unweighted
             loss), and the batch's the mean of the samples', as for the other terms.
