@@ -108,8 +108,7 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
     from napari_clipsam._jobs import run
     from napari_clipsam.inference.instances import interior_point
     from napari_clipsam.inference.seeds import iter_mask_instances
-    from napari_clipsam.training.metrics import (click_quality, cross_overlap, match_instances, rim_errors,
-                                                  semantic_iou)
+    from napari_clipsam.training.metrics import click_quality, cross_overlap, match_instances, rim_errors, semantic_iou
 
     predictor = nc.ClipSamPredictor(model)
     result = {"text_iou": {}, "rim": {}, "cross": {}, "clicks": defaultdict(list), "instances": {}}

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
-
-import numpy as np
 
 from napari_clipsam.training.losses import dice_loss, segmentation_loss, soft_iou_loss, target_in_frame
 
