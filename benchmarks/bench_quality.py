@@ -154,7 +154,7 @@ def summarise(records: list[dict]) -> dict:
     text, cross, clicks, matches = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
     by_kind, rim = defaultdict(list), defaultdict(lambda: defaultdict(int))
     for record in records:
-        for concept, counts in record.get("rim", {}).items():
+        for concept, counts in record["rim"].items():
             for name, count in counts.items():
                 rim[concept][name] += count
         for concept, value in record["text_iou"].items():
@@ -195,7 +195,7 @@ def print_summary(summary: dict, targets: bool) -> None:
     if len(summary["text_iou_by_kind"]) > len(summary["text_iou"]):
         print("  text-only IoU per scene kind: "
               + ", ".join(f"{k} {v:.3f}" for k, v in summary["text_iou_by_kind"].items()))
-    for concept, counts in summary.get("text_errors", {}).items():
+    for concept, counts in summary["text_errors"].items():
         share = {side: counts[f"{side}_at_rim"] / max(counts[side], 1) for side in ("missed", "false")}
         print(f"  text-only wrong pixels, {concept}: {counts['missed']} missed ({share['missed']:.0%} on the "
               f"objects' 1-px rim), {counts['false']} false ({share['false']:.0%} within 1 px of an object)")
