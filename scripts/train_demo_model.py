@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neighbour-weight", type=float, default=1.0,
                         help="manual mode: cross-entropy weight of the concept's other objects' pixels "
                              "(TrainingConfig.neighbour_weight; stages 1-10 ran with 1)")
+    parser.add_argument("--other-concept-weight", type=float, default=1.0,
+                        help="cross-entropy weight of the pixels of a scene's other concepts "
+                             "(TrainingConfig.other_concept_weight; stages 1-11 ran with 1)")
     parser.add_argument("--full-resolution-loss", action="store_true",
                         help="mask loss on the logits upsampled to the input, as inference uses them "
                              "(TrainingConfig.full_resolution_loss; stages 1-10 ran without)")
@@ -161,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         similarity_weight=args.similarity_weight,
         lone_click_share=args.lone_click_share,
         neighbour_weight=args.neighbour_weight,
+        other_concept_weight=args.other_concept_weight,
         full_resolution_loss=args.full_resolution_loss,
     )
     concepts = sorted({sample.concept for sample in train_set if sample.mask.any()})

@@ -64,6 +64,28 @@ def test_from_instance_labels_makes_a_sample_per_concept_present():
         ConceptDataset.from_instance_labels([(image, {"nucleus": labels[:10]})], names=["scene"])
 
 
+def test_samples_know_the_pixels_of_the_images_other_concepts():
+    """``others`` is what a concept is known not to be: the other concepts' labels in the same
+    image (all of them for an absent concept); a single-concept label image knows nothing."""
+    image, labels = _touching_pair()
+    spots = np.zeros_like(labels)
+    spots[40:44, 5:9] = 1
+    dataset = ConceptDataset.from_instance_labels([(image, {"nucleus": labels, "spot": spots})],
+                                                  absent=("bacterium",))
+    by_concept = {sample.concept: sample for sample in dataset}
+    np.testing.assert_array_equal(by_concept["nucleus"].others, spots > 0)
+    np.testing.assert_array_equal(by_concept["spot"].others, labels > 0)
+    np.testing.assert_array_equal(by_concept["bacterium"].others, (labels > 0) | (spots > 0))
+    # Label values mapped to concepts: a concept's other values are not "others", other concepts' are.
+    mapped = ConceptDataset.from_arrays([(image, labels, {1: "nucleus", 2: "nucleus", 3: "spot"})])
+    assert [sample.concept for sample in mapped] == ["nucleus", "nucleus", "spot"]
+    for sample in mapped[:2]:
+        np.testing.assert_array_equal(sample.others, labels == 3)
+    np.testing.assert_array_equal(mapped[2].others, (labels == 1) | (labels == 2))
+    [single] = ConceptDataset.from_arrays([(image, labels, "nucleus")])
+    assert single.others is None
+
+
 def test_augmentation_moves_objects_with_the_image_and_mask():
     image, labels = _touching_pair()
     sample = Sample(np.repeat(image[..., None], 3, axis=-1), labels > 0, "nucleus", "", instance_objects(labels))
@@ -72,6 +94,19 @@ def test_augmentation_moves_objects_with_the_image_and_mask():
         view = augment(sample, index, rng, True)
         np.testing.assert_array_equal(view.objects > 0, view.mask)
         np.testing.assert_array_equal(view.image[..., 0] == 200, view.mask)
+    # Another concept's pixels (here: the image's dark corner) move with them.
+    others = np.zeros(labels.shape, dtype=bool)
+    others[:6, :9] = True
+    rgb = np.repeat(image[..., None], 3, axis=-1)
+    rgb[..., 1] = np.where(others, 255, 0)
+    sample = Sample(rgb, labels > 0, "nucleus", "", instance_objects(labels), others)
+    cropped = 0
+    for index in range(30):
+        view = augment(sample, index, rng, True)
+        np.testing.assert_array_equal(view.image[..., 1] == 255, view.others)
+        np.testing.assert_array_equal(view.image[..., 0] == 200, view.mask)
+        cropped += view.key is None
+    assert cropped > 0  # crops were among the transforms
 
 
 def test_both_mode_trains_on_whole_concepts_and_on_single_objects(monkeypatch):
@@ -234,3 +269,29 @@ def test_neighbour_weight_weighs_the_concepts_other_objects_in_the_manual_mode_o
     assert losses["text", 4.0] == pytest.approx(losses["text", 1.0], abs=1e-7)
     with pytest.raises(ValueError, match="neighbour_weight"):
         TrainingConfig(neighbour_weight=-1.0)
+
+
+def test_other_concept_weight_weighs_the_pixels_of_the_images_other_concepts():
+    """The loss changes with the weight where the image is labelled with another concept, in
+    both modes, and not where it is labelled with one concept only."""
+    image, labels = _touching_pair()
+    spots = np.zeros_like(labels)
+    spots[36:60, 4:28] = 1  # large and bright, unlike the background
+    image = np.where(spots > 0, 120, image).astype(np.uint8)
+    two = ConceptDataset.from_instance_labels([(image, {"nucleus": labels, "spot": spots})])
+    two = ConceptDataset([sample for sample in two if sample.concept == "nucleus"])
+    one = ConceptDataset.from_instance_labels([(image, {"nucleus": labels})])
+    model = load_tiny()
+    losses = {}
+    for name, dataset in (("two", two), ("one", one)):
+        for mode in ("manual", "text"):
+            for weight in (1.0, 5.0):
+                # lr 0: the same weights, seed and prompts each time, so only the weighting differs.
+                config = TrainingConfig(mode=mode, steps=1, augment=False, learning_rate=0.0, eval_every=1,
+                                        patience=0, other_concept_weight=weight)
+                losses[name, mode, weight] = train(model, dataset, None, config).losses[0]
+    for mode in ("manual", "text"):
+        assert abs(losses["two", mode, 5.0] - losses["two", mode, 1.0]) > 1e-5
+        assert losses["one", mode, 5.0] == pytest.approx(losses["one", mode, 1.0], abs=1e-7)
+    with pytest.raises(ValueError, match="other_concept_weight"):
+        TrainingConfig(other_concept_weight=float("nan"))

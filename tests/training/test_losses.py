@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_clipsam.training.losses import dice_loss, segmentation_loss, soft_iou_loss, target_in_frame
+from napari_clipsam.training.losses import dice_loss, pixel_weights, segmentation_loss, soft_iou_loss, target_in_frame
 
 LOGITS = [[0.0, 2.0], [-1.0, 3.0]]
 TARGET = [[1.0, 0.0], [0.0, 1.0]]
@@ -131,3 +131,19 @@ def test_a_thin_line_vanishes_from_the_target_in_frame_but_not_from_the_full_res
     wider[:, 8:12] = True  # a line filling whole blocks stays in both
     np.testing.assert_array_equal(target_in_frame(wider, (64, 64), 64, (16, 16), "cpu")[0, 0, 0].numpy(),
                                   [0, 0, 1, 0] + [0] * 12)
+
+
+def test_pixel_weights_put_each_masks_weight_on_its_pixels_in_the_frame():
+    """1 everywhere, a mask's weight on its pixels (the later mask's where two meet), placed
+    in the padded frame as the target is; None and weight 1 change nothing."""
+    near = np.zeros((48, 64), dtype=bool)
+    near[0:10, 0:20] = True
+    other = np.zeros((48, 64), dtype=bool)
+    other[5:20, 10:30] = True  # overlaps near on rows 5-9, columns 10-19
+    weights = pixel_weights([(near, 4.0), (other, 0.5), (None, 9.0), (np.ones_like(near), 1.0)],
+                            (48, 64), 64, (64, 64))[0, 0].numpy()
+    expected = np.ones((64, 64), dtype=np.float32)
+    expected[0:10, 0:20] = 4.0
+    expected[5:20, 10:30] = 0.5
+    np.testing.assert_array_equal(weights, expected)  # the padding (rows 48-63) weighs 1
+    assert pixel_weights([(None, 3.0)], (48, 64), 64, (16, 16)).shape == (1, 1, 16, 16)

@@ -49,24 +49,28 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class Augmented:
     """A sample after geometric augmentation; ``key`` identifies its CLIP input for caching.
 
-    ``objects`` are the sample's objects (int32, 0 elsewhere) under the same transform.
+    ``objects`` are the sample's objects (int32, 0 elsewhere) and ``others`` its other
+    concepts' pixels (bool, or None: see :class:`Sample`) under the same transform.
     """
 
     image: np.ndarray
     mask: np.ndarray
     key: tuple | None
     objects: np.ndarray
+    others: np.ndarray | None = None
 
 
 def augment(sample: Sample, index: int, rng: np.random.Generator, enabled: bool) -> Augmented:
     """Flips, 90-degree rotations and random resized crops (microscopy has no up or down)."""
     objects = sample.object_labels()
     if not enabled:
-        return Augmented(sample.image, sample.mask, (index, 0), objects)
+        return Augmented(sample.image, sample.mask, (index, 0), objects, sample.others)
     k = int(rng.integers(0, 8))
     image, mask, objects = _dihedral(sample.image, k), _dihedral(sample.mask, k), _dihedral(objects, k)
+    others = None if sample.others is None else _dihedral(sample.others, k)
     crop = _random_crop(mask.shape, mask, rng) if rng.random() < 0.5 else None
     if crop is None:
-        return Augmented(image, mask, (index, k), objects)
-    return Augmented(*(np.ascontiguousarray(array[crop]) for array in (image, mask)), None,
-                     np.ascontiguousarray(objects[crop]))
+        return Augmented(image, mask, (index, k), objects, others)
+    image, mask, objects, others = (None if array is None else np.ascontiguousarray(array[crop])
+                                    for array in (image, mask, objects, others))
+    return Augmented(image, mask, None, objects, others)

@@ -54,6 +54,10 @@ class TrainingConfig:
         neighbour_weight: in the manual mode, the cross-entropy weight of the pixels of the
             concept's other objects (a click's mask spreading onto touching neighbours is
             its commonest error); 1: every pixel alike.
+        other_concept_weight: in both modes, the cross-entropy weight of the pixels the
+            labels give to another concept (``Sample.others``: a mask for "cell membrane"
+            painted over spots is a confusion of concepts); 1: every pixel alike. Only
+            images labelled with several concepts have such pixels.
         full_resolution_loss: compute the mask loss on the logits upsampled to SAM's input
             frame, as inference upsamples them before its threshold, against the ground
             truth at that resolution (the default). Off: on SAM's 4x smaller logits (2x for
@@ -79,6 +83,7 @@ class TrainingConfig:
     similarity_weight: float = 1.0
     lone_click_share: float = 0.0
     neighbour_weight: float = 1.0
+    other_concept_weight: float = 1.0
     full_resolution_loss: bool = True
 
     def __post_init__(self) -> None:
@@ -89,7 +94,8 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.patience < 0:
             raise ValueError(f"patience must be 0 (never stop early) or more, got {self.patience}.")
-        for name in ("learning_rate", "clip_learning_rate", "weight_decay", "similarity_weight", "neighbour_weight"):
+        for name in ("learning_rate", "clip_learning_rate", "weight_decay", "similarity_weight", "neighbour_weight",
+                     "other_concept_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number, 0 or more, got {value}.")

@@ -33,6 +33,8 @@ class Sample:
         source: where the sample came from (file name or layer name), for reports.
         objects: (H, W) int32 objects of the concept, 1..N (0 elsewhere); None: the
             connected components of ``mask`` (see :meth:`object_labels`).
+        others: (H, W) bool, True where the image is labelled as another concept (what
+            this concept is known not to be), or None where the labels name one concept.
     """
 
     image: np.ndarray
@@ -40,6 +42,7 @@ class Sample:
     concept: str
     source: str = ""
     objects: np.ndarray | None = None
+    others: np.ndarray | None = None
 
     def object_labels(self) -> np.ndarray:
         """(H, W) int32 objects 1..N of the concept (0 elsewhere)."""
@@ -106,7 +109,8 @@ def _binary_samples(image, labels, concepts: str | Mapping[int, str], source: st
     for value, concept in sorted(concepts.items()):
         mask = labels == int(value)
         if mask.any():  # one binary sample per class present; its objects are the class's components
-            samples.append(Sample(rgb, mask, concept, source, instance_objects(mask)))
+            other_values = [other for other, name in concepts.items() if name != concept]
+            samples.append(Sample(rgb, mask, concept, source, instance_objects(mask), np.isin(labels, other_values)))
     return samples
 
 
@@ -191,7 +195,8 @@ class ConceptDataset(Sequence[Sample]):
 
         Each concept's label image holds its objects (one value per object, 0 elsewhere),
         as :func:`napari_clipsam.synthetic.generate_scene` gives them. The image is
-        converted once and shared by its samples.
+        converted once and shared by its samples; each sample's ``others`` are the pixels
+        of the image's other concepts.
 
         Args:
             absent: concepts that, where an image has none of them, give a sample with an
@@ -202,17 +207,23 @@ class ConceptDataset(Sequence[Sample]):
         for index, (image, by_concept) in enumerate(items):
             name = names[index] if names is not None else f"item {index}"
             rgb = to_rgb_uint8(image)
+            masks = {}
             for concept, labels in sorted(by_concept.items()):
                 labels = label_values(labels, f"{name} ({concept})")
                 if labels.shape != rgb.shape[:2]:
                     raise ValueError(f"{name}: the {concept} labels have shape {labels.shape}, the image "
                                      f"{rgb.shape[:2]}; they must have the same height and width.")
-                if (labels > 0).any():
-                    samples.append(Sample(rgb, labels > 0, concept, name, instance_objects(labels)))
+                masks[concept] = (labels > 0, labels)
+            labelled = np.zeros(rgb.shape[:2], dtype=bool)
+            for mask, _ in masks.values():
+                labelled |= mask
+            for concept, (mask, labels) in masks.items():
+                if mask.any():
+                    samples.append(Sample(rgb, mask, concept, name, instance_objects(labels), labelled & ~mask))
             for concept in absent:
-                if concept not in by_concept or not np.any(by_concept[concept]):
+                if concept not in masks or not masks[concept][0].any():
                     empty = np.zeros(rgb.shape[:2], dtype=np.int32)
-                    samples.append(Sample(rgb, empty > 0, concept, name, empty))
+                    samples.append(Sample(rgb, empty > 0, concept, name, empty, labelled))
         return cls(samples)
 
     @classmethod

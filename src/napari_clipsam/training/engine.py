@@ -25,7 +25,7 @@ from .batched_decode import decode_batch
 from .config import TrainingConfig
 from .data import Sample
 from .evaluate import choose_object, iter_evaluate, manual_prompts
-from .losses import segmentation_loss, similarity_loss, target_in_frame
+from .losses import pixel_weights, segmentation_loss, similarity_loss, target_in_frame
 from .results import EvaluationReport, TrainProgress, TrainResult
 from .resume import ResumeState, read_resume_state, restore_optimizer, write_resume_state
 from .run_files import resume_path
@@ -326,10 +326,11 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
     targets = torch.cat([target_in_frame(mask, input_size, model.image_size, size, "cpu")
                          for mask, input_size in zip(target_masks, input_sizes)]).to(model.device, non_blocking=True)
     weights = None
-    if config.neighbour_weight != 1:  # the other objects of a manual-mode sample's concept weigh more
-        weights = torch.cat([1 + (config.neighbour_weight - 1) * target_in_frame(
-            other, input_size, model.image_size, size, "cpu") for other, input_size in
-            zip(others, input_sizes)]).to(model.device, non_blocking=True)
+    if config.neighbour_weight != 1 or config.other_concept_weight != 1:  # some wrong pixels weigh more
+        heavier = [[(near, config.neighbour_weight), (view.others, config.other_concept_weight)]
+                   for near, view in zip(others, views)]
+        weights = torch.cat([pixel_weights(masks, input_size, model.image_size, size) for masks, input_size in
+                             zip(heavier, input_sizes)]).to(model.device, non_blocking=True)
     logits, predicted_iou = decode_batch(model, embeddings, points, boxes, mask_prompts, False)
     if config.full_resolution_loss:  # the logits as inference upsamples them, before its threshold
         logits = logits_in_frame(logits, model.image_size)

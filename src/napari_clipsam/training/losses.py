@@ -59,6 +59,21 @@ def iou_prediction_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, targe
     return F.mse_loss(predicted_iou.reshape(-1).float(), true_iou.reshape(-1))
 
 
+def pixel_weights(weighted: Sequence[tuple[np.ndarray | None, float]], input_size: tuple[int, int],
+                  image_size: int, size: tuple[int, int]) -> torch.Tensor:
+    """(1, 1, *size) cross-entropy weights in SAM's frame: 1, and ``weight`` on a (H, W) mask's pixels.
+
+    Masks that are None or weigh 1 change nothing; where masks meet, the later one's weight
+    holds. The masks are placed as the target is (:func:`target_in_frame`).
+    """
+    weights = torch.ones((1, 1, *size))
+    for mask, weight in weighted:
+        if mask is not None and weight != 1:
+            inside = target_in_frame(mask, input_size, image_size, size, "cpu") > 0
+            weights = torch.where(inside, float(weight), weights)
+    return weights
+
+
 def _bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     """Mean over the batch of each sample's (weighted) mean binary cross-entropy of its pixels."""
     if weight is None:
