@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(TrainingConfig.lone_click_share; stages 1-9 ran with 0)")
     parser.add_argument("--neighbour-weight", type=float, default=1.0,
                         help="manual mode: cross-entropy weight of the concept's other objects' pixels "
-                             "(TrainingConfig.neighbour_weight; stages 1-10 ran with 1)")
+                             "(TrainingConfig.neighbour_weight; every shipped stage ran with 1)")
     parser.add_argument("--other-concept-weight", type=float, default=1.0,
                         help="cross-entropy weight of the pixels of a scene's other concepts "
-                             "(TrainingConfig.other_concept_weight; stages 1-11 ran with 1)")
+                             "(TrainingConfig.other_concept_weight; every shipped stage ran with 1)")
     parser.add_argument("--full-resolution-loss", action="store_true",
                         help="mask loss on the logits upsampled to the input, as inference uses them "
                              "(TrainingConfig.full_resolution_loss; stages 1-10 ran without)")

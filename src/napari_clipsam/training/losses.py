@@ -60,7 +60,7 @@ def iou_prediction_loss(logits: torch.Tensor, predicted_iou: torch.Tensor, targe
 
 
 def pixel_weights(weighted: Sequence[tuple[np.ndarray | None, float]], input_size: tuple[int, int],
-                  image_size: int, size: tuple[int, int]) -> torch.Tensor:
+                  frame: int, size: tuple[int, int]) -> torch.Tensor:
     """(1, 1, *size) cross-entropy weights in SAM's frame: 1, and ``weight`` on a (H, W) mask's pixels.
 
     Masks that are None or weigh 1 change nothing; where masks meet, the later one's weight
@@ -69,7 +69,7 @@ def pixel_weights(weighted: Sequence[tuple[np.ndarray | None, float]], input_siz
     weights = torch.ones((1, 1, *size))
     for mask, weight in weighted:
         if mask is not None and weight != 1:
-            inside = target_in_frame(mask, input_size, image_size, size, "cpu") > 0
+            inside = target_in_frame(mask, input_size, frame, size, "cpu") > 0
             weights = torch.where(inside, float(weight), weights)
     return weights
 
