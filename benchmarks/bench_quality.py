@@ -3,8 +3,9 @@
 On held-out generated scenes (``napari_clipsam.synthetic``, 256 px, every kind, seeds
 from 2,000,000: training uses 0.. and validation 1,000,000..), prints:
 
-- text-only semantic IoU per concept: ``predict()`` with no prompts, against the union of
-  the concept's objects, on the scenes that hold it (target >= 0.85);
+- text-only semantic IoU per concept: ``nc.segment`` with no prompts (the model's other
+  concepts competing for each region, its default; ``--other-concepts none``: each concept
+  alone), against the union of the concept's objects, on the scenes that hold it (target >= 0.85);
 - confusion between concepts: for each pair (A, B) in a scene, the part of B's pixels
   that A's text-only mask covers; the worst pair's mean (target <= 0.05);
 - touching nuclei, on the "nuclei" scenes (their touching fraction, >= 0.30, is printed):
@@ -100,10 +101,12 @@ def coins_truth() -> tuple[np.ndarray, np.ndarray]:
     return coins, relabel[labels]
 
 
-def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of: str | None) -> dict:
+def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of: str | None,
+                  other_concepts="auto") -> dict:
     """Every figure of one image, as ``nc.segment`` gives it by default (an image larger than the
-    model's input in tiles where the model's ``max_auto_downscale`` says so); one predictor, so
-    an image read in one pass is encoded once for every concept and click."""
+    model's input in tiles where the model's ``max_auto_downscale`` says so; from text alone, the
+    model's other concepts competing, unless ``other_concepts`` is None); one predictor, so an
+    image read in one pass is encoded once for every concept and click."""
     import napari_clipsam as nc
     from napari_clipsam._jobs import run
     from napari_clipsam.inference.instances import interior_point
@@ -114,7 +117,7 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
     result = {"text_iou": {}, "rim": {}, "cross": {}, "clicks": defaultdict(list), "instances": {}}
     masks = {}
     for concept, truth in truths.items():
-        masks[concept] = nc.segment(image, concept, model, predictor=predictor) > 0
+        masks[concept] = nc.segment(image, concept, model, predictor=predictor, other_concepts=other_concepts) > 0
         result["text_iou"][concept] = semantic_iou(masks[concept], truth > 0)
         result["rim"][concept] = rim_errors(masks[concept], truth > 0)
         ids = np.unique(truth)[1:]
@@ -131,7 +134,7 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
     if instances_of is not None:
         for method in ("seeds", "components"):
             labels = nc.segment(image, instances_of, model, instances=True, instance_method=method,
-                                predictor=predictor)
+                                predictor=predictor, other_concepts=other_concepts)
             result["instances"][method] = match_instances(labels, truths[instances_of], 0.5)
         # The instance method alone: the seeds on the TRUE concept mask (what a perfect text mask
         # would give), the whole image in one pass.
@@ -239,7 +242,8 @@ def run_scenes(model, concepts, args) -> tuple[dict, float]:
                 objects = len(np.unique(truths["nucleus"])) - 1
                 touching.append((touching_fraction(truths["nucleus"]) * objects, objects))
             records.append(measure_image(model, scene.image, truths, clicks=args.clicks,
-                                         rng=np.random.default_rng(seed), instances_of="nucleus" if nuclei else None)
+                                         rng=np.random.default_rng(seed), instances_of="nucleus" if nuclei else None,
+                                         other_concepts=args.other_concepts)
                            | {"kind": kind})
     seconds = (time.perf_counter() - started) / max(len(records), 1)
     summary = summarise(records)
@@ -256,7 +260,8 @@ def run_samples(model, args) -> dict:
     for name, (image, labels) in samples.items():
         started = time.perf_counter()
         record = measure_image(model, image, {"nucleus": labels}, clicks=args.clicks,
-                               rng=np.random.default_rng(args.seed), instances_of="nucleus")
+                               rng=np.random.default_rng(args.seed), instances_of="nucleus",
+                               other_concepts=args.other_concepts)
         results[name] = summarise([record]) | {"objects": int(labels.max()), "shape": list(labels.shape),
                                                "seconds": time.perf_counter() - started}
     return results
@@ -273,9 +278,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--sam", help="SAM architecture of a random model (default: demo; a file says its own)")
     parser.add_argument("--clip", help="CLIP architecture of a random model (default: demo; a file says its own)")
+    parser.add_argument("--other-concepts", choices=["auto", "none"], default="auto",
+                        help="from text alone, the model's other concepts compete for each region (auto, the "
+                             "default of nc.segment) or each concept is segmented alone (none)")
     parser.add_argument("--no-samples", action="store_true", help="skip the bundled samples")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
+    args.other_concepts = None if args.other_concepts == "none" else "auto"
 
     import torch
 
@@ -300,6 +309,8 @@ def main(argv=None) -> int:
     print(f"scenes: {args.scenes} per kind x 4 kinds, 256 px, seeds {args.seed}..{args.seed + 4 * args.scenes - 1}; "
           f"up to {args.clicks} clicks per concept per image")
     print(f"command: {command.strip()}")
+    print("from text alone: " + ("each concept alone" if args.other_concepts is None else
+                                 f"the model's other concepts compete ({', '.join(model.concepts) or 'none listed'})"))
 
     summary, seconds = run_scenes(model, concepts, args)
     print(f"\nheld-out generated scenes ({seconds:.2f} s per scene)")
@@ -307,7 +318,8 @@ def main(argv=None) -> int:
     results = {"command": command.strip(), "cpu": cpu_description(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "model": model_path, "concepts": list(concepts),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "scenes_per_kind": args.scenes, "first_seed": args.seed, "clicks": args.clicks,
+               "other_concepts": args.other_concepts, "scenes_per_kind": args.scenes, "first_seed": args.seed,
+               "clicks": args.clicks,
                "seconds_per_scene": seconds, "targets": TARGETS, "scenes": summary}
     if not args.no_samples:
         results["samples"] = run_samples(model, args)

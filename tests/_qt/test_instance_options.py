@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import napari_clipsam as nc
-from napari_clipsam._qt.segment_controls import METHOD_COMPONENTS, METHOD_SEEDS
+from napari_clipsam._qt.segment_controls import METHOD_COMPONENTS, METHOD_SEEDS, MODE_MANUAL
 from napari_clipsam._qt.settings import load_settings
 from napari_clipsam.inference.pipeline import SegmentOptions
 from tests._qt.widget_helpers import TIMEOUT_S
@@ -41,6 +41,31 @@ def test_the_controls_say_the_pipeline_options(widget):
     assert _options(widget) == SegmentOptions()
     with pytest.raises(ValueError, match="seeds, components"):
         controls.set_options(instance_method="watershed")
+    assert _options(widget).other_concepts == "auto"  # the concepts the model lists compete
+    widget.set_options(other_concepts=False)
+    assert _options(widget) == SegmentOptions(other_concepts=None)
+
+
+def test_other_concepts_show_in_the_text_only_mode_only(widget):
+    controls = widget._controls
+    assert _shown(controls.other_concepts)
+    controls.mode.value = MODE_MANUAL
+    assert not _shown(controls.other_concepts)
+
+
+def test_the_widget_lets_the_models_other_concepts_compete(viewer, widget, tiny_model, blobs_image):
+    tiny_model.concepts = ("nucleus", "spot")  # as adapters trained on labels of two concepts say
+    widget.set_concept("nucleus")
+    widget.segment()
+    widget.wait(TIMEOUT_S)
+    competing = nc.segment(blobs_image, "nucleus", model=tiny_model, other_concepts=["spot"])
+    alone = nc.segment(blobs_image, "nucleus", model=tiny_model, other_concepts=None)
+    assert competing.sum() < alone.sum()  # the comparison tells the two apart
+    np.testing.assert_array_equal(np.asarray(viewer.layers["blobs nucleus"].data) > 0, competing > 0)
+    widget.set_options(other_concepts=False)
+    widget.segment()
+    widget.wait(TIMEOUT_S)
+    np.testing.assert_array_equal(np.asarray(viewer.layers["blobs nucleus"].data) > 0, alone > 0)
 
 
 def test_seed_fields_show_only_for_seeds(widget):
@@ -73,9 +98,9 @@ def test_the_object_options_persist(tmp_path, monkeypatch, make_napari_viewer):
     monkeypatch.setenv("NAPARI_CLIPSAM_SETTINGS", str(path))
     first = ClipSamWidget(make_napari_viewer())
     first._controls.set_options(instances=True, instance_method="components", min_area=25, refine=True)
-    first._controls.set_options(diameter=22, score_threshold=0.7, link_planes=False)
+    first._controls.set_options(diameter=22, score_threshold=0.7, link_planes=False, other_concepts=False)
     saved = load_settings()
-    assert saved.link_planes is False
+    assert saved.link_planes is False and saved.other_concepts is False
     assert (saved.instances, saved.instance_method, saved.refine, saved.min_area) == (True, "components", True, 25)
     assert (saved.diameter, saved.score_threshold) == (22, pytest.approx(0.7))
     assert json.loads(path.read_text())["instance_method"] == "components"
@@ -83,7 +108,7 @@ def test_the_object_options_persist(tmp_path, monkeypatch, make_napari_viewer):
     assert controls.instances.value and controls.instance_method.value == METHOD_COMPONENTS
     assert (controls.min_area.value, controls.refine.value, controls.diameter.value) == (25, True, 22)
     assert controls.score_threshold.value == pytest.approx(0.7)
-    assert controls.link_planes.value is False
+    assert controls.link_planes.value is False and controls.other_concepts.value is False
 
 
 def test_damaged_object_settings_keep_the_defaults(tmp_path, monkeypatch, make_napari_viewer):

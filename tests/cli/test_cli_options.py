@@ -111,11 +111,22 @@ def test_tiling_flags_become_the_pipeline_options():
     assert _segment_options("--encoder-batch", "auto") == SegmentOptions(encoder_batch="auto")
 
 
+def test_other_concepts_flag_becomes_the_pipeline_option():
+    from napari_clipsam.inference.pipeline import SegmentOptions
+
+    assert _segment_options().other_concepts == "auto"
+    assert _segment_options("--other-concepts", "none") == SegmentOptions(other_concepts=None)
+    assert _segment_options("--other-concepts", "bacterium, cell membrane").other_concepts == (
+        "bacterium", "cell membrane")
+    assert _segment_options("--other-concepts", "AUTO") == SegmentOptions()
+
+
 @pytest.mark.parametrize(("flags", "words"), [
     (["--tile-shape", "0"], "--tile-shape must be pixels"), (["--tile-shape", "big"], "--tile-shape must be pixels"),
     (["--halo", "-4"], "--halo must be pixels"),
     (["--encoder-batch", "0"], "give a number of tiles or planes of 1 or more, or auto"),
     (["--encoder-batch", "many"], "give a number of tiles or planes of 1 or more, or auto"),
+    (["--other-concepts", "spot,,bacterium"], "give concept names separated by commas, auto or none"),
 ])
 def test_bad_tiling_flags_exit_2_naming_the_flag(flags, words, capsys):
     with pytest.raises(SystemExit) as exited:

@@ -89,6 +89,11 @@ class SegmentControls:
             "In a stack, each slice's objects continue the previous slice's they overlap (and each time point's "
             "the previous time point's); off: every object of every slice gets its own label."
         )
+        self.other_concepts = CheckBox(text="Other concepts compete", value=True)
+        self.other_concepts.tooltip = (
+            "Text only: each pixel goes to the concept that claims it most, among the concepts the model lists "
+            "(the demo model's four; the published weights list none). One more encoder pass per other concept."
+        )
         self.large = LargeImageControls(settings, lambda: self.image.value)  # tiles, level, visible region
         self._settings = settings
         self._restore(settings)
@@ -113,7 +118,7 @@ class SegmentControls:
         large = self.large
         return [
             self.image, self.channel, large.level, self.concept, self.recent, self.mode, self.scope,
-            large.visible_only, self.output, self.instances, self.instance_method, self.diameter,
+            large.visible_only, self.other_concepts, self.output, self.instances, self.instance_method, self.diameter,
             self.score_threshold, self.link_planes, self.refine, self.min_area, self.replace, self.show_similarity, large.tiles,
             large.tile_size, large.tile_halo,
             self.run_button, self.prompts_button, self.commit_button, self.cancel_button, self.status,
@@ -151,15 +156,18 @@ class SegmentControls:
             tile_shape=tile_shape,
             halo=halo,
             link_planes=bool(self.link_planes.value),
+            other_concepts="auto" if self.other_concepts.value else None,
         )
 
     def set_options(self, *, instances: bool | None = None, refine: bool | None = None, min_area: int | None = None,
                     replace: bool | None = None, all_slices: bool | None = None, similarity: bool | None = None,
                     instance_method: str | None = None, diameter: float | None = None,
-                    score_threshold: float | None = None, link_planes: bool | None = None, **large: Any) -> None:
+                    score_threshold: float | None = None, link_planes: bool | None = None,
+                    other_concepts: bool | None = None, **large: Any) -> None:
         """See :meth:`ClipSamWidget.set_options` (the output is the widget's :class:`OutputChoice`).
 
         ``instance_method`` is ``"seeds"`` or ``"components"``; ``diameter`` 0 means estimated;
+        ``other_concepts``: whether the model's other concepts compete in the text-only mode;
         ``large``: the tiles, level and visible region (:meth:`LargeImageControls.set_options`).
         """
         self.large.set_options(**large)
@@ -171,7 +179,8 @@ class SegmentControls:
         for control, value in ((self.instances, instances), (self.refine, refine), (self.min_area, min_area),
                                (self.replace, replace), (self.show_similarity, similarity),
                                (self.diameter, None if diameter is None else round(diameter)),
-                               (self.score_threshold, score_threshold), (self.link_planes, link_planes)):
+                               (self.score_threshold, score_threshold), (self.link_planes, link_planes),
+                               (self.other_concepts, other_concepts)):
             if value is not None:
                 control.value = value
         if all_slices is not None:
@@ -182,7 +191,7 @@ class SegmentControls:
         """The controls whose values persist, each with its :class:`WidgetSettings` field."""
         return ((self.instances, "instances"), (self.instance_method, "instance_method"), (self.refine, "refine"),
                 (self.min_area, "min_area"), (self.diameter, "diameter"), (self.score_threshold, "score_threshold"),
-                (self.link_planes, "link_planes"))
+                (self.link_planes, "link_planes"), (self.other_concepts, "other_concepts"))
 
     def _restore(self, settings: WidgetSettings) -> None:
         """The saved objects options; a value the controls refuse (an edited file) keeps the default."""
@@ -260,6 +269,7 @@ class SegmentControls:
         self.diameter.visible = self.score_threshold.visible = instances and self.method == "seeds"
         self.link_planes.visible = instances and stack and self.scope.value == SCOPE_ALL
         self.prompts_button.visible = self.commit_button.visible = manual
+        self.other_concepts.visible = not manual
         text_slice = not manual and not (stack and self.scope.value == SCOPE_ALL)
         self.large.update_visibility(layer=layer, text_slice=text_slice)
         self.run_button.text = "Update mask" if manual else "Segment"

@@ -71,6 +71,12 @@ def add_parser(commands, parents) -> None:
                      help="pixels of context around each tile (default auto: a quarter of the input)")
     seg.add_argument("--encoder-batch", type=_encoder_batch, default="auto", metavar="N|auto",
                      help="tiles or planes per encoder call (default auto: 8 on a GPU, where batches are faster, 1 on a CPU)")
+    seg.add_argument(
+        "--other-concepts", type=_other_concepts, default="auto", metavar="NAME,NAME|auto|none",
+        help="from text alone, concepts that compete for pixels: each pixel goes to the concept that claims it "
+             "most, e.g. 'bacterium,spot' (default auto: the concepts the model lists, the demo model's four, "
+             "none for the published weights); each costs one more encoder pass",
+    )
     seg.add_argument("--points", type=lambda t: _pairs(t, 2, "--points"), help="positive points 'x,y;x,y'")
     seg.add_argument("--box", type=lambda t: _pairs(t, 4, "--box")[0], help="box 'x0,y0,x1,y1'")
     seg.add_argument("--channel", type=_channel, metavar="N|NAME",
@@ -122,6 +128,15 @@ def _encoder_batch(text: str):
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"give a number of tiles or planes of 1 or more, or auto; got {text!r}")
     return int(text)
+
+
+def _other_concepts(text: str):
+    if text.strip().lower() in ("auto", "none"):
+        return "auto" if text.strip().lower() == "auto" else None
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"give concept names separated by commas, auto or none; got {text!r}")
+    return names
 
 
 def _halo(text: str):
@@ -221,7 +236,7 @@ def _options(args: argparse.Namespace):
     return SegmentOptions(
         instances=args.instances, refine=args.refine, min_area=args.min_area,
         instance_method=method, diameter=args.diameter, tile_shape=args.tile_shape, halo=args.halo,
-        encoder_batch=args.encoder_batch, **extra,
+        encoder_batch=args.encoder_batch, other_concepts=args.other_concepts, **extra,
     )
 
 

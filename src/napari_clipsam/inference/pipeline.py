@@ -20,6 +20,8 @@ from .encode_ahead import ReadAhead, check_encoder_batch
 from .image import MAX_CHANNELS
 from .instances import iter_refine_instances, masks_to_instances, remove_small_labels
 from .linking import link_in_place, link_to_previous
+from .other_concepts import AUTO as AUTO_OTHERS
+from .other_concepts import check_other_concepts, iter_keep_strongest, resolve_other_concepts
 from .prompts import check_prompts
 from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
 from .tiling import AUTO, check_tiling, iter_segment_tiled, tiling_for
@@ -60,6 +62,10 @@ class SegmentOptions:
             its own label.
         encoder_batch: tiles, or planes of a stack, per encoder call (``inference/encode_ahead.py``):
             ``"auto"`` is 8 on CUDA, where a batch costs far less per image, and 1 elsewhere.
+        other_concepts: in the text-only mode, concepts that compete for pixels: a pixel stays
+            in the mask only where no other concept's text-only logit is higher
+            (``inference/other_concepts.py``). ``"auto"``: the concepts the model lists
+            (``model.concepts``; none for the published weights); None or (): none.
     """
 
     instances: bool = False
@@ -74,9 +80,11 @@ class SegmentOptions:
     halo: object = AUTO
     link_planes: bool = True
     encoder_batch: int | str = "auto"
+    other_concepts: object = AUTO_OTHERS
 
     def __post_init__(self) -> None:
         check_tiling(self.tile_shape, self.halo)
+        object.__setattr__(self, "other_concepts", check_other_concepts(self.other_concepts))
         check_encoder_batch(self.encoder_batch)
         if self.min_area < 0:
             raise ValueError(f"min_area must be 0 or more pixels, got {self.min_area}.")
@@ -108,7 +116,8 @@ class SegmentResult:
     """What one segmentation of a 2-D image produced.
 
     Attributes:
-        mask: (H, W) bool mask of SAM's best prediction.
+        mask: (H, W) bool mask of SAM's best prediction (less what other concepts claim more,
+            see ``SegmentOptions.other_concepts``).
         labels: (H, W) int32: objects 1..N with ``instances``, else the mask as 0/1.
         score: SAM's predicted IoU of the mask.
         points: (N, 2) XY points that prompted SAM (CLIP's in the text-only mode), or None.
@@ -173,6 +182,10 @@ def iter_segment(
         points, point_labels = predictor.text_prompts()
     masks, scores, logits = predictor.predict(point_coords=points, point_labels=point_labels, box=box)
     mask = masks[0]
+    if user_points is None and box is None:
+        others = resolve_other_concepts(predictor.model.concepts, predictor.concept, options.other_concepts)
+        if others:
+            mask = yield from iter_keep_strongest(predictor, mask, logits[0], others)
     if options.instances:
         if options.instance_method == "seeds":
             labels = yield from iter_concept_instances(
@@ -326,6 +339,7 @@ def segment(
     out=None,
     link_planes: bool = True,
     encoder_batch: int | str = "auto",
+    other_concepts=AUTO_OTHERS,
 ) -> np.ndarray:
     """Segment ``concept`` in an image, or in each plane of a stack, and return labels.
 
@@ -354,6 +368,10 @@ def segment(
             overlap between consecutive planes, and between time points of a (T, Z, Y, X)
             stack); False: per object of each plane.
         encoder_batch: tiles or planes per encoder call ("auto": 8 on CUDA, 1 elsewhere).
+        other_concepts: from text alone, concepts that compete for pixels, each pixel going
+            to the concept whose logit is highest (e.g. ``["bacterium", "spot"]``);
+            ``"auto"``: those the model lists (the demo model's four, none for the published
+            weights); None: none. Each costs one more encoder pass per image.
 
     Returns:
         int32 labels of the image's spatial shape (``out`` when given): 0 background, 1 the
@@ -362,7 +380,8 @@ def segment(
     # Checked first: a mistake must not wait for a model to load (or download).
     options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel,
                              instance_method=instance_method, diameter=diameter, score_threshold=score_threshold,
-                             tile_shape=tile_shape, halo=halo, link_planes=link_planes, encoder_batch=encoder_batch)
+                             tile_shape=tile_shape, halo=halo, link_planes=link_planes, encoder_batch=encoder_batch,
+                             other_concepts=other_concepts)
     predictor = predictor_for(model, predictor, image_size)
     with predictor:  # one thread drains the whole job: other threads sharing the predictor wait
         return run(iter_segment_stack(predictor, image, concept, points, point_labels, box, options, rgb, out))
