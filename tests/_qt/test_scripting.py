@@ -17,6 +17,7 @@ from napari_clipsam._qt.segment_widget import ClipSamWidget
 from napari_clipsam.inference.layers import segment_layer
 from napari_clipsam.inference.pipeline import SegmentResult
 from tests._qt.widget_helpers import TIMEOUT_MS, TIMEOUT_S, BlockingEncoder
+from tests.helpers import randomize_adapters
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "scripted_session.py"
 
@@ -103,6 +104,11 @@ def test_segment_layer_is_segment_with_the_layer_geometry(tiny_model, blobs_imag
     assert kwargs["name"] == "blobs nucleus"
     assert kwargs["scale"] == (0.5, 0.25) and kwargs["translate"] == (3.0, 4.0)
     np.testing.assert_array_equal(labels, nc.segment(blobs_image, "nucleus", model=tiny_model, instances=True))
+    randomize_adapters(tiny_model)  # zero adapters: every concept would give the same mask
+    labels, _, _ = segment_layer(layer, "nucleus", tiny_model, other_concepts=["spot"])
+    competing = nc.segment(blobs_image, "nucleus", model=tiny_model, other_concepts=["spot"])
+    assert competing.sum() < nc.segment(blobs_image, "nucleus", model=tiny_model, other_concepts=None).sum()
+    np.testing.assert_array_equal(labels, competing)
 
     points, box = [[25, 30], [70, 100]], [[10, 15], [40, 45]]
     labels, kwargs, _ = segment_layer(layer, None, tiny_model, points=points, point_labels=[1, 0], box=box)
