@@ -23,11 +23,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from .._jobs import Job, Progress
-from .sam_frame import logits_to_image
 
 if TYPE_CHECKING:
     from .predictor import ClipSamPredictor
@@ -80,6 +78,10 @@ def resolve_other_concepts(model_concepts: Sequence[str], concept: str | None, v
 
 def image_logits(predictor: ClipSamPredictor, low_res: np.ndarray) -> np.ndarray:
     """(H, W) float32 logits at the current image's size from (h, w) low-resolution logits, as masks are made."""
+    import torch  # not at import: the pipeline's options load on napari's GUI thread
+
+    from .sam_frame import logits_to_image
+
     model = predictor.model
     with model.at_resolution(predictor.image_size):
         frame = model.image_size
