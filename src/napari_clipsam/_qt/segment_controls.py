@@ -91,8 +91,9 @@ class SegmentControls:
         )
         self.other_concepts = CheckBox(text="Other concepts compete", value=True)
         self.other_concepts.tooltip = (
-            "Text only: each pixel goes to the concept that claims it most, among the concepts the model lists "
-            "(the demo model's four; the published weights list none). One more encoder pass per other concept."
+            "Text only: each region of the mask goes to the concept that claims most of it, among the concepts the "
+            "model lists (the demo model's four; the published weights list none). One more encoder pass per "
+            "other concept."
         )
         self.large = LargeImageControls(settings, lambda: self.image.value)  # tiles, level, visible region
         self._settings = settings

@@ -73,8 +73,8 @@ def add_parser(commands, parents) -> None:
                      help="tiles or planes per encoder call (default auto: 8 on a GPU, where batches are faster, 1 on a CPU)")
     seg.add_argument(
         "--other-concepts", type=_other_concepts, default="auto", metavar="NAME,NAME|auto|none",
-        help="from text alone, concepts that compete for pixels: each pixel goes to the concept that claims it "
-             "most, e.g. 'bacterium,spot' (default auto: the concepts the model lists, the demo model's four, "
+        help="from text alone, concepts that compete for pixels: each region of the mask goes to the concept "
+             "that claims most of it, e.g. 'bacterium,spot' (default auto: the concepts the model lists, the demo model's four, "
              "none for the published weights); each costs one more encoder pass",
     )
     seg.add_argument("--points", type=lambda t: _pairs(t, 2, "--points"), help="positive points 'x,y;x,y'")

@@ -62,9 +62,9 @@ class SegmentOptions:
             its own label.
         encoder_batch: tiles, or planes of a stack, per encoder call (``inference/encode_ahead.py``):
             ``"auto"`` is 8 on CUDA, where a batch costs far less per image, and 1 elsewhere.
-        other_concepts: in the text-only mode, concepts that compete for pixels: a pixel stays
-            in the mask only where no other concept's text-only logit is higher
-            (``inference/other_concepts.py``). ``"auto"``: the concepts the model lists
+        other_concepts: in the text-only mode, concepts that compete for pixels: a connected
+            region of the mask stays only where no other concept's text-only logit is higher
+            on half of it or more (``inference/other_concepts.py``). ``"auto"``: the concepts the model lists
             (``model.concepts``; none for the published weights); None or (): none.
     """
 
@@ -368,8 +368,9 @@ def segment(
             overlap between consecutive planes, and between time points of a (T, Z, Y, X)
             stack); False: per object of each plane.
         encoder_batch: tiles or planes per encoder call ("auto": 8 on CUDA, 1 elsewhere).
-        other_concepts: from text alone, concepts that compete for pixels, each pixel going
-            to the concept whose logit is highest (e.g. ``["bacterium", "spot"]``);
+        other_concepts: from text alone, concepts that compete for pixels, each region of
+            the mask going to the concept whose logit is highest on most of it (e.g.
+            ``["bacterium", "spot"]``);
             ``"auto"``: those the model lists (the demo model's four, none for the published
             weights); None: none. Each costs one more encoder pass per image.
 
