@@ -46,7 +46,7 @@ def _write_image(path: Path, size: int):
 
 
 def run_size(size: int, tile_shape, halo, instances: bool, threads: int | None, device: str = "cpu",
-             encoder_batch="auto") -> dict:
+             encoder_batch="auto", other_concepts="auto") -> dict:
     import torch
     import zarr
 
@@ -64,7 +64,8 @@ def run_size(size: int, tile_shape, halo, instances: bool, threads: int | None, 
         model = nc.load_model(preset="demo", device=device, precision="fp32")
         predictor = nc.ClipSamPredictor(model)
         options = SegmentOptions(instances=instances, instance_method="components" if instances else "seeds",
-                                 tile_shape=tile_shape, halo=halo, encoder_batch=encoder_batch)
+                                 tile_shape=tile_shape, halo=halo, encoder_batch=encoder_batch,
+                                 other_concepts=None if other_concepts == "none" else "auto")
         tiling = resolve_tiling((size, size), model.image_size, tile_shape, halo)
         tiles = len(plan_tiles((size, size), *tiling)) if tiling else 1
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -93,20 +94,24 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...: where the model runs")
     parser.add_argument("--encoder-batch", type=lambda t: t if t == "auto" else int(t), default="auto",
                         help="tiles per encoder call (auto: 8 on CUDA, 1 on CPU)")
+    parser.add_argument("--other-concepts", choices=["auto", "none"], default="auto",
+                        help="auto: the demo model's other concepts compete (nc.segment's default); none: nucleus alone")
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.size:
         print(json.dumps(run_size(args.size, args.tile_shape, args.halo, args.instances, args.threads,
-                                  args.device, args.encoder_batch)))
+                                  args.device, args.encoder_batch, args.other_concepts)))
         return 0
     from napari_clipsam._machine import cpu_description
 
     print(f"machine: {cpu_description()}; device {args.device}; demo model (256 px input), tile_shape {args.tile_shape}, halo {args.halo}, "
-          f"encoder batch {args.encoder_batch}, {'instances' if args.instances else 'semantic'}")
+          f"encoder batch {args.encoder_batch}, {'instances' if args.instances else 'semantic'}, "
+          f"other concepts {args.other_concepts}")
     print(f"{'size':>7} {'tiles':>6} {'time s':>8} {'s/tile':>7} {'peak GB':>8} {'(before) GB':>11} {'objects':>8}")
     for size in args.sizes:
         command = [sys.executable, __file__, "--size", str(size), "--tile-shape", str(args.tile_shape),
-                   "--halo", str(args.halo), "--device", args.device, "--encoder-batch", str(args.encoder_batch)] + (["--instances"] if args.instances else []) + (
+                   "--halo", str(args.halo), "--device", args.device, "--encoder-batch", str(args.encoder_batch),
+                   "--other-concepts", args.other_concepts] + (["--instances"] if args.instances else []) + (
                    ["--threads", str(args.threads)] if args.threads else [])
         result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         print(f"{size:>7} {result['tiles']:>6} {result['seconds']:>8.1f} {result['seconds_per_tile']:>7.3f} "
