@@ -12,6 +12,7 @@ from napari_clipsam._sample_data import synthetic_nuclei
 from napari_clipsam.inference.other_concepts import (
     check_other_concepts,
     image_logits,
+    iter_keep_strongest,
     keep_regions_won,
     resolve_other_concepts,
 )
@@ -148,3 +149,17 @@ def test_tiles_compete_tile_by_tile(model, image):
     alone = nc.segment(image, "nucleus", model, other_concepts=None, **tiled) > 0
     competing = nc.segment(image, "nucleus", model, other_concepts=["spot"], **tiled) > 0
     assert competing.sum() < alone.sum() and not (competing & ~alone).any()
+
+
+def test_an_empty_mask_encodes_no_other_concept(model, image):
+    predictor = nc.ClipSamPredictor(model)
+    predictor.set_image(image)
+    predictor.set_concept("nucleus")
+    _, _, low_res = predictor.predict()
+    empty = np.zeros(image.shape[:2], dtype=bool)
+    assert not run(iter_keep_strongest(predictor, empty, low_res[0], ["spot"])).any()
+    assert "spot" not in predictor.features.embeddings and predictor.concept == "nucleus"
+    some = predictor.predict()[0][0]
+    assert some.any()
+    run(iter_keep_strongest(predictor, some, low_res[0], ["spot"]))
+    assert "spot" in predictor.features.embeddings  # the check above can fail

@@ -93,10 +93,13 @@ def iter_keep_strongest(predictor: ClipSamPredictor, mask: np.ndarray, low_res: 
                         others: Sequence[str]) -> Job[np.ndarray]:
     """``mask`` (the current concept's text-only mask, from ``low_res`` logits) less the regions other concepts win.
 
-    Each of ``others`` is set on the predictor in turn and decoded from its text alone;
+    Each of ``others`` is set on the predictor in turn and decoded from its text alone (not
+    at all when ``mask`` is empty);
     yields a progress event per encoder stage of each; the predictor's concept is set back
     at the end, also when the job is closed or fails.
     """
+    if not mask.any():
+        return mask  # nothing to contest: no other concept is encoded (a background tile)
     concept = predictor.concept
     own = image_logits(predictor, low_res)
     strongest = np.full(own.shape, -np.inf, dtype=np.float32)
