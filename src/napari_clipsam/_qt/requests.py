@@ -93,11 +93,6 @@ class SegmentRequest:
                            region=self.region)
 
 
-def normalise_concept(text: str) -> str | None:
-    """The concept as the model sees it: single spaces, None when empty."""
-    return " ".join(text.split()) or None
-
-
 def stale_reason(request: SegmentRequest, viewer, image_layer, concept: str | None,
                  prompts_version: int) -> str | None:
     """Why ``request``'s result no longer fits what the widget shows, or None when it still does.

@@ -23,6 +23,7 @@ from magicgui.widgets import (
 
 from ..inference.layers import leading_ndim
 from ..inference.pipeline import SegmentOptions
+from ..inference.prompts import normalise_concept
 from ..inference.seeds import DEFAULT_SCORE_THRESHOLD
 from .label_layers import existing_output
 from .large_image_controls import LargeImageControls
@@ -34,7 +35,6 @@ from .requests import (
     RequestError,
     SegmentRequest,
     current_plane,
-    normalise_concept,
 )
 from .settings import WidgetSettings, save_settings
 from .text_width import WrappingLabel

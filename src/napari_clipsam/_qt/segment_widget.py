@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import Container
 
 from ..inference.pipeline import SegmentResult
+from ..inference.prompts import normalise_concept
 from . import label_layers
 from .docking import watch_docking
 from .jobs import JobRunner
@@ -32,7 +33,6 @@ from .requests import (
     SegmentRequest,
     StaleResultError,
     current_plane,
-    normalise_concept,
     stale_reason,
 )
 from .segment_controls import MODE_MANUAL, MODE_TEXT, SCOPE_ALL, SCOPE_SLICE, SegmentControls
@@ -113,7 +113,7 @@ class ClipSamWidget(Container):
                     replace: bool | None = None, all_slices: bool | None = None, similarity: bool | None = None,
                     output: str | None = None, instance_method: str | None = None, diameter: float | None = None,
                     score_threshold: float | None = None, link_planes: bool | None = None,
-                    **large_image: Any) -> None:
+                    other_concepts: bool | None = None, **large_image: Any) -> None:
         """Set the output options as the controls do; None leaves one as it is.
 
         Args:
@@ -132,7 +132,7 @@ class ClipSamWidget(Container):
         self._controls.set_options(instances=instances, refine=refine, min_area=min_area, replace=replace,
                                    all_slices=all_slices, similarity=similarity, instance_method=instance_method,
                                    diameter=diameter, score_threshold=score_threshold, link_planes=link_planes,
-                                   **large_image)
+                                   other_concepts=other_concepts, **large_image)
         if output is not None:
             self._output.choose(output)
 

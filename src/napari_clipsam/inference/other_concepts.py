@@ -26,16 +26,12 @@ import numpy as np
 from scipy import ndimage
 
 from .._jobs import Job, Progress
+from .prompts import normalise_concept
 
 if TYPE_CHECKING:
     from .predictor import ClipSamPredictor
 
 AUTO = "auto"
-
-
-def _name(concept: str) -> str:
-    """A concept as the predictor keeps it (``set_concept``): whitespace collapsed."""
-    return " ".join(concept.split())
 
 
 def check_other_concepts(value) -> str | tuple[str, ...]:
@@ -57,10 +53,11 @@ def check_other_concepts(value) -> str | tuple[str, ...]:
         raise ValueError(f"other_concepts must be 'auto', None or a list of concept names, got {value!r}.")
     names = []
     for concept in value:
-        if not isinstance(concept, str) or not _name(concept):
+        name = normalise_concept(concept) if isinstance(concept, str) else None
+        if name is None:
             raise ValueError(f"other_concepts must name concepts (non-empty strings), got {concept!r} in {value!r}.")
-        if _name(concept) not in names:
-            names.append(_name(concept))
+        if name not in names:
+            names.append(name)
     return tuple(names)
 
 
@@ -69,11 +66,12 @@ def resolve_other_concepts(model_concepts: Sequence[str], concept: str | None, v
 
     None when there is no concept (plain SAM has no text-only mode).
     """
-    if concept is None or not _name(concept):
+    concept = None if concept is None else normalise_concept(concept)
+    if concept is None:
         return ()
     value = check_other_concepts(value)
     names = check_other_concepts(list(model_concepts)) if value == AUTO else value
-    return tuple(name for name in names if name != _name(concept))
+    return tuple(name for name in names if name != concept)
 
 
 def image_logits(predictor: ClipSamPredictor, low_res: np.ndarray) -> np.ndarray:

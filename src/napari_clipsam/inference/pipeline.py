@@ -177,12 +177,12 @@ def iter_segment(
     for index, stage in enumerate(predictor.iter_prepare()):
         yield Progress(stage, index, total)
     yield Progress("decoding masks", len(stages), total)
-    user_points = points
-    if points is None and box is None:
+    user_points, text_only = points, points is None and box is None
+    if text_only:
         points, point_labels = predictor.text_prompts()
     masks, scores, logits = predictor.predict(point_coords=points, point_labels=point_labels, box=box)
     mask = masks[0]
-    if user_points is None and box is None:
+    if text_only:
         others = resolve_other_concepts(predictor.model.concepts, predictor.concept, options.other_concepts)
         if others:
             mask = yield from iter_keep_strongest(predictor, mask, logits[0], others)

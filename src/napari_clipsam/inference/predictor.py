@@ -16,7 +16,7 @@ from ..model.memory import release_free_memory
 from .fast_masks import masks_at_image_size
 from .features import ImageFeatures
 from .image import to_rgb_uint8
-from .prompts import check_prompts
+from .prompts import check_prompts, normalise_concept
 from .recent_images import DEFAULT_IMAGES_KEPT, RecentImages, StoreLike
 from .sam_frame import mask_prompt_from_logits, mask_prompt_from_similarity, resize_map, text_mode_points, to_sam_frame
 
@@ -155,9 +155,7 @@ class ClipSamPredictor:
         if concept is not None:
             if not isinstance(concept, str):
                 raise TypeError(f"The concept must be a string or None, got {type(concept).__name__}.")
-            concept = " ".join(concept.split())
-            if not concept:
-                concept = None
+            concept = normalise_concept(concept)
         with self._lock:
             self.concept = concept
             self._claims.values["concept"] = concept

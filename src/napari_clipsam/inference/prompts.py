@@ -12,6 +12,11 @@ import numpy as np
 _POINT_GRID = 256
 
 
+def normalise_concept(text: str) -> str | None:
+    """A concept as the model sees it: words separated by single spaces; None when there are none."""
+    return " ".join(text.split()) or None
+
+
 def check_prompts(point_coords, point_labels, box) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Validated prompts: (N, 2) float64 XY points or None, (N,) int64 labels (default all 1), (4,) XYXY box.
 
