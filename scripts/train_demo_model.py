@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lone-click-share", type=float, default=0.0,
                         help="share of manual-mode prompts that are one positive click alone "
                              "(TrainingConfig.lone_click_share; stages 1-9 ran with 0)")
+    parser.add_argument("--neighbour-negative-share", type=float, default=0.0,
+                        help="share of the manual mode's usual prompts whose negative clicks lie on the target's "
+                             "touching objects (TrainingConfig.neighbour_negative_share; stages 1-12 ran with 0)")
     parser.add_argument("--neighbour-weight", type=float, default=1.0,
                         help="manual mode: cross-entropy weight of the concept's other objects' pixels "
                              "(TrainingConfig.neighbour_weight; every shipped stage ran with 1)")
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         similarity_weight=args.similarity_weight,
         lone_click_share=args.lone_click_share,
         neighbour_weight=args.neighbour_weight,
+        neighbour_negative_share=args.neighbour_negative_share,
         other_concept_weight=args.other_concept_weight,
         full_resolution_loss=args.full_resolution_loss,
     )

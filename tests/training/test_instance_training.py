@@ -12,7 +12,7 @@ from napari_clipsam.training.augment import augment
 from napari_clipsam.training.config import TrainingConfig
 from napari_clipsam.training.data import ConceptDataset, Sample, instance_objects
 from napari_clipsam.training.engine import train
-from napari_clipsam.training.evaluate import manual_prompts
+from napari_clipsam.training.evaluate import manual_prompts, touching_objects
 from napari_clipsam.weights.adapters_file import read_adapters_metadata
 from tests.helpers import load_tiny
 
@@ -144,6 +144,66 @@ def test_no_lone_click_share_draws_exactly_the_earlier_prompts():
         plain, shared = manual_prompts(labels == 1, first), manual_prompts(labels == 1, second, lone_click_probability=0.0)
         for a, b in zip(plain, shared):
             assert (a is None and b is None) or np.array_equal(a, b)
+
+
+def test_touching_objects_are_the_neighbours_within_reach_not_the_target_nor_far_ones():
+    _, labels = _touching_pair()
+    assert np.array_equal(touching_objects(labels, labels == 1), labels == 2)
+    assert np.array_equal(touching_objects(labels, labels == 2), labels == 1)
+    assert not touching_objects(labels, labels == 3).any()
+
+
+def test_neighbour_negatives_lie_on_the_touching_object_and_the_positives_on_the_target():
+    _, labels = _touching_pair()
+    target = labels == 1
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        coords, point_labels, _ = manual_prompts(target, rng, objects=labels, neighbour_negative_probability=1.0)
+        x, y = coords.astype(int).T
+        assert (point_labels == 1).any() and (point_labels == 0).any()  # at least one negative, always
+        assert target[y[point_labels == 1], x[point_labels == 1]].all()
+        assert (labels[y[point_labels == 0], x[point_labels == 0]] == 2).all()
+    # Without touching objects (label 3 stands alone) the negatives are drawn as before: outside the target.
+    for _ in range(20):
+        coords, point_labels, _ = manual_prompts(labels == 3, rng, objects=labels, neighbour_negative_probability=1.0)
+        if point_labels is not None and (point_labels == 0).any():
+            x, y = coords[point_labels == 0].astype(int).T
+            assert not (labels[y, x] == 3).any()
+    # A share between 0 and 1: about that share of the usual prompts has a negative on the neighbour.
+    drawn = [manual_prompts(target, rng, objects=labels, neighbour_negative_probability=0.5) for _ in range(300)]
+    hard = sum(any(labels[int(y), int(x)] == 2 for (x, y), lab in zip(c, pl) if lab == 0) for c, pl, _ in drawn)
+    assert 110 <= hard <= 190
+
+
+def test_no_neighbour_negative_share_draws_exactly_the_earlier_prompts():
+    _, labels = _touching_pair()
+    first, second = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(10):
+        plain = manual_prompts(labels == 1, first, lone_click_probability=0.3)
+        shared = manual_prompts(labels == 1, second, lone_click_probability=0.3, objects=labels,
+                                neighbour_negative_probability=0.0)
+        for a, b in zip(plain, shared):
+            assert (a is None and b is None) or np.array_equal(a, b)
+
+
+def test_training_puts_negatives_on_the_neighbours_at_the_configured_share(monkeypatch):
+    image, labels = _touching_pair()
+    dataset = ConceptDataset.from_arrays([(image, labels, "thing")])
+    prompts = []
+    original = engine_module.check_prompts
+    monkeypatch.setattr(engine_module, "check_prompts", lambda *a: prompts.append(a) or original(*a))
+    train(load_tiny(), dataset, None, TrainingConfig(mode="manual", steps=10, augment=False, seed=3,
+                                                     neighbour_negative_share=1.0))
+    assert len(prompts) == 10
+    for coords, point_labels, _ in prompts:
+        x, y = coords.astype(int).T
+        clicked = labels[y[point_labels == 1], x[point_labels == 1]]
+        assert len(set(clicked.tolist())) == 1
+        if clicked[0] != 3:  # the touching pair: every negative on the other one of the two
+            negatives = labels[y[point_labels == 0], x[point_labels == 0]]
+            assert len(negatives) and set(negatives.tolist()) == {3 - clicked[0]}
+    with pytest.raises(ValueError, match="neighbour_negative_share"):
+        TrainingConfig(neighbour_negative_share=1.5)
 
 
 def test_training_draws_lone_clicks_at_the_configured_share(monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from .._jobs import Job, Progress, run
 from ..inference.predictor import ClipSamPredictor
@@ -38,13 +39,25 @@ def choose_object(objects: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return objects == present[int(rng.integers(0, present.size))]
 
 
+# A neighbour is an object within this many pixels of the target (touching, or all but).
+NEIGHBOUR_REACH = 2
+
 # How many positive clicks a manual-mode prompt has: one most often, as users (and the
 # seeded instance segmentation) click once per object.
 _POSITIVE_COUNT_WEIGHTS = (0.5, 0.3, 0.2)
 
 
+def touching_objects(objects: np.ndarray, target: np.ndarray, reach: int = NEIGHBOUR_REACH) -> np.ndarray:
+    """(H, W) bool: the pixels of the objects of ``objects`` (int labels) that come within
+    ``reach`` px of ``target`` (bool), the target itself left out."""
+    ring = ndimage.binary_dilation(target, iterations=reach) & ~target
+    near = np.unique(objects[ring])
+    return np.isin(objects, near[near > 0]) & ~target
+
+
 def manual_prompts(mask: np.ndarray, rng: np.random.Generator, max_positive: int = 3, max_negative: int = 2,
-                   box_probability: float = 0.5, lone_click_probability: float = 0.0
+                   box_probability: float = 0.5, lone_click_probability: float = 0.0,
+                   objects: np.ndarray | None = None, neighbour_negative_probability: float = 0.0,
                    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Manual-mode prompts sampled from a ground-truth mask: points (XY) with labels, and maybe a box (XYXY).
 
@@ -53,7 +66,11 @@ def manual_prompts(mask: np.ndarray, rng: np.random.Generator, max_positive: int
     probability p (a user's commonest prompt, and what seeded instances decode), else
     drawn from the usual mix (1 to ``max_positive`` clicks, 0 to ``max_negative``
     negatives, a box with ``box_probability``); at 0 no extra random number is drawn, so
-    earlier runs' draws stay the same.
+    earlier runs' draws stay the same. With ``neighbour_negative_probability`` q and the
+    concept's ``objects`` (int labels), a prompt of the usual mix has its negatives (at
+    least one) on the objects touching the target with probability q, as a user clicks a
+    neighbour that the mask spread onto (:func:`touching_objects`; a target without such
+    neighbours keeps its draw); at 0 no extra random number is drawn.
     """
     lone = lone_click_probability > 0 and rng.random() < lone_click_probability
     if lone:
@@ -63,7 +80,20 @@ def manual_prompts(mask: np.ndarray, rng: np.random.Generator, max_positive: int
                            else [1.0] * max_positive)
         positives = int(rng.choice(np.arange(1, max_positive + 1), p=weights / weights.sum()))
         negatives = int(rng.integers(0, max_negative + 1))
-    coords, labels = points_from_mask(mask, positives, negatives, rng)
+    neighbours = None
+    if not lone and objects is not None and neighbour_negative_probability > 0:
+        if rng.random() < neighbour_negative_probability:
+            neighbours = touching_objects(objects, mask)
+            # A click a pixel inside the neighbour, as a user aims: its eroded pixels where it has any.
+            inner = ndimage.binary_erosion(neighbours)
+            neighbours = inner if inner.any() else neighbours
+    if neighbours is not None and neighbours.any():
+        coords, labels = points_from_mask(mask, positives, 0, rng)
+        negative_coords, _ = points_from_mask(neighbours, max(negatives, 1), 0, rng)
+        coords = np.concatenate([coords, negative_coords])
+        labels = np.concatenate([labels, np.zeros(len(negative_coords), dtype=np.int64)])
+    else:
+        coords, labels = points_from_mask(mask, positives, negatives, rng)
     box = None
     if not lone and rng.random() < box_probability:
         ys, xs = np.nonzero(mask)
