@@ -14,7 +14,9 @@ from 2,000,000: training uses 0.. and validation 1,000,000..), prints:
   on the TRUE concept mask: the instance method alone, apart from the text mask's errors;
 - one positive click at the interior point (distance-transform maximum) of up to
   ``--clicks`` objects per concept per image: IoU with the object (target >= 0.8) and the
-  part of the mask outside it (target < 0.10);
+  part of the mask outside it (target < 0.10); and, with no target, for the clicked objects
+  that touch another of their concept, the IoU after the user's correction: the click plus a
+  negative click in the middle of each touching object;
 
 and the same, with no targets, on the bundled real-looking samples the demo model never
 saw: ``synthetic_nuclei()`` with its labels, and scikit-image's coins with a classic
@@ -111,10 +113,12 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
     from napari_clipsam._jobs import run
     from napari_clipsam.inference.instances import interior_point
     from napari_clipsam.inference.seeds import iter_mask_instances
+    from napari_clipsam.training.evaluate import touching_objects
     from napari_clipsam.training.metrics import click_quality, cross_overlap, match_instances, rim_errors, semantic_iou
 
     predictor = nc.ClipSamPredictor(model)
-    result = {"text_iou": {}, "rim": {}, "cross": {}, "clicks": defaultdict(list), "instances": {}}
+    result = {"text_iou": {}, "rim": {}, "cross": {}, "clicks": defaultdict(list), "corrections": defaultdict(list),
+              "instances": {}}
     masks = {}
     for concept, truth in truths.items():
         masks[concept] = nc.segment(image, concept, model, predictor=predictor, other_concepts=other_concepts) > 0
@@ -123,9 +127,16 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
         ids = np.unique(truth)[1:]
         for label in rng.choice(ids, size=min(clicks, len(ids)), replace=False):
             object_mask = truth == label
-            click = nc.segment(image, concept, model, predictor=predictor, points=interior_point(object_mask)[None],
-                               point_labels=np.array([1])) > 0
+            point = interior_point(object_mask)[None]
+            click = nc.segment(image, concept, model, predictor=predictor, points=point, point_labels=np.array([1])) > 0
             result["clicks"][concept].append(click_quality(click, object_mask))
+            neighbours = [truth == value for value in np.unique(truth[touching_objects(truth, object_mask)])]
+            if neighbours:  # the user's correction: a negative click in the middle of each touching object
+                points = np.concatenate([point, [interior_point(n) for n in neighbours]])
+                corrected = nc.segment(image, concept, model, predictor=predictor, points=points,
+                                       point_labels=np.array([1] + [0] * len(neighbours))) > 0
+                result["corrections"][concept].append((click_quality(click, object_mask)[0],
+                                                       click_quality(corrected, object_mask)[0]))
     for first in truths:
         for second in truths:
             if first != second:
@@ -155,6 +166,7 @@ def pooled_f1(matches) -> dict:
 def summarise(records: list[dict]) -> dict:
     """Means over images (IoU, confusion per pair), over clicks, and pooled object counts (F1)."""
     text, cross, clicks, matches = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
+    corrections = defaultdict(list)
     by_kind, rim = defaultdict(list), defaultdict(lambda: defaultdict(int))
     for record in records:
         for concept, counts in record["rim"].items():
@@ -167,6 +179,8 @@ def summarise(records: list[dict]) -> dict:
             cross[pair].append(value)
         for concept, values in record["clicks"].items():
             clicks[concept] += values
+        for concept, values in record.get("corrections", {}).items():
+            corrections[concept] += values
         for method, match in record["instances"].items():
             matches[method].append(match)
     summary = {"text_iou": {c: float(np.mean(v)) for c, v in text.items()},
@@ -176,7 +190,9 @@ def summarise(records: list[dict]) -> dict:
                "cross_overlap": {p: float(np.mean(v)) for p, v in cross.items()},
                "click_iou": {c: float(np.mean([q[0] for q in v])) for c, v in clicks.items()},
                "click_outside": {c: float(np.mean([q[1] for q in v])) for c, v in clicks.items()},
-               "clicks": {c: len(v) for c, v in clicks.items()}}
+               "clicks": {c: len(v) for c, v in clicks.items()},
+               "touching_click_iou": {c: [float(np.mean(side)) for side in zip(*v)] for c, v in corrections.items()},
+               "touching_clicks": {c: len(v) for c, v in corrections.items()}}
     every_click = [q for v in clicks.values() for q in v]
     if every_click:
         summary["click_iou_all"] = float(np.mean([q[0] for q in every_click]))
@@ -226,6 +242,9 @@ def print_summary(summary: dict, targets: bool) -> None:
     if "click_iou_all" in summary:
         line("click IoU, all clicks", summary["click_iou_all"], "click_iou")
         line("click outside, all clicks", summary["click_outside_all"], "click_outside")
+    for concept, (alone, corrected) in summary.get("touching_click_iou", {}).items():
+        print(f"  click IoU on a touching {concept}: {alone:.3f} one click, {corrected:.3f} with a negative click on each "
+              f"touching {concept} ({summary['touching_clicks'][concept]} objects)")
 
 
 def run_scenes(model, concepts, args) -> tuple[dict, float]:
