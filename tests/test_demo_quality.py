@@ -133,8 +133,8 @@ def test_touching_nuclei_are_kept_apart(demo_model, text_masks):
     assert seeds >= MIN_SEEDS_F1 and seeds - components >= MIN_SEEDS_GAIN, scores
 
 
-def test_a_click_gives_its_object(text_masks):
-    qualities = []
+def test_a_click_gives_its_object(text_masks, demo_model):
+    qualities, segmented = [], []
     for scene, _, predictor in text_masks:
         rng = np.random.default_rng(0)
         for concept, truth in scene.labels.items():
@@ -142,11 +142,17 @@ def test_a_click_gives_its_object(text_masks):
             ids = np.unique(truth)[1:]
             for label in rng.choice(ids, size=min(2, len(ids)), replace=False):
                 object_mask = truth == label
-                mask = predictor.predict(point_coords=interior_point(object_mask)[None],
-                                         point_labels=np.array([1]))[0][0]
+                click = interior_point(object_mask)[None]
+                mask = predictor.predict(point_coords=click, point_labels=np.array([1]))[0][0]
                 qualities.append(click_quality(mask, object_mask))
+                # segment keeps the regions of the mask that hold the click: never worse here.
+                kept = nc.segment(scene.image, concept, demo_model, points=click, predictor=predictor) > 0
+                segmented.append(click_quality(kept, object_mask))
     iou, outside = np.mean(qualities, axis=0)
     assert iou >= MIN_CLICK_IOU and outside <= MAX_CLICK_OUTSIDE, (iou, outside)
+    kept_iou, kept_outside = np.mean(segmented, axis=0)
+    assert kept_iou >= iou - 0.005 and kept_outside <= outside and kept_outside < outside - 0.005, (
+        (iou, outside), (kept_iou, kept_outside))
 
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"

@@ -12,7 +12,7 @@ import napari_clipsam as nc
 from napari_clipsam._jobs import run
 from napari_clipsam._sample_data import synthetic_nuclei
 from napari_clipsam.cli import main
-from napari_clipsam.inference.instances import remove_small_labels
+from napari_clipsam.inference.instances import regions_holding, remove_small_labels
 from napari_clipsam.inference.pipeline import SegmentOptions, iter_segment, iter_segment_stack, leading_ndim
 from tests.helpers import load_tiny, randomize_adapters
 
@@ -194,3 +194,18 @@ def test_bad_options_are_refused_with_the_fix():
     assert SegmentOptions(instances=True, instance_method="seeds", refine=True, diameter=12.5).diameter == 12.5
     with pytest.raises(ValueError, match="no 2-D plane"):
         leading_ndim((7,))
+
+
+def test_a_click_keeps_the_regions_of_its_mask_that_hold_it_and_a_box_keeps_every_region(model, nuclei):
+    predictor = nc.ClipSamPredictor(model)
+    points, point_labels = np.array([[40.0, 40.0], [120.0, 100.0]]), [1, 0]
+    clicked = run(iter_segment(predictor, nuclei, "nucleus", points, point_labels))
+    raw = predictor.predict(point_coords=points, point_labels=point_labels)[0][0]
+    expected = regions_holding(raw, points[:1])
+    assert expected[40, 40] and expected.sum() < raw.sum()  # the random model's mask has parts apart from the click
+    np.testing.assert_array_equal(clicked.mask, expected)
+    np.testing.assert_array_equal(clicked.labels, expected)
+    box = np.array([5.0, 5.0, 150.0, 150.0])
+    boxed = run(iter_segment(predictor, nuclei, "nucleus", points, point_labels, box))
+    np.testing.assert_array_equal(boxed.mask, predictor.predict(point_coords=points, point_labels=point_labels,
+                                                                box=box)[0][0])

@@ -32,7 +32,7 @@ from .basins import (
     group_seeds,
     seed_basins,
 )
-from .instances import masks_to_instances
+from .instances import masks_to_instances, regions_holding
 
 if TYPE_CHECKING:
     from .predictor import ClipSamPredictor
@@ -152,6 +152,14 @@ def _iter_decode(predictor: ClipSamPredictor, seeds: np.ndarray, negatives: np.n
     return crops, (np.concatenate(scores) if scores else np.zeros(0)).astype(np.float64)
 
 
+def _held_by(crop: Optional[Crop], seed: np.ndarray) -> Optional[Crop]:
+    """A seed's cropped mask, only its regions that hold the seed (:func:`regions_holding`)."""
+    if crop is None:
+        return None
+    y0, x0, pixels = crop
+    return y0, x0, regions_holding(pixels, np.asarray(seed, dtype=np.float64) - (x0, y0))
+
+
 def _fraction_in(crop: Crop, region: np.ndarray) -> float:
     """The part of a cropped mask's pixels inside the (H, W) bool ``region``."""
     y0, x0, pixels = crop
@@ -189,7 +197,8 @@ def iter_seeded_instances(
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     batch_size: int = 64,
 ) -> Job[np.ndarray]:
-    """One object per seed: each seed decoded as one positive click, overlaps resolved; yields per batch.
+    """One object per seed: each seed decoded as one positive click (the regions of its mask
+    that hold the seed), overlaps resolved; yields per batch.
 
     The image and concept must be set on ``predictor``. A mask's score is SAM's
     predicted IoU (clipped to [0, 1]) times its stability; masks below
@@ -208,6 +217,7 @@ def iter_seeded_instances(
     shape, negatives, restrict_to = _checked_inputs(predictor, negative_points, restrict_to, batch_size)
     seeds = np.asarray(seeds, dtype=np.float64).reshape(-1, 2)
     crops, scores = yield from _iter_decode(predictor, seeds, negatives, restrict_to, batch_size, "separating objects")
+    crops = [_held_by(crop, seed) for crop, seed in zip(crops, seeds)]
     return _paint(shape, *_above(crops, scores, score_threshold), min_area, KEEP_FRACTION)
 
 
