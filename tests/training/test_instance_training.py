@@ -186,35 +186,36 @@ def test_no_neighbour_negative_share_draws_exactly_the_earlier_prompts():
             assert (a is None and b is None) or np.array_equal(a, b)
 
 
-def test_training_puts_negatives_on_the_neighbours_at_the_configured_share(monkeypatch):
+def _prompts_drawn_in_training(monkeypatch, **config) -> list:
+    """The (points, labels, box) of each step of 10 manual-mode steps on the touching pair."""
     image, labels = _touching_pair()
     dataset = ConceptDataset.from_arrays([(image, labels, "thing")])
     prompts = []
     original = engine_module.check_prompts
     monkeypatch.setattr(engine_module, "check_prompts", lambda *a: prompts.append(a) or original(*a))
-    train(load_tiny(), dataset, None, TrainingConfig(mode="manual", steps=10, augment=False, seed=3,
-                                                     neighbour_negative_share=1.0))
+    train(load_tiny(), dataset, None, TrainingConfig(mode="manual", steps=10, augment=False, seed=3, **config))
     assert len(prompts) == 10
-    for coords, point_labels, _ in prompts:
+    return prompts
+
+
+def test_training_puts_negatives_on_the_neighbours_at_the_configured_share(monkeypatch):
+    _, labels = _touching_pair()
+    on_the_pair = 0
+    for coords, point_labels, _ in _prompts_drawn_in_training(monkeypatch, neighbour_negative_share=1.0):
         x, y = coords.astype(int).T
         clicked = labels[y[point_labels == 1], x[point_labels == 1]]
         assert len(set(clicked.tolist())) == 1
         if clicked[0] != 3:  # the touching pair: every negative on the other one of the two
             negatives = labels[y[point_labels == 0], x[point_labels == 0]]
             assert len(negatives) and set(negatives.tolist()) == {3 - clicked[0]}
+            on_the_pair += 1
+    assert on_the_pair >= 3  # seed 3 draws the pair 5 times of 10
     with pytest.raises(ValueError, match="neighbour_negative_share"):
         TrainingConfig(neighbour_negative_share=1.5)
 
 
 def test_training_draws_lone_clicks_at_the_configured_share(monkeypatch):
-    image, labels = _touching_pair()
-    dataset = ConceptDataset.from_arrays([(image, labels, "thing")])
-    prompts = []
-    original = engine_module.check_prompts
-    monkeypatch.setattr(engine_module, "check_prompts", lambda *a: prompts.append(a) or original(*a))
-    train(load_tiny(), dataset, None, TrainingConfig(mode="manual", steps=10, augment=False, seed=3,
-                                                     lone_click_share=1.0))
-    assert len(prompts) == 10
+    prompts = _prompts_drawn_in_training(monkeypatch, lone_click_share=1.0)
     assert all(box is None and point_labels.tolist() == [1] for _, point_labels, box in prompts)
 
 
