@@ -129,14 +129,14 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
             object_mask = truth == label
             point = interior_point(object_mask)[None]
             click = nc.segment(image, concept, model, predictor=predictor, points=point, point_labels=np.array([1])) > 0
-            result["clicks"][concept].append(click_quality(click, object_mask))
+            quality = click_quality(click, object_mask)
+            result["clicks"][concept].append(quality)
             neighbours = [truth == value for value in np.unique(truth[touching_objects(truth, object_mask)])]
             if neighbours:  # the user's correction: a negative click in the middle of each touching object
                 points = np.concatenate([point, [interior_point(n) for n in neighbours]])
                 corrected = nc.segment(image, concept, model, predictor=predictor, points=points,
                                        point_labels=np.array([1] + [0] * len(neighbours))) > 0
-                result["corrections"][concept].append((click_quality(click, object_mask)[0],
-                                                       click_quality(corrected, object_mask)[0]))
+                result["corrections"][concept].append((quality[0], click_quality(corrected, object_mask)[0]))
     for first in truths:
         for second in truths:
             if first != second:

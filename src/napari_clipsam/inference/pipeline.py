@@ -182,8 +182,8 @@ def iter_segment(
         points, point_labels = predictor.text_prompts()
     masks, scores, logits = predictor.predict(point_coords=points, point_labels=point_labels, box=box)
     mask = masks[0]
-    if user_points is not None and box is None and (point_labels == 1).any():
-        mask = regions_holding(mask, user_points[point_labels == 1])  # not what lies apart from every click
+    if user_points is not None and box is None:  # not what lies apart from every positive click
+        mask = regions_holding(mask, user_points[point_labels == 1])
     if text_only:
         others = resolve_other_concepts(predictor.model.concepts, predictor.concept, options.other_concepts)
         if others:

@@ -101,14 +101,18 @@ def points_from_mask(
     num_positive: int,
     num_negative: int,
     rng: np.random.Generator,
+    negative_region: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Random positive points inside ``mask`` and negative points outside it (XY order).
+
+    ``negative_region`` (H, W) bool: where the negatives are drawn instead of outside the mask.
 
     Returns:
         coords (N, 2) float64 and labels (N,) int64 (1 positive, 0 negative).
     """
     coords, labels = [], []
-    for wanted, region, label in ((num_positive, mask, 1), (num_negative, ~mask, 0)):
+    outside = ~mask if negative_region is None else negative_region
+    for wanted, region, label in ((num_positive, mask, 1), (num_negative, outside, 0)):
         ys, xs = np.nonzero(region)
         if wanted == 0 or ys.size == 0:
             continue

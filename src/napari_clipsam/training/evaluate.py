@@ -80,20 +80,15 @@ def manual_prompts(mask: np.ndarray, rng: np.random.Generator, max_positive: int
                            else [1.0] * max_positive)
         positives = int(rng.choice(np.arange(1, max_positive + 1), p=weights / weights.sum()))
         negatives = int(rng.integers(0, max_negative + 1))
-    neighbours = None
-    if not lone and objects is not None and neighbour_negative_probability > 0:
-        if rng.random() < neighbour_negative_probability:
-            neighbours = touching_objects(objects, mask)
+    negative_region = None
+    if (not lone and objects is not None and neighbour_negative_probability > 0
+            and rng.random() < neighbour_negative_probability):
+        neighbours = touching_objects(objects, mask)
+        if neighbours.any():
             # A click a pixel inside the neighbour, as a user aims: its eroded pixels where it has any.
             inner = ndimage.binary_erosion(neighbours)
-            neighbours = inner if inner.any() else neighbours
-    if neighbours is not None and neighbours.any():
-        coords, labels = points_from_mask(mask, positives, 0, rng)
-        negative_coords, _ = points_from_mask(neighbours, max(negatives, 1), 0, rng)
-        coords = np.concatenate([coords, negative_coords])
-        labels = np.concatenate([labels, np.zeros(len(negative_coords), dtype=np.int64)])
-    else:
-        coords, labels = points_from_mask(mask, positives, negatives, rng)
+            negative_region, negatives = (inner if inner.any() else neighbours), max(negatives, 1)
+    coords, labels = points_from_mask(mask, positives, negatives, rng, negative_region)
     box = None
     if not lone and rng.random() < box_probability:
         ys, xs = np.nonzero(mask)
