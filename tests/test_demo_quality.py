@@ -20,6 +20,7 @@ import pytest
 import napari_clipsam as nc
 from napari_clipsam.inference.instances import interior_point
 from napari_clipsam.synthetic import SCENE_KINDS, generate_scene
+from napari_clipsam.training.evaluate import touching_objects
 from napari_clipsam.training.metrics import click_quality, cross_overlap, match_instances, semantic_iou
 
 FIRST_SEED = 2_000_000  # as bench_quality.py: scene i of kind k has seed FIRST_SEED + 4 * i + k
@@ -153,6 +154,29 @@ def test_a_click_gives_its_object(text_masks, demo_model):
     kept_iou, kept_outside = np.mean(segmented, axis=0)
     assert kept_iou >= iou - 0.005 and kept_outside <= outside and kept_outside < outside - 0.005, (
         (iou, outside), (kept_iou, kept_outside))
+
+
+def test_a_negative_click_on_each_touching_neighbour_takes_the_neighbours_away(text_masks, demo_model):
+    """The user's correction: after a click on a nucleus or bacterium that touches others, a negative click
+    in the middle of each. Measured here (2026-11-28): IoU 0.552 -> 0.593, outside 0.368 -> 0.244 on 25
+    objects; the decoder alone, before the negatives parted its mask (it ignores them): 0.552 -> 0.548, 0.339."""
+    alone, corrected = [], []
+    for scene, _, predictor in text_masks:
+        for concept in {"nucleus", "bacterium"} & set(scene.labels):
+            truth, rng = scene.labels[concept], np.random.default_rng(0)
+            for label in rng.choice(np.unique(truth)[1:], size=min(5, int(truth.max())), replace=False):
+                object_mask = truth == label
+                neighbours = np.unique(truth[touching_objects(truth, object_mask)])
+                if not len(neighbours):
+                    continue
+                clicks = np.concatenate([interior_point(object_mask)[None], [interior_point(truth == n) for n in neighbours]])
+                for found, prompts in ((alone, clicks[:1]), (corrected, clicks)):
+                    mask = nc.segment(scene.image, concept, demo_model, points=prompts, predictor=predictor,
+                                      point_labels=[1] + [0] * (len(prompts) - 1)) > 0
+                    found.append(click_quality(mask, object_mask))
+    (iou, outside), (corrected_iou, corrected_outside) = np.mean(alone, axis=0), np.mean(corrected, axis=0)
+    assert len(alone) >= 15 and corrected_iou >= iou + 0.02 and corrected_outside <= outside - 0.06, (
+        len(alone), (iou, outside), (corrected_iou, corrected_outside))
 
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"

@@ -4,7 +4,7 @@ propagation, the quality benchmark and the demo-quality tests), and a click's re
 import numpy as np
 import pytest
 
-from napari_clipsam.inference.instances import interior_point, regions_holding
+from napari_clipsam.inference.instances import clicked_object, interior_point, regions_holding
 
 
 def test_the_interior_point_is_the_deepest_pixel_in_image_coordinates():
@@ -47,3 +47,23 @@ def test_a_clicks_mask_keeps_the_regions_that_hold_a_click():
     assert not both[2:5, 20:24].any()
     # No click on the mask (or outside the image): the mask as it is.
     np.testing.assert_array_equal(regions_holding(mask, np.array([[0.0, 29.0], [-3.0, 40.0]])), mask)
+
+
+def test_a_negative_click_inside_the_mask_parts_it_halfway_along_the_mask():
+    mask = np.zeros((20, 60), bool)
+    mask[5:15, 5:45] = True  # one bar; the click at x = 10, a negative one at x = 30: they part at x = 20
+    mask[16:19, 50:58] = True  # a region apart from the click
+    positive, negative = [10.0, 10.0], [30.0, 10.0]
+    kept = clicked_object(mask, np.array([positive, negative]), np.array([1, 0]))
+    assert kept[5:15, 5:20].all() and not kept[:, 21:].any()
+    # The path counts, not the straight line: a hairpin, the click low on its left arm, the negative one high
+    # on its right arm, 6 px across the gap but 70 px away along the mask.
+    hairpin = np.zeros((40, 24), bool)
+    hairpin[2:40, 10:14] = hairpin[2:40, 16:20] = hairpin[36:40, 10:20] = True
+    kept = clicked_object(hairpin, np.array([[12.0, 30.0], [18.0, 4.0]]), np.array([1, 0]))
+    assert kept[2:40, 10:14].all() and not kept[2:24, 16:20].any()
+    # Negative clicks off the mask, or on the positive click's pixel, change nothing; nor does a lone negative click.
+    for points in ([positive, [30.0, 2.0], [55.0, 17.0]], [positive, positive]):
+        np.testing.assert_array_equal(clicked_object(mask, np.array(points), np.array([1, 0, 0][: len(points)])),
+                                      regions_holding(mask, np.array([positive])))
+    np.testing.assert_array_equal(clicked_object(mask, np.array([negative]), np.array([0])), mask)

@@ -12,7 +12,7 @@ import napari_clipsam as nc
 from napari_clipsam._jobs import run
 from napari_clipsam._sample_data import synthetic_nuclei
 from napari_clipsam.cli import main
-from napari_clipsam.inference.instances import regions_holding, remove_small_labels
+from napari_clipsam.inference.instances import clicked_object, regions_holding, remove_small_labels
 from napari_clipsam.inference.pipeline import SegmentOptions, iter_segment, iter_segment_stack, leading_ndim
 from tests.helpers import load_tiny, randomize_adapters
 
@@ -201,10 +201,19 @@ def test_a_click_keeps_the_regions_of_its_mask_that_hold_it_and_a_box_keeps_ever
     points, point_labels = np.array([[40.0, 40.0], [120.0, 100.0]]), [1, 0]
     clicked = run(iter_segment(predictor, nuclei, "nucleus", points, point_labels))
     raw = predictor.predict(point_coords=points, point_labels=point_labels)[0][0]
-    expected = regions_holding(raw, points[:1])
+    expected = clicked_object(raw, points, point_labels)
     assert expected[40, 40] and expected.sum() < raw.sum()  # the random model's mask has parts apart from the click
     np.testing.assert_array_equal(clicked.mask, expected)
     np.testing.assert_array_equal(clicked.labels, expected)
+    # A negative click inside the click's region takes away the part nearer it (clicks where the random
+    # model's mask holds both in one region).
+    corrected = np.array([[100.0, 50.0], [100.0, 40.0]])
+    parted = run(iter_segment(predictor, nuclei, "nucleus", corrected, point_labels))
+    raw = predictor.predict(point_coords=corrected, point_labels=point_labels)[0][0]
+    held = regions_holding(raw, corrected[:1])
+    assert held[50, 100] and held[40, 100] and not parted.mask[40, 100]
+    assert parted.mask[50, 100] and parted.mask.sum() < held.sum()
+    np.testing.assert_array_equal(parted.mask, clicked_object(raw, corrected, point_labels))
     box = np.array([5.0, 5.0, 150.0, 150.0])
     boxed = run(iter_segment(predictor, nuclei, "nucleus", points, point_labels, box))
     np.testing.assert_array_equal(boxed.mask, predictor.predict(point_coords=points, point_labels=point_labels,

@@ -10,7 +10,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 import napari_clipsam as nc
 from napari_clipsam._jobs import run
-from napari_clipsam.inference.instances import regions_holding
+from napari_clipsam.inference.instances import clicked_object
 from napari_clipsam.inference.pipeline import SegmentOptions, iter_segment
 from napari_clipsam.inference.seeds import (
     estimate_diameter,
@@ -253,6 +253,28 @@ def test_masks_spreading_into_touching_neighbours_still_give_every_object(tiny_m
         assert overlap > 0.85, (value, overlap)
 
 
+def test_one_click_one_object_where_the_decoder_merges_touching_objects(tiny_model, monkeypatch):
+    truth = touching_discs()
+    merged = np.where(truth == 2, 1, truth)  # a click on disc 1 or 2 decodes to both
+    predictor = nc.ClipSamPredictor(tiny_model)
+    predictor.set_image(np.where(truth > 0, 200, 30).astype(np.uint8))
+    predictor.set_concept("nucleus")
+    monkeypatch.setattr(predictor, "predict_torch", PerfectDecoder(predictor, merged))
+
+    def iou(first, second):
+        return (first & second).sum() / (first | second).sum()
+
+    clicks = np.array([[30.0, 30.0], [54.0, 30.0]])  # XY: the centres of discs 1 and 2
+    labels = run(iter_seeded_instances(predictor, clicks, score_threshold=0))
+    np.testing.assert_array_equal(labels > 0, merged == 1)
+    first, second = labels[30, 30], labels[30, 54]
+    assert first and second and first != second  # each click keeps its half, parted halfway between them
+    assert iou(labels == first, truth == 1) > 0.9 and iou(labels == second, truth == 2) > 0.9
+    # A negative click on the neighbour parts it the same way.
+    alone = run(iter_seeded_instances(predictor, clicks[:1], clicks[1:], score_threshold=0))
+    np.testing.assert_array_equal(alone > 0, labels == first)
+
+
 def test_objects_mostly_outside_the_mask_are_dropped_and_the_rest_clipped(perfect):
     predictor, image, truth, _ = perfect
     predictor.set_image(image)
@@ -280,7 +302,7 @@ def test_a_seed_is_decoded_as_a_users_click(prepared):
     masks, _, _ = prepared.predict(point_coords=np.vstack([seed, negative]), point_labels=[1, 0])
     assert masks[0].any()
     # Its object is the click's mask where it connects to the seed (the random model's mask is scattered).
-    expected = regions_holding(masks[0], seed)
+    expected = clicked_object(masks[0], np.vstack([seed, negative]), np.array([1, 0]))
     assert expected.any() and expected.sum() < masks[0].sum()
     np.testing.assert_array_equal(labels > 0, expected)
 

@@ -18,7 +18,7 @@ import numpy as np
 from .._jobs import Job, Progress, relay, run
 from .encode_ahead import ReadAhead, check_encoder_batch
 from .image import MAX_CHANNELS
-from .instances import iter_refine_instances, masks_to_instances, regions_holding, remove_small_labels
+from .instances import clicked_object, iter_refine_instances, masks_to_instances, remove_small_labels
 from .linking import link_in_place, link_to_previous
 from .other_concepts import AUTO as AUTO_OTHERS
 from .other_concepts import check_other_concepts, iter_keep_strongest, resolve_other_concepts
@@ -182,8 +182,8 @@ def iter_segment(
         points, point_labels = predictor.text_prompts()
     masks, scores, logits = predictor.predict(point_coords=points, point_labels=point_labels, box=box)
     mask = masks[0]
-    if user_points is not None and box is None:  # not what lies apart from every positive click
-        mask = regions_holding(mask, user_points[point_labels == 1])
+    if user_points is not None and box is None:  # not what lies apart from a positive click, nor past a negative one
+        mask = clicked_object(mask, user_points, point_labels)
     if text_only:
         others = resolve_other_concepts(predictor.model.concepts, predictor.concept, options.other_concepts)
         if others:

@@ -32,7 +32,7 @@ from .basins import (
     group_seeds,
     seed_basins,
 )
-from .instances import masks_to_instances, regions_holding
+from .instances import clicked_object, masks_to_instances
 
 if TYPE_CHECKING:
     from .predictor import ClipSamPredictor
@@ -152,12 +152,14 @@ def _iter_decode(predictor: ClipSamPredictor, seeds: np.ndarray, negatives: np.n
     return crops, (np.concatenate(scores) if scores else np.zeros(0)).astype(np.float64)
 
 
-def _held_by(crop: Optional[Crop], seed: np.ndarray) -> Optional[Crop]:
-    """A seed's cropped mask, only its regions that hold the seed (:func:`regions_holding`)."""
+def _held_by(crop: Optional[Crop], seed: np.ndarray, others: np.ndarray) -> Optional[Crop]:
+    """A seed's cropped mask, only the part that is the seed's object (:func:`clicked_object`):
+    its regions holding the seed, parted from the ``others`` (M, 2) XY clicks (negatives, other seeds)."""
     if crop is None:
         return None
     y0, x0, pixels = crop
-    return y0, x0, regions_holding(pixels, np.asarray(seed, dtype=np.float64) - (x0, y0))
+    clicks = np.concatenate([np.asarray(seed, dtype=np.float64).reshape(1, 2), others]) - (x0, y0)
+    return y0, x0, clicked_object(pixels, clicks, (np.arange(len(clicks)) == 0).astype(np.int64))
 
 
 def _fraction_in(crop: Crop, region: np.ndarray) -> float:
@@ -197,8 +199,8 @@ def iter_seeded_instances(
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     batch_size: int = 64,
 ) -> Job[np.ndarray]:
-    """One object per seed: each seed decoded as one positive click (the regions of its mask
-    that hold the seed), overlaps resolved; yields per batch.
+    """One object per seed: each seed decoded as one positive click (the part of its mask that holds
+    the seed and is nearer it than the negatives and the other seeds), overlaps resolved; yields per batch.
 
     The image and concept must be set on ``predictor``. A mask's score is SAM's
     predicted IoU (clipped to [0, 1]) times its stability; masks below
@@ -217,7 +219,9 @@ def iter_seeded_instances(
     shape, negatives, restrict_to = _checked_inputs(predictor, negative_points, restrict_to, batch_size)
     seeds = np.asarray(seeds, dtype=np.float64).reshape(-1, 2)
     crops, scores = yield from _iter_decode(predictor, seeds, negatives, restrict_to, batch_size, "separating objects")
-    crops = [_held_by(crop, seed) for crop, seed in zip(crops, seeds)]
+    # One click, one object: each seed's mask parted from the negatives and from the other seeds.
+    crops = [_held_by(crop, seed, np.concatenate([negatives, np.delete(seeds, k, axis=0)]))
+             for k, (crop, seed) in enumerate(zip(crops, seeds))]
     return _paint(shape, *_above(crops, scores, score_threshold), min_area, KEEP_FRACTION)
 
 
