@@ -11,7 +11,8 @@ from 2,000,000: training uses 0.. and validation 1,000,000..), prints:
 - touching nuclei, on the "nuclei" scenes (their touching fraction, >= 0.30, is printed):
   instance F1 at IoU 0.5 from text alone, seeds against connected components of the same
   mask (targets: seeds >= 0.85, and >= components + 0.15), and, with no target, the seeds
-  on the TRUE concept mask: the instance method alone, apart from the text mask's errors;
+  on the TRUE concept mask: the instance method alone, apart from the text mask's errors,
+  and a click on every nucleus in instance mode (one click = one object);
 - one positive click at the interior point (distance-transform maximum) of up to
   ``--clicks`` objects per concept per image: IoU with the object (target >= 0.8) and the
   part of the mask outside it (target < 0.10); and, with no target, for the clicked objects
@@ -153,6 +154,11 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
         predictor.set_concept(instances_of)
         labels = run(iter_mask_instances(predictor, truths[instances_of] > 0))
         result["instances"]["seeds_true_mask"] = match_instances(labels, truths[instances_of], 0.5)
+        # One click = one object: a positive click at every object's interior point, in instance mode.
+        truth = truths[instances_of]
+        clicks = np.array([interior_point(truth == value) for value in np.unique(truth)[1:]]).reshape(-1, 2)
+        labels = nc.segment(image, instances_of, model, points=clicks, instances=True, predictor=predictor)
+        result["instances"]["clicked"] = match_instances(labels, truth, 0.5)
     return result
 
 
@@ -235,6 +241,11 @@ def print_summary(summary: dict, targets: bool) -> None:
         if "seeds_true_mask_instances" in summary:
             line("instance F1 @0.5, seeds on the true mask", summary["seeds_true_mask_instances"]["f1"])
             print("    (the instance method alone: its seeds, clicks and basins on the true concept mask)")
+        if "clicked_instances" in summary:
+            found = summary["clicked_instances"]
+            line("instance F1 @0.5, a click on each object", found["f1"])
+            print(f"    (instance mode, one click at each true object's interior point: {found['true_positives']} "
+                  f"matched, {found['false_positives']} false, {found['false_negatives']} missed)")
     for concept in summary["click_iou"]:
         line(f"click IoU, {concept} ({summary['clicks'][concept]} clicks)", summary["click_iou"][concept],
              "click_iou")

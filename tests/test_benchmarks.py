@@ -49,13 +49,16 @@ def test_quality_benchmark_prints_its_figures(tmp_path):
     output = _run("bench_quality.py", "--model", "random", "--scenes", "1", "--clicks", "1", "--threads", "1",
                   "--json", str(tmp_path / "quality.json"))
     for label in ("text-only IoU, nucleus", "cross-concept overlap, worst pair", "touching fraction of true nuclei",
-                  "instance F1 @0.5, seeds", "instance F1 @0.5, components", "click IoU, all clicks"):
+                  "instance F1 @0.5, seeds", "instance F1 @0.5, components", "click IoU, all clicks",
+                  "instance F1 @0.5, a click on each object"):
         assert 0 <= _figure(output, label) <= 1
     assert re.search(r"text-only IoU, nucleus\s+[0-9.]+\s+target >= 0.85\s+(PASS|MISS)", output)
     assert "sample coins" in output and "sample synthetic_nuclei" in output
     figures = json.loads((tmp_path / "quality.json").read_text())
     assert set(figures["scenes"]["text_iou"]) == {"nucleus", "cell membrane", "spot", "bacterium"}
     assert set(figures["samples"]) == {"synthetic_nuclei", "coins"}
+    clicked = figures["scenes"]["clicked_instances"]  # every nucleus clicked once: each click one object at most
+    assert clicked["true_positives"] + clicked["false_positives"] <= clicked["true_positives"] + clicked["false_negatives"]
     errors = figures["scenes"]["text_errors"]["nucleus"]
     assert 0 <= errors["missed_at_rim"] <= errors["missed"] and 0 <= errors["false_at_rim"] <= errors["false"]
     assert errors["missed"] + errors["false"] > 0  # random weights: wrong somewhere
