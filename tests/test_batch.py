@@ -9,8 +9,10 @@ import tifffile
 
 import napari_clipsam as nc
 from napari_clipsam.batch import segment_files
+from napari_clipsam.inference.instances import interior_point
 from napari_clipsam.inference.pipeline import SegmentOptions
 from napari_clipsam.synthetic import generate_scene
+from napari_clipsam.training.evaluate import touching_objects
 
 DEMO = {"preset": "demo", "device": "cpu", "precision": "fp32"}
 OPTIONS = SegmentOptions(instances=True, instance_method="components")
@@ -66,3 +68,18 @@ def test_a_rerun_skips_finished_outputs_and_a_failing_file_does_not_stop_the_oth
 def test_a_local_cluster_is_started_and_closed_when_none_is_given(files):
     report = segment_files(files[:2], "nucleus", model_args=DEMO, options=OPTIONS, workers=1)
     assert report.ok and len(report.written) == 2
+
+
+def test_negative_points_reach_the_workers(cluster, files):
+    source, output = files[0]  # scene 2_000_500: nucleus 9 touches others
+    truth = generate_scene(2_000_500, size=256, kind="nuclei").labels["nucleus"]
+    near = np.unique(truth[touching_objects(truth, truth == 9)])
+    points = np.array([interior_point(truth == value) for value in (9, *near)])
+    labels = [1] + [0] * len(near)
+    report = segment_files([(source, output)], "nucleus", model_args=DEMO, client=cluster, points=points,
+                           point_labels=labels)
+    assert report.ok
+    model = nc.load_model(**DEMO)
+    expected = nc.segment(tifffile.imread(source), "nucleus", model=model, points=points, point_labels=labels)
+    np.testing.assert_array_equal(tifffile.imread(output), expected)
+    assert (expected != nc.segment(tifffile.imread(source), "nucleus", model=model, points=points[:1])).any()

@@ -94,7 +94,7 @@ def count_labels(labels, instances: bool) -> tuple[int, str]:
 
 def segment_to_file(predictor, name: str, source, output, concept: str | None, options: SegmentOptions,
                     points=None, box=None, channel: int | str | None = None, overwrite: bool = False,
-                    drain: Callable = run) -> tuple[int, str]:
+                    drain: Callable = run, point_labels=None) -> tuple[int, str]:
     """Read ``source`` (a file or an array) by its axes, segment it, write ``output``; returns (count, unit).
 
     The one way the CLI and the batch workers segment a file: the image is opened lazily
@@ -103,6 +103,7 @@ def segment_to_file(predictor, name: str, source, output, concept: str | None, o
     written with the input's axes and pixel size (``.tif``), or tile by tile into a zarr
     folder (``.zarr``, renamed into place when complete). An existing output is replaced
     only with ``overwrite``. ``drain`` runs the job (the CLI's draws progress bars).
+    ``point_labels`` (1 positive, 0 negative; None: all positive) go with ``points``.
     """
     from ._io import write_labels
     from ._zarr_files import zarr_labels
@@ -110,7 +111,7 @@ def segment_to_file(predictor, name: str, source, output, concept: str | None, o
 
     output = Path(output)
     with _open(name, source, channel) as image:
-        job = partial(iter_segment_stack, predictor, image.data, concept, points, None, box,
+        job = partial(iter_segment_stack, predictor, image.data, concept, points, point_labels, box,
                       replace(options, channel=image.channel), image.rgb)
         if output.suffix.lower() == ".zarr":
             with zarr_labels(output, image.labels_shape, chunks=_chunks(image, predictor, options),
@@ -124,14 +125,15 @@ def segment_to_file(predictor, name: str, source, output, concept: str | None, o
 def segment_file(source: str, output: str, concept: str | None, model_args: dict, options: SegmentOptions,
                  image_size: int | None = None, points=None, box=None, overwrite: bool = False,
                  threads: int | None = None, channel: int | str | None = None,
-                 embedding_cache: str | os.PathLike | None = None) -> str:
+                 embedding_cache: str | os.PathLike | None = None, point_labels=None) -> str:
     """Segment one file into ``output`` with this process's model; returns ``output`` (runs on a worker)."""
     from .inference.predictor import ClipSamPredictor
 
     predictor = ClipSamPredictor(_worker_model(model_args, threads), image_size=image_size,
                                  embedding_cache=embedding_cache)
     with predictor:
-        segment_to_file(predictor, str(source), source, output, concept, options, points, box, channel, overwrite)
+        segment_to_file(predictor, str(source), source, output, concept, options, points, box, channel, overwrite,
+                        point_labels=point_labels)
     return output
 
 
@@ -159,6 +161,7 @@ def segment_files(
     image_size: int | None = None,
     points=None,
     box=None,
+    point_labels=None,
     overwrite: bool = False,
     client=None,
     workers: int | None = None,
@@ -176,6 +179,8 @@ def segment_files(
         client: a ``distributed.Client`` to use (left open); else ``scheduler`` (an address,
             ``tcp://host:8786``) or, by default, a local cluster of ``workers`` processes
             (one thread each), closed at the end.
+        points, box, point_labels: prompts for every file (XY, XYXY; labels 1 positive, 0 negative,
+            None: all positive).
         threads_per_worker: torch threads per worker process (None: torch's default).
         on_result: called as each file ends: ``(input, output or None, error or None)``.
         embedding_cache: a folder every worker keeps image features in (``EmbeddingStore``):
@@ -200,7 +205,7 @@ def segment_files(
     try:
         futures = {
             client.submit(segment_file, source, output, concept, model_args, options, image_size, points, box,
-                          overwrite, threads_per_worker, channel, embedding_cache,
+                          overwrite, threads_per_worker, channel, embedding_cache, point_labels,
                           key=f"napari-clipsam-{index}-{Path(source).name}",
                           pure=False): (source, output)
             for index, (source, output) in enumerate(todo)

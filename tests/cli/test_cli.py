@@ -107,3 +107,33 @@ def test_the_readme_quick_start_segments_touching_nuclei_with_the_demo_model(tmp
     truth = generate_scene(**DEMO_SCENE).labels["nucleus"]
     # Dozens of separate nuclei where they are (79 in the scene): not one blob, not noise.
     assert labels.max() >= 30 and (truth[labels > 0] > 0).mean() >= 0.8
+
+
+def test_negative_points_go_with_the_points_and_need_them(tmp_path, capsys):
+    import napari_clipsam as nc
+    from napari_clipsam.inference.instances import interior_point
+    from napari_clipsam.synthetic import generate_scene
+    from napari_clipsam.training.evaluate import touching_objects
+
+    scene = generate_scene(2_000_500, size=256, kind="nuclei")
+    source, output = tmp_path / "nuclei.tif", tmp_path / "labels.tif"
+    tifffile.imwrite(source, scene.image)
+    truth = scene.labels["nucleus"]
+    click = interior_point(truth == 9)
+    negatives = np.array([interior_point(truth == n) for n in np.unique(truth[touching_objects(truth, truth == 9)])])
+    assert len(negatives)
+    demo = ["--preset", "demo", "--device", "cpu", "--precision", "fp32"]
+    text = ";".join(f"{x:g},{y:g}" for x, y in negatives)
+    argv = ["segment", str(source), "-c", "nucleus", "-o", str(output), "--points", f"{click[0]:g},{click[1]:g}",
+            "--negative-points", text, *demo]
+    assert main(argv) == 0
+    model = nc.load_model(preset="demo", device="cpu", precision="fp32")
+    points = np.concatenate([click[None], negatives])
+    expected = nc.segment(scene.image, "nucleus", model, points=points, point_labels=[1] + [0] * len(negatives))
+    np.testing.assert_array_equal(tifffile.imread(output), expected)
+    assert (expected != nc.segment(scene.image, "nucleus", model, points=click[None])).any()  # the negatives count
+    # Negative points alone say nothing about where the object is: refused before the model loads.
+    refused = ["segment", str(source), "-c", "nucleus", "-o", str(tmp_path / "none.tif"), "--negative-points", text,
+               *demo]
+    assert main(refused) == 2
+    assert "--points or --box" in capsys.readouterr().err and not (tmp_path / "none.tif").exists()

@@ -78,6 +78,9 @@ def add_parser(commands, parents) -> None:
              "none for the published weights); each costs one more encoder pass",
     )
     seg.add_argument("--points", type=lambda t: _pairs(t, 2, "--points"), help="positive points 'x,y;x,y'")
+    seg.add_argument("--negative-points", type=lambda t: _pairs(t, 2, "--negative-points"), metavar="'x,y;x,y'",
+                     help="negative points, with --points or --box: not the object here (a negative point inside "
+                          "the mask of --points cuts away the part nearer it than the positive points)")
     seg.add_argument("--box", type=lambda t: _pairs(t, 4, "--box")[0], help="box 'x0,y0,x1,y1'")
     seg.add_argument("--channel", type=_channel, metavar="N|NAME",
                      help="the channel to segment in a multi-channel image: its number (0 first) or its name "
@@ -164,10 +167,22 @@ def _pairs(text: str, size: int, what: str) -> np.ndarray:
     return np.asarray(values).reshape(-1, size)
 
 
+def _points(args: argparse.Namespace) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The points of --points and --negative-points together, and their labels (1 positive, 0 negative)."""
+    if args.negative_points is None:
+        return args.points, None
+    if args.points is None and args.box is None:
+        raise ValueError("--negative-points say where the object is not: give the object with --points or --box too.")
+    positive = np.zeros((0, 2)) if args.points is None else args.points
+    labels = np.concatenate([np.ones(len(positive), np.int64), np.zeros(len(args.negative_points), np.int64)])
+    return np.concatenate([positive, args.negative_points]), labels
+
+
 def run(args: argparse.Namespace) -> int:
     from ..batch import segment_to_file
 
     options = _options(args)
+    points, point_labels = _points(args)
     # Everything that can be told from the paths is checked before the model loads (seconds to
     # minutes): a batch must not fail, or lose a file, after that wait.
     inputs = _inputs(args)
@@ -184,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         _check_axes_and_channel(name, source, args.channel)
 
     if distributed:
-        return _run_distributed(args, inputs, outputs, options)
+        return _run_distributed(args, inputs, outputs, options, points, point_labels)
     model = load_model(args)
     # Imported after load_model, which first keeps triton out of CPU-only processes (model/build.py).
     from ..inference.predictor import ClipSamPredictor
@@ -193,9 +208,9 @@ def run(args: argparse.Namespace) -> int:
     for index, ((name, source), output) in enumerate(zip(inputs, outputs)):
         try:
             # Without --overwrite the write never replaces: a file another run wrote meanwhile stays.
-            count, unit = segment_to_file(predictor, name, source, output, args.concept, options, args.points,
+            count, unit = segment_to_file(predictor, name, source, output, args.concept, options, points,
                                           args.box, args.channel, args.overwrite,
-                                          drain=partial(_drain_naming_the_input, name=name))
+                                          drain=partial(_drain_naming_the_input, name=name), point_labels=point_labels)
         except (Exception, KeyboardInterrupt):
             if len(inputs) > 1:
                 _report_stopped_batch(inputs, index)
@@ -332,7 +347,7 @@ def _refuse_replacing_an_input(inputs: list[tuple[str, np.ndarray | Path]], outp
                 )
 
 
-def _run_distributed(args: argparse.Namespace, inputs, outputs: list[Path], options) -> int:
+def _run_distributed(args: argparse.Namespace, inputs, outputs: list[Path], options, points, point_labels) -> int:
     """The files on dask.distributed (``napari_clipsam.batch``); exit status 1 when any failed."""
     from ..batch import segment_files
     from .common import model_kwargs
@@ -345,8 +360,8 @@ def _run_distributed(args: argparse.Namespace, inputs, outputs: list[Path], opti
 
     result = segment_files(
         [(source, output) for (_, source), output in zip(inputs, outputs)], args.concept,
-        model_args=model_kwargs(args), options=options, image_size=args.image_size, points=args.points, box=args.box,
-        overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler, channel=args.channel,
+        model_args=model_kwargs(args), options=options, image_size=args.image_size, points=points, box=args.box,
+        point_labels=point_labels, overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler, channel=args.channel,
         on_result=report, embedding_cache=args.embedding_cache,
     )
     summary = f"{len(result.written)} written, {len(result.skipped)} already there (skipped)"
