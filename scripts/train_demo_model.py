@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lone-click-share", type=float, default=0.0,
                         help="share of manual-mode prompts that are one positive click alone "
                              "(TrainingConfig.lone_click_share; stages 1-9 ran with 0)")
+    parser.add_argument("--box-only-share", type=float, default=0.0,
+                        help="share of manual-mode prompts (not lone clicks) that are the object's box alone "
+                             "(TrainingConfig.box_only_share; stages 1-12 ran with 0: the demo model never saw a box "
+                             "without a click)")
     parser.add_argument("--neighbour-negative-share", type=float, default=0.0,
                         help="share of the manual mode's usual prompts whose negative clicks lie on the target's "
                              "touching objects (TrainingConfig.neighbour_negative_share; stages 1-12 ran with 0)")
@@ -166,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         gradient_checkpointing=False, image_size=256, seed=args.seed, train_base=True,
         similarity_weight=args.similarity_weight,
         lone_click_share=args.lone_click_share,
+        box_only_share=args.box_only_share,
         neighbour_weight=args.neighbour_weight,
         neighbour_negative_share=args.neighbour_negative_share,
         other_concept_weight=args.other_concept_weight,

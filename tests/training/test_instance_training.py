@@ -219,6 +219,36 @@ def test_training_draws_lone_clicks_at_the_configured_share(monkeypatch):
     assert all(box is None and point_labels.tolist() == [1] for _, point_labels, box in prompts)
 
 
+def test_box_only_prompts_are_the_objects_box_and_no_click():
+    _, labels = _touching_pair()
+    target = labels == 2
+    ys, xs = np.nonzero(target)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        coords, point_labels, box = manual_prompts(target, rng, box_only_probability=1.0)
+        assert coords is None and point_labels is None
+        np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max(), ys.max()])
+    # Lone clicks come first; a share between 0 and 1 mixes box-only prompts with the usual ones.
+    assert manual_prompts(target, rng, lone_click_probability=1.0, box_only_probability=1.0)[2] is None
+    drawn = [manual_prompts(target, rng, box_only_probability=0.5) for _ in range(200)]
+    alone = sum(coords is None and box is not None for coords, _, box in drawn)
+    assert 80 <= alone <= 120 and all(coords is not None for coords, _, _ in drawn if box is None)
+    # Share 0 draws exactly the earlier prompts (no extra random number).
+    first, second = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(10):
+        plain = manual_prompts(target, first, lone_click_probability=0.3)
+        shared = manual_prompts(target, second, lone_click_probability=0.3, box_only_probability=0.0)
+        for a, b in zip(plain, shared):
+            assert (a is None and b is None) or np.array_equal(a, b)
+
+
+def test_training_draws_box_only_prompts_at_the_configured_share(monkeypatch):
+    prompts = _prompts_drawn_in_training(monkeypatch, box_only_share=1.0)
+    assert all(coords is None and point_labels is None and box is not None for coords, point_labels, box in prompts)
+    with pytest.raises(ValueError, match="box_only_share"):
+        TrainingConfig(box_only_share=-0.1)
+
+
 def test_training_from_scratch_changes_every_part_and_saves_every_weight(tmp_path):
     image, labels = _touching_pair()
     dataset = ConceptDataset.from_arrays([(image, labels, "thing")])

@@ -51,6 +51,9 @@ class TrainingConfig:
             click alone (no box, no negative click); the rest are drawn from the usual mix
             of 1-3 clicks, 0-2 negatives and a box half the time (which has lone clicks
             too, 1 in 12). Validation keeps the usual mix.
+        box_only_share: in the manual mode, the share of prompts (of those not lone clicks)
+            that are the object's box alone, with no click, as a user draws a box; the
+            usual mix always has a click. Validation keeps the usual mix.
         neighbour_negative_share: in the manual mode, the share of the usual mix's prompts
             (not the lone clicks) whose negative clicks (one or two) lie on the objects
             touching the target, as a user clicks a neighbour that the mask spread onto;
@@ -87,6 +90,7 @@ class TrainingConfig:
     train_base: bool = False
     similarity_weight: float = 1.0
     lone_click_share: float = 0.0
+    box_only_share: float = 0.0
     neighbour_negative_share: float = 0.0
     neighbour_weight: float = 1.0
     other_concept_weight: float = 1.0
@@ -105,7 +109,7 @@ class TrainingConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number, 0 or more, got {value}.")
-        for name in ("warmup_fraction", "lone_click_share", "neighbour_negative_share"):
+        for name in ("warmup_fraction", "lone_click_share", "box_only_share", "neighbour_negative_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be from 0 to 1, got {getattr(self, name)}.")
         low, high = TRAINING_IMAGE_SIZE_RANGE

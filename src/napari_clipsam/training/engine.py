@@ -389,7 +389,7 @@ def _training_prompts(model: ClipSamModel, view: Augmented, similarity: torch.Te
         target = choose_object(view.objects, rng)
         coords, labels, box = check_prompts(*manual_prompts(
             target, rng, lone_click_probability=config.lone_click_share, objects=view.objects,
-            neighbour_negative_probability=config.neighbour_negative_share))
+            neighbour_negative_probability=config.neighbour_negative_share, box_only_probability=config.box_only_share))
     points, boxes = to_sam_frame(coords, labels, box, original_size, model.image_size, torch.device("cpu"))
     return points, boxes, mask_prompt, target, view.mask & ~target
 

@@ -58,6 +58,7 @@ def touching_objects(objects: np.ndarray, target: np.ndarray, reach: int = NEIGH
 def manual_prompts(mask: np.ndarray, rng: np.random.Generator, max_positive: int = 3, max_negative: int = 2,
                    box_probability: float = 0.5, lone_click_probability: float = 0.0,
                    objects: np.ndarray | None = None, neighbour_negative_probability: float = 0.0,
+                   box_only_probability: float = 0.0,
                    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Manual-mode prompts sampled from a ground-truth mask: points (XY) with labels, and maybe a box (XYXY).
 
@@ -70,9 +71,15 @@ def manual_prompts(mask: np.ndarray, rng: np.random.Generator, max_positive: int
     concept's ``objects`` (int labels), a prompt of the usual mix has its negatives (at
     least one) on the objects touching the target with probability q, as a user clicks a
     neighbour that the mask spread onto (:func:`touching_objects`; a target without such
-    neighbours keeps its draw); at 0 no extra random number is drawn.
+    neighbours keeps its draw); at 0 no extra random number is drawn. With
+    ``box_only_probability`` b, a prompt that is not a lone click is the object's box alone
+    (no click: a user draws a box), drawn before anything else; at 0 no extra number is drawn.
     """
     lone = lone_click_probability > 0 and rng.random() < lone_click_probability
+    if not lone and box_only_probability > 0 and rng.random() < box_only_probability:
+        box = _box_of(mask)
+        if box is not None:
+            return None, None, box
     if lone:
         positives, negatives = 1, 0
     else:
@@ -91,11 +98,15 @@ def manual_prompts(mask: np.ndarray, rng: np.random.Generator, max_positive: int
     coords, labels = points_from_mask(mask, positives, negatives, rng, negative_region)
     box = None
     if not lone and rng.random() < box_probability:
-        ys, xs = np.nonzero(mask)
-        box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
-        if box[2] <= box[0] or box[3] <= box[1]:
-            box = None
+        box = _box_of(mask)
     return (coords if len(coords) else None), (labels if len(labels) else None), box
+
+
+def _box_of(mask: np.ndarray) -> np.ndarray | None:
+    """The XYXY box of a non-empty (H, W) bool mask; None when it is one pixel thin (no area)."""
+    ys, xs = np.nonzero(mask)
+    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
+    return None if box[2] <= box[0] or box[3] <= box[1] else box
 
 
 def iter_evaluate(
