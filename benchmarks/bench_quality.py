@@ -17,7 +17,8 @@ from 2,000,000: training uses 0.. and validation 1,000,000..), prints:
   ``--clicks`` objects per concept per image: IoU with the object (target >= 0.8) and the
   part of the mask outside it (target < 0.10); and, with no target, for the clicked objects
   that touch another of their concept, the IoU after the user's correction: the click plus a
-  negative click in the middle of each touching object;
+  negative click in the middle of each touching object, and the IoU from each clicked object's
+  box alone (no click);
 
 and the same, with no targets, on the bundled real-looking samples the demo model never
 saw: ``synthetic_nuclei()`` with its labels, and scikit-image's coins with a classic
@@ -119,7 +120,7 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
 
     predictor = nc.ClipSamPredictor(model)
     result = {"text_iou": {}, "rim": {}, "cross": {}, "clicks": defaultdict(list), "corrections": defaultdict(list),
-              "instances": {}}
+              "boxes": defaultdict(list), "instances": {}}
     masks = {}
     for concept, truth in truths.items():
         masks[concept] = nc.segment(image, concept, model, predictor=predictor, other_concepts=other_concepts) > 0
@@ -132,6 +133,10 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
             click = nc.segment(image, concept, model, predictor=predictor, points=point, point_labels=np.array([1])) > 0
             quality = click_quality(click, object_mask)
             result["clicks"][concept].append(quality)
+            rows, cols = ndimage.find_objects(object_mask.astype(np.int8))[0]  # the object's box alone, no click
+            box = np.array([cols.start, rows.start, cols.stop - 1, rows.stop - 1], dtype=np.float64)
+            boxed = nc.segment(image, concept, model, predictor=predictor, box=box) > 0
+            result["boxes"][concept].append(click_quality(boxed, object_mask))
             neighbours = [truth == value for value in np.unique(truth[touching_objects(truth, object_mask)])]
             if neighbours:  # the user's correction: a negative click in the middle of each touching object
                 points = np.concatenate([point, [interior_point(n) for n in neighbours]])
@@ -172,7 +177,7 @@ def pooled_f1(matches) -> dict:
 def summarise(records: list[dict]) -> dict:
     """Means over images (IoU, confusion per pair), over clicks, and pooled object counts (F1)."""
     text, cross, clicks, matches = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
-    corrections = defaultdict(list)
+    corrections, boxes = defaultdict(list), defaultdict(list)
     by_kind, rim = defaultdict(list), defaultdict(lambda: defaultdict(int))
     for record in records:
         for concept, counts in record["rim"].items():
@@ -187,6 +192,8 @@ def summarise(records: list[dict]) -> dict:
             clicks[concept] += values
         for concept, values in record.get("corrections", {}).items():
             corrections[concept] += values
+        for concept, values in record.get("boxes", {}).items():
+            boxes[concept] += values
         for method, match in record["instances"].items():
             matches[method].append(match)
     summary = {"text_iou": {c: float(np.mean(v)) for c, v in text.items()},
@@ -198,7 +205,8 @@ def summarise(records: list[dict]) -> dict:
                "click_outside": {c: float(np.mean([q[1] for q in v])) for c, v in clicks.items()},
                "clicks": {c: len(v) for c, v in clicks.items()},
                "touching_click_iou": {c: [float(np.mean(side)) for side in zip(*v)] for c, v in corrections.items()},
-               "touching_clicks": {c: len(v) for c, v in corrections.items()}}
+               "touching_clicks": {c: len(v) for c, v in corrections.items()},
+               "box_quality": {c: [float(np.mean(side)) for side in zip(*v)] for c, v in boxes.items()}}
     every_click = [q for v in clicks.values() for q in v]
     if every_click:
         summary["click_iou_all"] = float(np.mean([q[0] for q in every_click]))
@@ -253,6 +261,9 @@ def print_summary(summary: dict, targets: bool) -> None:
     if "click_iou_all" in summary:
         line("click IoU, all clicks", summary["click_iou_all"], "click_iou")
         line("click outside, all clicks", summary["click_outside_all"], "click_outside")
+    for concept, (iou, outside) in summary.get("box_quality", {}).items():
+        line(f"box IoU / outside, {concept}", iou)
+        print(f"    (the clicked objects' boxes alone, no click: {outside:.3f} of the mask outside the object)")
     for concept, (alone, corrected) in summary.get("touching_click_iou", {}).items():
         print(f"  click IoU on a touching {concept}: {alone:.3f} one click, {corrected:.3f} with a negative click on each "
               f"touching {concept} ({summary['touching_clicks'][concept]} objects)")
