@@ -8,6 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from .._jobs import Job, Progress
+from .prompts import box_from_mask
 
 if TYPE_CHECKING:
     from .predictor import ClipSamPredictor
@@ -124,12 +125,9 @@ def iter_refine_instances(predictor: ClipSamPredictor, instances: np.ndarray) ->
         if slices is None:
             continue
         component = instances == label
-        rows, cols = slices
-        box = np.array([cols.start, rows.start, cols.stop - 1, rows.stop - 1], dtype=np.float64)
-        if box[2] <= box[0] or box[3] <= box[1]:
-            box = None
         masks, _, _ = predictor.predict(
-            point_coords=interior_point(component)[None], point_labels=np.array([1]), box=box, use_similarity_prompt=False,
+            point_coords=interior_point(component)[None], point_labels=np.array([1]), box=box_from_mask(component),
+            use_similarity_prompt=False,
         )
         mask = masks[0] if masks[0].any() else component
         refined[mask & (refined == 0)] = label

@@ -122,3 +122,10 @@ def points_from_mask(
     if not coords:
         return np.zeros((0, 2)), np.zeros((0,), dtype=np.int64)
     return np.concatenate(coords), np.concatenate(labels)
+
+
+def box_from_mask(mask: np.ndarray) -> np.ndarray | None:
+    """The XYXY box (float64) of a non-empty (H, W) bool mask; None when it is one pixel thin (no area)."""
+    ys, xs = np.nonzero(mask)
+    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
+    return None if box[2] <= box[0] or box[3] <= box[1] else box

@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from .._jobs import Job, Progress, run
 from ..inference.predictor import ClipSamPredictor
-from ..inference.prompts import points_from_mask
+from ..inference.prompts import box_from_mask, points_from_mask
 from ..model.clipsam import ClipSamModel
 from .config import MODES
 from .data import Sample
@@ -77,7 +77,7 @@ def manual_prompts(mask: np.ndarray, rng: np.random.Generator, max_positive: int
     """
     lone = lone_click_probability > 0 and rng.random() < lone_click_probability
     if not lone and box_only_probability > 0 and rng.random() < box_only_probability:
-        box = _box_of(mask)
+        box = box_from_mask(mask)
         if box is not None:
             return None, None, box
     if lone:
@@ -98,15 +98,8 @@ def manual_prompts(mask: np.ndarray, rng: np.random.Generator, max_positive: int
     coords, labels = points_from_mask(mask, positives, negatives, rng, negative_region)
     box = None
     if not lone and rng.random() < box_probability:
-        box = _box_of(mask)
+        box = box_from_mask(mask)
     return (coords if len(coords) else None), (labels if len(labels) else None), box
-
-
-def _box_of(mask: np.ndarray) -> np.ndarray | None:
-    """The XYXY box of a non-empty (H, W) bool mask; None when it is one pixel thin (no area)."""
-    ys, xs = np.nonzero(mask)
-    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
-    return None if box[2] <= box[0] or box[3] <= box[1] else box
 
 
 def iter_evaluate(
