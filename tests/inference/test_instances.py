@@ -67,3 +67,21 @@ def test_a_negative_click_inside_the_mask_parts_it_halfway_along_the_mask():
         np.testing.assert_array_equal(clicked_object(mask, np.array(points), np.array([1, 0, 0][: len(points)])),
                                       regions_holding(mask, np.array([positive])))
     np.testing.assert_array_equal(clicked_object(mask, np.array([negative]), np.array([0])), mask)
+
+
+def test_with_a_box_only_a_negative_click_changes_the_mask():
+    mask = np.zeros((20, 60), bool)
+    mask[5:15, 5:45] = True  # a bar holding the click (x = 10) and a negative one (x = 30): parted at x = 20
+    mask[16:19, 50:58] = True  # a region no click touches: a box keeps it
+    mask[1:4, 50:58] = True  # a region holding only a negative click: dropped
+    points, labels = np.array([[10.0, 10.0], [30.0, 10.0], [52.0, 2.0]]), np.array([1, 0, 0])
+    kept = clicked_object(mask, points, labels, keep_unclicked=True)
+    expected = np.zeros_like(mask)
+    expected[5:15, 5:21] = expected[16:19, 50:58] = True
+    assert kept[5:15, 5:20].all() and not kept[5:15, 21:45].any()
+    np.testing.assert_array_equal(kept[:, 21:], expected[:, 21:])
+    # Without the box the untouched region goes too; with it and no negative click the mask stays whole.
+    assert not clicked_object(mask, points, labels)[16:19, 50:58].any()
+    np.testing.assert_array_equal(clicked_object(mask, points[:1], labels[:1], keep_unclicked=True), mask)
+    # No positive click on the mask: as it is, negative clicks and all.
+    np.testing.assert_array_equal(clicked_object(mask, points[1:], labels[1:], keep_unclicked=True), mask)

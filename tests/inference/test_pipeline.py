@@ -196,7 +196,7 @@ def test_bad_options_are_refused_with_the_fix():
         leading_ndim((7,))
 
 
-def test_a_click_keeps_the_regions_of_its_mask_that_hold_it_and_a_box_keeps_every_region(model, nuclei):
+def test_a_click_keeps_the_regions_of_its_mask_that_hold_it_and_a_box_keeps_the_unclicked_ones(model, nuclei):
     predictor = nc.ClipSamPredictor(model)
     points, point_labels = np.array([[40.0, 40.0], [120.0, 100.0]]), [1, 0]
     clicked = run(iter_segment(predictor, nuclei, "nucleus", points, point_labels))
@@ -214,7 +214,13 @@ def test_a_click_keeps_the_regions_of_its_mask_that_hold_it_and_a_box_keeps_ever
     assert held[50, 100] and held[40, 100] and not parted.mask[40, 100]
     assert parted.mask[50, 100] and parted.mask.sum() < held.sum()
     np.testing.assert_array_equal(parted.mask, clicked_object(raw, corrected, point_labels))
+    # A box keeps the regions no click touches; only a negative click changes its mask.
     box = np.array([5.0, 5.0, 150.0, 150.0])
-    boxed = run(iter_segment(predictor, nuclei, "nucleus", points, point_labels, box))
-    np.testing.assert_array_equal(boxed.mask, predictor.predict(point_coords=points, point_labels=point_labels,
-                                                                box=box)[0][0])
+    boxed_clicks = np.array([[100.0, 40.0], [120.0, 40.0]])  # both on one region of the random model's box mask
+    for prompts, labels in ((boxed_clicks[:1], [1]), (boxed_clicks, point_labels)):
+        boxed = run(iter_segment(predictor, nuclei, "nucleus", prompts, labels, box))
+        raw = predictor.predict(point_coords=prompts, point_labels=labels, box=box)[0][0]
+        unclicked = raw & ~regions_holding(raw, prompts)
+        assert unclicked.any() and boxed.mask[unclicked].all()
+        np.testing.assert_array_equal(boxed.mask, clicked_object(raw, prompts, labels, keep_unclicked=True))
+    assert raw[40, 120] and not boxed.mask[40, 120] and boxed.mask[40, 100]  # parted, as without the box

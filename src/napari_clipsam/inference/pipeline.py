@@ -182,8 +182,8 @@ def iter_segment(
         points, point_labels = predictor.text_prompts()
     masks, scores, logits = predictor.predict(point_coords=points, point_labels=point_labels, box=box)
     mask = masks[0]
-    if user_points is not None and box is None:  # not what lies apart from a positive click, nor past a negative one
-        mask = clicked_object(mask, user_points, point_labels)
+    if user_points is not None:  # not what lies apart from a positive click (a box keeps it), nor past a negative one
+        mask = clicked_object(mask, user_points, point_labels, keep_unclicked=box is not None)
     if text_only:
         others = resolve_other_concepts(predictor.model.concepts, predictor.concept, options.other_concepts)
         if others:
