@@ -17,8 +17,8 @@ from 2,000,000: training uses 0.. and validation 1,000,000..), prints:
   ``--clicks`` objects per concept per image: IoU with the object (target >= 0.8) and the
   part of the mask outside it (target < 0.10); and, with no target, for the clicked objects
   that touch another of their concept, the IoU after the user's correction: the click plus a
-  negative click in the middle of each touching object, and the IoU from each clicked object's
-  box alone (no click);
+  negative click in the middle of each touching object (and the same inside the object's box),
+  and the IoU from each clicked object's box alone (no click) and with the click;
 
 and the same, with no targets, on the bundled real-looking samples the demo model never
 saw: ``synthetic_nuclei()`` with its labels, and scikit-image's coins with a classic
@@ -136,13 +136,18 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
             rows, cols = ndimage.find_objects(object_mask.astype(np.int8))[0]  # the object's box alone, no click
             box = np.array([cols.start, rows.start, cols.stop - 1, rows.stop - 1], dtype=np.float64)
             boxed = nc.segment(image, concept, model, predictor=predictor, box=box) > 0
-            result["boxes"][concept].append(click_quality(boxed, object_mask))
+            boxed_click = nc.segment(image, concept, model, predictor=predictor, points=point, box=box,
+                                     point_labels=np.array([1])) > 0
+            result["boxes"][concept].append(click_quality(boxed, object_mask) + click_quality(boxed_click, object_mask))
             neighbours = [truth == value for value in np.unique(truth[touching_objects(truth, object_mask)])]
             if neighbours:  # the user's correction: a negative click in the middle of each touching object
                 points = np.concatenate([point, [interior_point(n) for n in neighbours]])
                 corrected = nc.segment(image, concept, model, predictor=predictor, points=points,
                                        point_labels=np.array([1] + [0] * len(neighbours))) > 0
-                result["corrections"][concept].append((quality[0], click_quality(corrected, object_mask)[0]))
+                boxed_corrected = nc.segment(image, concept, model, predictor=predictor, points=points, box=box,
+                                             point_labels=np.array([1] + [0] * len(neighbours))) > 0
+                result["corrections"][concept].append((quality[0], click_quality(corrected, object_mask)[0],
+                                                       click_quality(boxed_corrected, object_mask)[0]))
     for first in truths:
         for second in truths:
             if first != second:
@@ -261,12 +266,14 @@ def print_summary(summary: dict, targets: bool) -> None:
     if "click_iou_all" in summary:
         line("click IoU, all clicks", summary["click_iou_all"], "click_iou")
         line("click outside, all clicks", summary["click_outside_all"], "click_outside")
-    for concept, (iou, outside) in summary.get("box_quality", {}).items():
+    for concept, (iou, outside, click_iou, click_outside) in summary.get("box_quality", {}).items():
         line(f"box IoU / outside, {concept}", iou)
-        print(f"    (the clicked objects' boxes alone, no click: {outside:.3f} of the mask outside the object)")
-    for concept, (alone, corrected) in summary.get("touching_click_iou", {}).items():
+        print(f"    (the clicked objects' boxes alone, no click: {outside:.3f} of the mask outside the object;"
+              f" box and click: IoU {click_iou:.3f}, {click_outside:.3f} outside)")
+    for concept, (alone, corrected, boxed) in summary.get("touching_click_iou", {}).items():
         print(f"  click IoU on a touching {concept}: {alone:.3f} one click, {corrected:.3f} with a negative click on each "
-              f"touching {concept} ({summary['touching_clicks'][concept]} objects)")
+              f"touching {concept}, {boxed:.3f} with the object's box too ({summary['touching_clicks'][concept]} "
+              "objects)")
 
 
 def run_scenes(model, concepts, args) -> tuple[dict, float]:

@@ -63,6 +63,9 @@ def test_quality_benchmark_prints_its_figures(tmp_path):
     assert 0 <= errors["missed_at_rim"] <= errors["missed"] and 0 <= errors["false_at_rim"] <= errors["false"]
     assert errors["missed"] + errors["false"] > 0  # random weights: wrong somewhere
     assert re.search(r"text-only wrong pixels, nucleus: \d+ missed \(\d+% on", output)
+    assert re.search(r"box and click: IoU [0-9.]+, [0-9.]+ outside", output)
+    for concept, sides in figures["scenes"]["box_quality"].items():  # box alone, then box and click: IoU, outside
+        assert len(sides) == 4 and all(0 <= value <= 1 for value in sides), (concept, sides)
 
 
 def _run_plain(script: str, *args: str) -> str:
