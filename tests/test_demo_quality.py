@@ -30,8 +30,8 @@ SCENES_PER_KIND = 2
 # Measured on these scenes with the shipped file (2026-11-28, the fifteenth training stage):
 # text IoU per concept 0.65 to 0.78, worst cross overlap 0.65, seeds F1 0.82 against
 # components 0.20, a click's IoU 0.61 with 0.32 of its mask outside, a box's alone 0.53
-# with 0.28 (stage 12: 0.20 with 0.78); tenth stage: 0.62 to 0.75, 0.67, 0.81 against 0.20,
-# 0.59 with 0.28; ninth: 0.62 to 0.74, 0.74, 0.80 against 0.20, 0.59 with 0.27; seventh:
+# with 0.28 (stage 12: 0.20 with 0.78), both as ``predict()`` gives them; tenth stage: 0.62
+# to 0.75, 0.67, 0.81 against 0.20, 0.59 with 0.28; ninth: 0.62 to 0.74, 0.74, 0.80 against 0.20, 0.59 with 0.27; seventh:
 # 0.60 to 0.70, 0.69, 0.82 against 0.20, 0.58 with 0.29; each concept alone (``predict()``),
 # not competing; a click's as ``predict()`` gives it. Most are below the
 # issue's targets (see docs/quality.md); the thresholds keep a margin below them, so a
@@ -162,10 +162,11 @@ def test_a_click_gives_its_object(text_masks, demo_model):
 
 
 def test_a_box_alone_gives_its_object(text_masks, demo_model):
-    """Stages 13-15 of the demo model learnt a box with no click (stage 12, never shown one: IoU 0.10 and
-    0.88 of the mask outside on the held-out scenes). A cell outline's box frames its neighbours' outlines
-    too, and is not learnt; nuclei, spots and bacteria are."""
-    qualities = []
+    """Stages 13-15 of the demo model learnt a box with no click: the decoder's mask (``predict``) 0.53 IoU
+    with 0.28 outside here (stage 12, never shown one: 0.20 with 0.78). A cell outline's box frames its
+    neighbours' outlines too, and is not learnt; nuclei, spots and bacteria are. ``segment`` bounds the
+    mask by the box: never worse (0.65 with 0.06 here; stage 12 0.59 with 0.07, as these boxes are tight)."""
+    qualities, bounded = [], []
     for scene, _, predictor in text_masks:
         rng = np.random.default_rng(0)
         for concept in {"nucleus", "spot", "bacterium"} & set(scene.labels):
@@ -173,18 +174,21 @@ def test_a_box_alone_gives_its_object(text_masks, demo_model):
             for label in rng.choice(np.unique(truth)[1:], size=min(2, int(truth.max())), replace=False):
                 box = box_from_mask(truth == label)
                 if box is not None:
+                    predictor.set_concept(concept)
+                    qualities.append(click_quality(predictor.predict(box=box)[0][0], truth == label))
                     mask = nc.segment(scene.image, concept, demo_model, box=box, predictor=predictor) > 0
-                    qualities.append(click_quality(mask, truth == label))
+                    bounded.append(click_quality(mask, truth == label))
     iou, outside = np.mean(qualities, axis=0)
     assert len(qualities) >= 20 and iou >= MIN_BOX_IOU and outside <= MAX_BOX_OUTSIDE, (len(qualities), iou, outside)
+    bounded_iou, bounded_outside = np.mean(bounded, axis=0)
+    assert bounded_iou >= iou and bounded_outside <= outside, ((iou, outside), (bounded_iou, bounded_outside))
 
 
 def test_a_negative_click_on_each_touching_neighbour_takes_the_neighbours_away(text_masks, demo_model):
     """The user's correction: after a click on a nucleus or bacterium that touches others, a negative click
     in the middle of each. Measured here (2026-11-28): IoU 0.552 -> 0.589, outside 0.368 -> 0.248 on 25
     objects; the decoder alone, before the negatives parted its mask (it ignores them): 0.552 -> 0.548, 0.339.
-    Stage 15: 0.524 -> 0.587, outside 0.417 -> 0.287; inside each object's box as well, 0.530 -> 0.606,
-    0.423 -> 0.295 (before a box's mask was parted too, the negatives changed nothing there)."""
+    Stage 15: 0.524 -> 0.587, outside 0.417 -> 0.287."""
     alone, corrected, boxed_alone, boxed_corrected = [], [], [], []
     for scene, _, predictor in text_masks:
         for concept in {"nucleus", "bacterium"} & set(scene.labels):
@@ -204,9 +208,10 @@ def test_a_negative_click_on_each_touching_neighbour_takes_the_neighbours_away(t
     (iou, outside), (corrected_iou, corrected_outside) = np.mean(alone, axis=0), np.mean(corrected, axis=0)
     assert len(alone) >= 15 and corrected_iou >= iou + 0.02 and corrected_outside <= outside - 0.06, (
         len(alone), (iou, outside), (corrected_iou, corrected_outside))
-    # The same inside the object's box (which keeps the parts no click touches): the negatives part it too.
+    # Inside the object's box, which bounds the mask and so already cuts most of the neighbours away, the
+    # negatives take a part of the rest (0.172 -> 0.127 outside) for a little of the object (IoU 0.745 -> 0.733).
     (iou, outside), (corrected_iou, corrected_outside) = np.mean(boxed_alone, axis=0), np.mean(boxed_corrected, axis=0)
-    assert corrected_iou >= iou + 0.02 and corrected_outside <= outside - 0.06, (
+    assert iou >= 0.65 and corrected_iou >= iou - 0.03 and corrected_outside <= outside - 0.02, (
         (iou, outside), (corrected_iou, corrected_outside))
 
 

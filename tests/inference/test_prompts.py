@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from napari_clipsam.inference.prompts import points_from_mask, points_from_similarity
+from napari_clipsam.inference.prompts import inside_box, points_from_mask, points_from_similarity
 from napari_clipsam.inference.sam_frame import mask_prompt_from_similarity, similarity_in_sam_frame
 
 
@@ -64,3 +64,11 @@ def test_points_from_mask_respect_the_mask():
     assert inside.tolist() == [True, True, True, False, False]
     again = points_from_mask(mask, 3, 2, np.random.default_rng(0))
     np.testing.assert_array_equal(coords, again[0])
+
+
+def test_inside_box_holds_the_box_and_its_edges_clipped_to_the_image():
+    inside = inside_box((10, 12), np.array([2.0, 3.0, 5.0, 7.0]))
+    assert inside.sum() == 4 * 5 and inside[3, 2] and inside[7, 5] and not inside[8, 5] and not inside[7, 6]
+    # A box over the image's edges keeps what lies in the image; one wholly outside keeps nothing.
+    np.testing.assert_array_equal(inside_box((4, 4), np.array([-3.0, -2.0, 9.0, 1.4])), np.broadcast_to(np.arange(4)[:, None] <= 1, (4, 4)))
+    assert not inside_box((4, 4), np.array([-9.0, -9.0, -2.0, -2.0])).any()

@@ -22,7 +22,7 @@ from .instances import clicked_object, iter_refine_instances, masks_to_instances
 from .linking import link_in_place, link_to_previous
 from .other_concepts import AUTO as AUTO_OTHERS
 from .other_concepts import check_other_concepts, iter_keep_strongest, resolve_other_concepts
-from .prompts import check_prompts
+from .prompts import check_prompts, inside_box
 from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
 from .tiling import AUTO, check_tiling, iter_segment_tiled, tiling_for
 
@@ -184,6 +184,8 @@ def iter_segment(
     mask = masks[0]
     if user_points is not None:  # not what lies apart from a positive click (a box keeps it), nor past a negative one
         mask = clicked_object(mask, user_points, point_labels, keep_unclicked=box is not None)
+    if box is not None:  # the object lies in its box, as each object of the instance mode does
+        mask = mask & inside_box(mask.shape, box)
     if text_only:
         others = resolve_other_concepts(predictor.model.concepts, predictor.concept, options.other_concepts)
         if others:

@@ -33,6 +33,7 @@ from .basins import (
     seed_basins,
 )
 from .instances import clicked_object, masks_to_instances
+from .prompts import inside_box
 
 if TYPE_CHECKING:
     from .predictor import ClipSamPredictor
@@ -321,11 +322,7 @@ def iter_concept_instances(
         labels = np.ones(len(points), dtype=np.int64) if point_labels is None else np.asarray(point_labels)
         positives, negatives = points[labels == 1], points[labels == 0]
     if positives is not None and len(positives):
-        restrict_to = None
-        if box is not None:
-            restrict_to = np.zeros(mask.shape, dtype=bool)
-            x0, y0, x1, y1 = np.round(box).astype(int)
-            restrict_to[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
+        restrict_to = None if box is None else inside_box(mask.shape, box)
         return (yield from iter_seeded_instances(
             predictor, positives, negatives, restrict_to=restrict_to, min_area=min_area, score_threshold=0.0,
             batch_size=batch_size,
