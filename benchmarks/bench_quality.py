@@ -142,10 +142,11 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
             neighbours = [truth == value for value in np.unique(truth[touching_objects(truth, object_mask)])]
             if neighbours:  # the user's correction: a negative click in the middle of each touching object
                 points = np.concatenate([point, [interior_point(n) for n in neighbours]])
+                correction_labels = np.array([1] + [0] * len(neighbours))
                 corrected = nc.segment(image, concept, model, predictor=predictor, points=points,
-                                       point_labels=np.array([1] + [0] * len(neighbours))) > 0
+                                       point_labels=correction_labels) > 0
                 boxed_corrected = nc.segment(image, concept, model, predictor=predictor, points=points, box=box,
-                                             point_labels=np.array([1] + [0] * len(neighbours))) > 0
+                                             point_labels=correction_labels) > 0
                 result["corrections"][concept].append((quality[0], click_quality(corrected, object_mask)[0],
                                                        click_quality(boxed_corrected, object_mask)[0]))
     for first in truths:
