@@ -10,7 +10,9 @@ from napari_clipsam.inference.basins import (
     assemble,
     crop_iou,
     crop_mask,
+    depth_field,
     distance_to_background,
+    find_seeds,
     group_seeds,
     seed_basins,
 )
@@ -88,3 +90,46 @@ def test_crop_iou_is_the_iou_of_the_whole_masks(offset):
     a = disc(40, 40, 15)
     b = np.roll(a, offset, axis=(0, 1))
     assert crop_iou(crop_mask(a), crop_mask(b)) == pytest.approx(iou(a, b))
+
+
+def two_peaked_blob():
+    """One elliptic mask over two objects (a decoder's mask that fills their neck), and
+    logits that peak at each object's centre, (46, 48) and (82, 48) XY, and dip between them."""
+    mask = ((XX - 64) / 38.0) ** 2 + ((YY - 48) / 20.0) ** 2 <= 1
+    to_left, to_right = np.hypot(XX - 46, YY - 48), np.hypot(XX - 82, YY - 48)
+    return mask, 12.0 - 0.5 * np.minimum(to_left, to_right)
+
+
+def test_logits_that_dip_between_objects_part_them_where_the_mask_does_not_narrow():
+    mask, logits = two_peaked_blob()
+    assert len(find_seeds(mask, diameter=36)) == 1  # the mask's distance transform has one peak
+    field = depth_field(mask, logits)
+    seeds = find_seeds(mask, 36, field)
+    assert len(seeds) == 2
+    centres = np.array([[46.0, 48.0], [82.0, 48.0]])
+    assert np.abs(np.sort(seeds, axis=0) - centres).max() <= 6, seeds
+    basins = seed_basins(mask, seeds, field)
+    np.testing.assert_array_equal(basins > 0, mask)
+    left_basin = basins[48, 46]
+    assert left_basin != basins[48, 82]
+    # Each object's side of the dip is its basin.
+    assert (basins[mask & (XX < 60)] == left_basin).mean() > 0.95
+    assert (basins[mask & (XX > 68)] != left_basin).mean() > 0.95
+
+
+def test_without_logits_or_with_flat_ones_the_depth_is_the_distance_transform():
+    mask, logits = two_peaked_blob()
+    distance = distance_to_background(mask)
+    np.testing.assert_allclose(depth_field(mask), distance)
+    np.testing.assert_allclose(depth_field(mask, np.full(mask.shape, 5.0)), distance)
+    np.testing.assert_allclose(depth_field(mask, -np.abs(logits)), distance)  # no logit above 0: nothing to add
+    assert depth_field(mask, logits)[~mask].max() == 0
+    assert (depth_field(mask, logits) <= distance + 1e-9).all()  # each level lies inside the mask
+
+
+def test_logits_and_fields_of_another_shape_are_refused():
+    mask, logits = two_peaked_blob()
+    with pytest.raises(ValueError, match="logits must have the mask's shape"):
+        depth_field(mask, logits[:, :-1])
+    with pytest.raises(ValueError, match="field must have the mask's shape"):
+        find_seeds(mask, 36, logits[:-1])

@@ -21,7 +21,7 @@ from .image import MAX_CHANNELS
 from .instances import clicked_object, iter_refine_instances, masks_to_instances, remove_small_labels
 from .linking import link_in_place, link_to_previous
 from .other_concepts import AUTO as AUTO_OTHERS
-from .other_concepts import check_other_concepts, iter_keep_strongest, resolve_other_concepts
+from .other_concepts import check_other_concepts, image_logits, iter_keep_strongest, resolve_other_concepts
 from .prompts import check_prompts, inside_box
 from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
 from .tiling import AUTO, check_tiling, iter_segment_tiled, tiling_for
@@ -195,6 +195,7 @@ def iter_segment(
             labels = yield from iter_concept_instances(
                 predictor, mask, user_points, point_labels if user_points is not None else None, box,
                 diameter=options.diameter, min_area=options.min_area, score_threshold=options.score_threshold,
+                logits=image_logits(predictor, logits[0]),  # objects part where their logits dip
             )
         else:
             labels = masks_to_instances(mask, min_area=options.min_area)

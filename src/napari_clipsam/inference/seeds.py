@@ -1,8 +1,9 @@
 """Objects that touch kept apart: seeds inside the concept's mask, one SAM click per seed, overlaps resolved.
 
 The concept's (semantic) mask says where the concept is; the peaks of its distance
-transform say where objects are (a quarter of a diameter apart at least, one per
-connected region at least); each seed is decoded as ONE positive click, exactly the
+transform, averaged over the levels of the logits it was thresholded from
+(:func:`.basins.depth_field`), say where objects are (a quarter of a diameter apart at
+least, one per connected region at least); each seed is decoded as ONE positive click, exactly the
 prompts a user's click gets from :meth:`ClipSamPredictor.predict`, many clicks per
 decoder call on one image embedding, and ranked by score (SAM's predicted IoU times
 the mask's stability). Seeds found in a concept's mask then share it out
@@ -26,6 +27,7 @@ from .basins import (
     assemble,
     check_mask,
     crop_mask,
+    depth_field,
     distance_to_background,
     estimate_diameter,
     find_seeds,
@@ -235,6 +237,7 @@ def iter_mask_instances(
     min_area: int = 0,
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     batch_size: int = 64,
+    logits: np.ndarray | None = None,
 ) -> Job[np.ndarray]:
     """The objects in the concept's (H, W) bool mask, touching ones apart; yields per batch of seeds.
 
@@ -249,6 +252,9 @@ def iter_mask_instances(
 
     Args:
         diameter: expected object diameter in pixels; None: :func:`estimate_diameter`.
+        logits: (H, W) the logits ``mask`` was thresholded from: seeds and basins then
+            follow :func:`depth_field` (objects part where their logits dip, where the mask
+            may not narrow); None: the mask's distance transform.
     """
     mask = check_mask(mask)
     shape, negatives, _ = _checked_inputs(predictor, negative_points, mask, batch_size)
@@ -267,7 +273,7 @@ def iter_mask_instances(
             radii = ndimage.maximum(distance_to_background(leftover), regions, np.arange(1, count + 1))
             wide = np.flatnonzero(np.asarray(radii) >= _LEFTOVER_RADIUS * diameter / 2) + 1
             leftover = masks_to_instances(np.isin(regions, wide), min_area) > 0
-        seeds = find_seeds(leftover, diameter)
+        seeds = find_seeds(leftover, diameter, depth_field(leftover, logits))
         if len(tried) and len(seeds):
             # A seed next to one of the first pass would repeat a click whose mask was dropped.
             near, _ = cKDTree(tried).query(seeds, distance_upper_bound=max(SEED_SPACING * diameter, 1.0))
@@ -289,7 +295,7 @@ def iter_mask_instances(
         scores = np.concatenate([scores, more_scores[new]])
     if not len(kept):
         return np.zeros(shape, dtype=np.int32)
-    basins = seed_basins(seedable, kept, distance_to_background(seedable))
+    basins = seed_basins(seedable, kept, depth_field(seedable, logits))
     return assemble(seedable, basins, crops, group_seeds(crops, scores, score_threshold), min_area)
 
 
@@ -304,6 +310,7 @@ def iter_concept_instances(
     min_area: int = 0,
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     batch_size: int = 64,
+    logits: np.ndarray | None = None,
 ) -> Job[np.ndarray]:
     """Objects of one prediction that keep touching objects apart; yields per batch of seeds.
 
@@ -316,6 +323,7 @@ def iter_concept_instances(
         mask: (H, W) bool, the concept's mask SAM predicted for these prompts.
         points, point_labels, box: the user's prompts (checked; XY, 1/0, XYXY), or None
             in the text-only mode (CLIP's points are not objects).
+        logits: (H, W) the logits ``mask`` was thresholded from (see :func:`iter_mask_instances`).
     """
     positives = negatives = None
     if points is not None:
@@ -329,7 +337,7 @@ def iter_concept_instances(
         ))
     return (yield from iter_mask_instances(
         predictor, mask, negatives, diameter=diameter, min_area=min_area, score_threshold=score_threshold,
-        batch_size=batch_size,
+        batch_size=batch_size, logits=logits,
     ))
 
 
