@@ -18,7 +18,9 @@ from 2,000,000: training uses 0.. and validation 1,000,000..), prints:
   part of the mask outside it (target < 0.10); and, with no target, for the clicked objects
   that touch another of their concept, the IoU after the user's correction: the click plus a
   negative click in the middle of each touching object (and the same inside the object's box),
-  and the IoU from each clicked object's box alone (no click) and with the click;
+  and the IoU from each clicked object's box alone (no click) and with the click; a box
+  reaches ``--box-margin`` pixels (default 3) beyond its object on every side, as a user
+  draws it (0: the exact bounding box, which the mask's bound to its box flatters);
 
 and the same, with no targets, on the bundled real-looking samples the demo model never
 saw: ``synthetic_nuclei()`` with its labels, and scikit-image's coins with a classic
@@ -106,7 +108,7 @@ def coins_truth() -> tuple[np.ndarray, np.ndarray]:
 
 
 def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of: str | None,
-                  other_concepts="auto") -> dict:
+                  other_concepts="auto", box_margin: float = 3) -> dict:
     """Every figure of one image, as ``nc.segment`` gives it by default (an image larger than the
     model's input in tiles where the model's ``max_auto_downscale`` says so; from text alone, the
     model's other concepts competing, unless ``other_concepts`` is None); one predictor, so an
@@ -135,6 +137,8 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
             result["clicks"][concept].append(quality)
             rows, cols = ndimage.find_objects(object_mask.astype(np.int8))[0]  # the object's box alone, no click
             box = np.array([cols.start, rows.start, cols.stop - 1, rows.stop - 1], dtype=np.float64)
+            last = np.tile(np.array(image.shape[1::-1]) - 1, 2)  # XYXY of the last pixel
+            box = np.clip(box + np.array([-1, -1, 1, 1]) * box_margin, 0, last)  # as a user draws it
             boxed = nc.segment(image, concept, model, predictor=predictor, box=box) > 0
             boxed_click = nc.segment(image, concept, model, predictor=predictor, points=point, box=box,
                                      point_labels=np.array([1])) > 0
@@ -292,7 +296,7 @@ def run_scenes(model, concepts, args) -> tuple[dict, float]:
                 touching.append((touching_fraction(truths["nucleus"]) * objects, objects))
             records.append(measure_image(model, scene.image, truths, clicks=args.clicks,
                                          rng=np.random.default_rng(seed), instances_of="nucleus" if nuclei else None,
-                                         other_concepts=args.other_concepts)
+                                         other_concepts=args.other_concepts, box_margin=args.box_margin)
                            | {"kind": kind})
     seconds = (time.perf_counter() - started) / max(len(records), 1)
     summary = summarise(records)
@@ -310,7 +314,7 @@ def run_samples(model, args) -> dict:
         started = time.perf_counter()
         record = measure_image(model, image, {"nucleus": labels}, clicks=args.clicks,
                                rng=np.random.default_rng(args.seed), instances_of="nucleus",
-                               other_concepts=args.other_concepts)
+                               other_concepts=args.other_concepts, box_margin=args.box_margin)
         results[name] = summarise([record]) | {"objects": int(labels.max()), "shape": list(labels.shape),
                                                "seconds": time.perf_counter() - started}
     return results
@@ -330,6 +334,8 @@ def main(argv=None) -> int:
     parser.add_argument("--other-concepts", choices=["auto", "none"], default="auto",
                         help="from text alone, the model's other concepts compete for each region (auto, the "
                              "default of nc.segment) or each concept is segmented alone (none)")
+    parser.add_argument("--box-margin", type=float, default=3.0,
+                        help="pixels a clicked object's box reaches beyond it on each side (0: its exact bounding box)")
     parser.add_argument("--no-samples", action="store_true", help="skip the bundled samples")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
@@ -356,7 +362,7 @@ def main(argv=None) -> int:
         model_path = str(preset_path("demo"))
     print(f"model: {model_path} (SAM {model.sam_name}, CLIP {model.clip_name}; concepts {', '.join(concepts)})")
     print(f"scenes: {args.scenes} per kind x 4 kinds, 256 px, seeds {args.seed}..{args.seed + 4 * args.scenes - 1}; "
-          f"up to {args.clicks} clicks per concept per image")
+          f"up to {args.clicks} clicks per concept per image; boxes {args.box_margin:g} px beyond their objects")
     print(f"command: {command.strip()}")
     print("from text alone: " + ("each concept alone" if args.other_concepts is None else
                                  f"the model's other concepts compete ({', '.join(model.concepts) or 'none listed'})"))
@@ -368,7 +374,7 @@ def main(argv=None) -> int:
                "threads": torch.get_num_threads(), "model": model_path, "concepts": list(concepts),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "other_concepts": args.other_concepts, "scenes_per_kind": args.scenes, "first_seed": args.seed,
-               "clicks": args.clicks,
+               "clicks": args.clicks, "box_margin": args.box_margin,
                "seconds_per_scene": seconds, "targets": TARGETS, "scenes": summary}
     if not args.no_samples:
         results["samples"] = run_samples(model, args)

@@ -64,6 +64,7 @@ def test_quality_benchmark_prints_its_figures(tmp_path):
     assert errors["missed"] + errors["false"] > 0  # random weights: wrong somewhere
     assert re.search(r"text-only wrong pixels, nucleus: \d+ missed \(\d+% on", output)
     assert re.search(r"box and click: IoU [0-9.]+, [0-9.]+ outside", output)
+    assert "boxes 3 px beyond their objects" in output and figures["box_margin"] == 3  # as a user draws a box
     for concept, sides in figures["scenes"]["box_quality"].items():  # box alone, then box and click: IoU, outside
         assert len(sides) == 4 and all(0 <= value <= 1 for value in sides), (concept, sides)
 
