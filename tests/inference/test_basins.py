@@ -133,3 +133,5 @@ def test_logits_and_fields_of_another_shape_are_refused():
         depth_field(mask, logits[:, :-1])
     with pytest.raises(ValueError, match="field must have the mask's shape"):
         find_seeds(mask, 36, logits[:-1])
+    with pytest.raises(ValueError, match="levels must be 1 or more"):
+        depth_field(mask, logits, levels=0)

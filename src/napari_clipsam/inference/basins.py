@@ -85,6 +85,8 @@ def depth_field(mask, logits=None, levels: int = DEPTH_LEVELS) -> np.ndarray:
     even where the mask does not narrow between them (a decoder's mask fills the neck).
     """
     mask = check_mask(mask)
+    if levels < 1:
+        raise ValueError(f"levels must be 1 or more, got {levels}.")
     field = distance_to_background(mask).astype(np.float64)
     if logits is None or not mask.any():
         return field

@@ -263,6 +263,7 @@ def iter_mask_instances(
     crops: list[Optional[Crop]] = []
     scores = np.zeros(0)
     leftover = seedable.copy()
+    depth = depth_field(seedable, logits)  # the first pass's and the basins'
     tried = kept = np.zeros((0, 2))
     for stage in ("separating objects", "separating objects (second pass)"):
         if len(tried):
@@ -273,7 +274,7 @@ def iter_mask_instances(
             radii = ndimage.maximum(distance_to_background(leftover), regions, np.arange(1, count + 1))
             wide = np.flatnonzero(np.asarray(radii) >= _LEFTOVER_RADIUS * diameter / 2) + 1
             leftover = masks_to_instances(np.isin(regions, wide), min_area) > 0
-        seeds = find_seeds(leftover, diameter, depth_field(leftover, logits))
+        seeds = find_seeds(leftover, diameter, depth_field(leftover, logits) if len(tried) else depth)
         if len(tried) and len(seeds):
             # A seed next to one of the first pass would repeat a click whose mask was dropped.
             near, _ = cKDTree(tried).query(seeds, distance_upper_bound=max(SEED_SPACING * diameter, 1.0))
@@ -295,7 +296,7 @@ def iter_mask_instances(
         scores = np.concatenate([scores, more_scores[new]])
     if not len(kept):
         return np.zeros(shape, dtype=np.int32)
-    basins = seed_basins(seedable, kept, depth_field(seedable, logits))
+    basins = seed_basins(seedable, kept, depth)
     return assemble(seedable, basins, crops, group_seeds(crops, scores, score_threshold), min_area)
 
 
