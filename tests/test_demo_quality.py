@@ -20,6 +20,7 @@ import pytest
 import napari_clipsam as nc
 from napari_clipsam._jobs import run
 from napari_clipsam.inference.instances import interior_point
+from napari_clipsam.inference.neighbours import iter_prompted_object
 from napari_clipsam.inference.prompts import box_from_mask
 from napari_clipsam.inference.seeds import iter_mask_instances
 from napari_clipsam.synthetic import SCENE_KINDS, generate_scene
@@ -150,7 +151,11 @@ def test_touching_nuclei_are_kept_apart(demo_model, text_masks):
 
 
 def test_a_click_gives_its_object(text_masks, demo_model):
-    qualities, segmented = [], []
+    """The decoder's mask (``predict``), and ``segment``'s: the regions of it that hold the click,
+    less the concept's other objects it spread onto (``inference/neighbours.py``). On the nuclei
+    here (2026-11-28): 0.736 IoU with 0.192 outside, 0.766 with 0.158 (the regions holding the click),
+    0.790 with 0.130 (less the neighbours)."""
+    qualities, segmented, nuclei = [], [], []
     for scene, _, predictor in text_masks:
         rng = np.random.default_rng(0)
         for concept, truth in scene.labels.items():
@@ -161,14 +166,18 @@ def test_a_click_gives_its_object(text_masks, demo_model):
                 click = interior_point(object_mask)[None]
                 mask = predictor.predict(point_coords=click, point_labels=np.array([1]))[0][0]
                 qualities.append(click_quality(mask, object_mask))
-                # segment keeps the regions of the mask that hold the click: never worse here.
                 kept = nc.segment(scene.image, concept, demo_model, points=click, predictor=predictor) > 0
                 segmented.append(click_quality(kept, object_mask))
+                if concept == "nucleus":
+                    held = run(iter_prompted_object(predictor, mask, click, np.array([1]), None, neighbours=False))
+                    nuclei.append(click_quality(held, object_mask) + segmented[-1])
     iou, outside = np.mean(qualities, axis=0)
     assert iou >= MIN_CLICK_IOU and outside <= MAX_CLICK_OUTSIDE, (iou, outside)
     kept_iou, kept_outside = np.mean(segmented, axis=0)
     assert kept_iou >= iou - 0.005 and kept_outside <= outside and kept_outside < outside - 0.005, (
         (iou, outside), (kept_iou, kept_outside))
+    held_iou, held_outside, nucleus_iou, nucleus_outside = np.mean(nuclei, axis=0)
+    assert nucleus_iou >= held_iou + 0.015 and nucleus_outside <= held_outside - 0.02, np.mean(nuclei, axis=0)
 
 
 def test_a_box_alone_gives_its_object(text_masks, demo_model):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..model.decoder import PreparedDecoder
@@ -33,6 +34,7 @@ class ImageFeatures:
     similarity: the (1, g, g) similarity grid per concept.
     mask_prompts: the text-only mode's dense prompt per concept.
     decoder: the decoder's share of the image, made at the first click.
+    objects: the text mode's objects per concept (``neighbours.py``), made at the first click.
     """
 
     weights_version: int
@@ -45,6 +47,7 @@ class ImageFeatures:
     similarity: dict[str, torch.Tensor] = field(default_factory=dict)
     mask_prompts: dict[str, torch.Tensor] = field(default_factory=dict)
     decoder: PreparedDecoder = field(default_factory=PreparedDecoder)
+    objects: dict[str, np.ndarray] = field(default_factory=dict)
 
     def valid_for(self, weights_version: int, image_size: int | None) -> bool:
         """Whether these features hold for the model's weights and the predictor's size now."""

@@ -18,11 +18,12 @@ import numpy as np
 from .._jobs import Job, Progress, relay, run
 from .encode_ahead import ReadAhead, check_encoder_batch
 from .image import MAX_CHANNELS
-from .instances import clicked_object, iter_refine_instances, masks_to_instances, remove_small_labels
+from .instances import iter_refine_instances, masks_to_instances, remove_small_labels
 from .linking import link_in_place, link_to_previous
+from .neighbours import iter_prompted_object
 from .other_concepts import AUTO as AUTO_OTHERS
 from .other_concepts import check_other_concepts, image_logits, iter_keep_strongest, resolve_other_concepts
-from .prompts import check_prompts, inside_box
+from .prompts import check_prompts
 from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
 from .tiling import AUTO, check_tiling, iter_segment_tiled, tiling_for
 
@@ -182,10 +183,9 @@ def iter_segment(
         points, point_labels = predictor.text_prompts()
     masks, scores, logits = predictor.predict(point_coords=points, point_labels=point_labels, box=box)
     mask = masks[0]
-    if user_points is not None:  # not what lies apart from a positive click (a box keeps it), nor past a negative one
-        mask = clicked_object(mask, user_points, point_labels, keep_unclicked=box is not None)
-    if box is not None:  # the object lies in its box, as each object of the instance mode does
-        mask = mask & inside_box(mask.shape, box)
+    if not text_only:  # the prompted object alone; the seeded instances part the clicks' masks themselves
+        seeded = options.instances and options.instance_method == "seeds"
+        mask = yield from iter_prompted_object(predictor, mask, user_points, point_labels, box, neighbours=not seeded)
     if text_only:
         others = resolve_other_concepts(predictor.model.concepts, predictor.concept, options.other_concepts)
         if others:
