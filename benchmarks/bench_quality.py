@@ -124,6 +124,7 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
     result = {"text_iou": {}, "rim": {}, "cross": {}, "clicks": defaultdict(list), "corrections": defaultdict(list),
               "boxes": defaultdict(list), "instances": {}}
     masks = {}
+    last = np.tile(np.array(image.shape[1::-1]) - 1, 2)  # XYXY of the image's last pixel, where boxes stop
     for concept, truth in truths.items():
         masks[concept] = nc.segment(image, concept, model, predictor=predictor, other_concepts=other_concepts) > 0
         result["text_iou"][concept] = semantic_iou(masks[concept], truth > 0)
@@ -137,7 +138,6 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
             result["clicks"][concept].append(quality)
             rows, cols = ndimage.find_objects(object_mask.astype(np.int8))[0]  # the object's box alone, no click
             box = np.array([cols.start, rows.start, cols.stop - 1, rows.stop - 1], dtype=np.float64)
-            last = np.tile(np.array(image.shape[1::-1]) - 1, 2)  # XYXY of the last pixel
             box = np.clip(box + np.array([-1, -1, 1, 1]) * box_margin, 0, last)  # as a user draws it
             boxed = nc.segment(image, concept, model, predictor=predictor, box=box) > 0
             boxed_click = nc.segment(image, concept, model, predictor=predictor, points=point, box=box,

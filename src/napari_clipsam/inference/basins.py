@@ -94,9 +94,11 @@ def depth_field(mask, logits=None, levels: int = DEPTH_LEVELS) -> np.ndarray:
     if logits.shape != mask.shape:
         raise ValueError(f"The logits must have the mask's shape {mask.shape}, got {logits.shape}.")
     top = float(logits[mask].max())
-    for threshold in np.linspace(0.0, top, levels, endpoint=False)[1:] if top > 0 else ():
+    if top <= 0:  # no level above the mask's own
+        return field
+    for threshold in np.linspace(0.0, top, levels, endpoint=False)[1:]:
         field += distance_to_background(mask & (logits > threshold))
-    return field / levels if top > 0 else field
+    return field / levels
 
 
 def find_seeds(mask, diameter: float | None = None, field: np.ndarray | None = None) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._jobs import Job, Progress
-from .instances import clicked_object
+from .instances import _pixels, clicked_object
 from .other_concepts import image_logits
 from .prompts import inside_box
 from .seeds import iter_mask_instances
@@ -64,10 +64,8 @@ def without_neighbours(mask: np.ndarray, objects: np.ndarray, points, point_labe
     areas = np.bincount(objects.ravel(), minlength=count + 1)
     covered = np.bincount(objects[mask], minlength=count + 1) / np.maximum(areas, 1)
     drop = covered < cover
-    height, width = mask.shape
-    xy = np.rint(points[np.asarray(point_labels).reshape(-1) == 1]).astype(np.int64)
-    inside = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
-    drop[objects[xy[inside, 1], xy[inside, 0]]] = False  # the clicked objects stay
+    xy = _pixels(points[np.asarray(point_labels).reshape(-1) == 1], mask.shape)
+    drop[objects[xy[:, 1], xy[:, 0]]] = False  # the clicked objects stay
     drop[0] = False
     return mask & ~drop[objects]
 
