@@ -108,10 +108,11 @@ def coins_truth() -> tuple[np.ndarray, np.ndarray]:
 
 
 def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of: str | None,
-                  other_concepts="auto", box_margin: float = 3) -> dict:
+                  other_concepts="auto", augment="auto", box_margin: float = 3) -> dict:
     """Every figure of one image, as ``nc.segment`` gives it by default (an image larger than the
     model's input in tiles where the model's ``max_auto_downscale`` says so; from text alone, the
-    model's other concepts competing, unless ``other_concepts`` is None); one predictor, so an
+    model's other concepts competing, unless ``other_concepts`` is None, averaged over the image's views
+    as ``augment`` says); one predictor, so an
     image read in one pass is encoded once for every concept and click."""
     import napari_clipsam as nc
     from napari_clipsam._jobs import run
@@ -126,7 +127,8 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
     masks = {}
     last = np.tile(np.array(image.shape[1::-1]) - 1, 2)  # XYXY of the image's last pixel, where boxes stop
     for concept, truth in truths.items():
-        masks[concept] = nc.segment(image, concept, model, predictor=predictor, other_concepts=other_concepts) > 0
+        masks[concept] = nc.segment(image, concept, model, predictor=predictor, other_concepts=other_concepts,
+                                    augment=augment) > 0
         result["text_iou"][concept] = semantic_iou(masks[concept], truth > 0)
         result["rim"][concept] = rim_errors(masks[concept], truth > 0)
         ids = np.unique(truth)[1:]
@@ -161,7 +163,7 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
     if instances_of is not None:
         for method in ("seeds", "components"):
             labels = nc.segment(image, instances_of, model, instances=True, instance_method=method,
-                                predictor=predictor, other_concepts=other_concepts)
+                                predictor=predictor, other_concepts=other_concepts, augment=augment)
             result["instances"][method] = match_instances(labels, truths[instances_of], 0.5)
         # The instance method alone: the seeds on the TRUE concept mask (what a perfect text mask
         # would give), the whole image in one pass.
@@ -296,7 +298,8 @@ def run_scenes(model, concepts, args) -> tuple[dict, float]:
                 touching.append((touching_fraction(truths["nucleus"]) * objects, objects))
             records.append(measure_image(model, scene.image, truths, clicks=args.clicks,
                                          rng=np.random.default_rng(seed), instances_of="nucleus" if nuclei else None,
-                                         other_concepts=args.other_concepts, box_margin=args.box_margin)
+                                         other_concepts=args.other_concepts, augment=args.augment,
+                                         box_margin=args.box_margin)
                            | {"kind": kind})
     seconds = (time.perf_counter() - started) / max(len(records), 1)
     summary = summarise(records)
@@ -314,7 +317,7 @@ def run_samples(model, args) -> dict:
         started = time.perf_counter()
         record = measure_image(model, image, {"nucleus": labels}, clicks=args.clicks,
                                rng=np.random.default_rng(args.seed), instances_of="nucleus",
-                               other_concepts=args.other_concepts, box_margin=args.box_margin)
+                               other_concepts=args.other_concepts, augment=args.augment, box_margin=args.box_margin)
         results[name] = summarise([record]) | {"objects": int(labels.max()), "shape": list(labels.shape),
                                                "seconds": time.perf_counter() - started}
     return results
@@ -334,16 +337,21 @@ def main(argv=None) -> int:
     parser.add_argument("--other-concepts", choices=["auto", "none"], default="auto",
                         help="from text alone, the model's other concepts compete for each region (auto, the "
                              "default of nc.segment) or each concept is segmented alone (none)")
+    parser.add_argument("--augment", choices=["auto", "on", "off"], default="auto",
+                        help="from text alone, average the logits over the image's 8 flips and quarter turns (on), "
+                             "not (off), or as nc.segment does by default (auto: on for the demo model)")
     parser.add_argument("--box-margin", type=float, default=3.0,
                         help="pixels a clicked object's box reaches beyond it on each side (0: its exact bounding box)")
     parser.add_argument("--no-samples", action="store_true", help="skip the bundled samples")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
     args.other_concepts = None if args.other_concepts == "none" else "auto"
+    args.augment = {"auto": "auto", "on": True, "off": False}[args.augment]
 
     import torch
 
     import napari_clipsam as nc
+    from napari_clipsam.inference.views import resolve_augment
     from napari_clipsam.synthetic import DEMO_CONCEPTS
 
     if args.threads:
@@ -365,7 +373,8 @@ def main(argv=None) -> int:
           f"up to {args.clicks} clicks per concept per image; boxes {args.box_margin:g} px beyond their objects")
     print(f"command: {command.strip()}")
     print("from text alone: " + ("each concept alone" if args.other_concepts is None else
-                                 f"the model's other concepts compete ({', '.join(model.concepts) or 'none listed'})"))
+                                 f"the model's other concepts compete ({', '.join(model.concepts) or 'none listed'})")
+          + f"; logits averaged over 8 views: {resolve_augment(model, args.augment)} (--augment {args.augment})")
 
     summary, seconds = run_scenes(model, concepts, args)
     print(f"\nheld-out generated scenes ({seconds:.2f} s per scene)")
@@ -373,7 +382,8 @@ def main(argv=None) -> int:
     results = {"command": command.strip(), "cpu": cpu_description(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "model": model_path, "concepts": list(concepts),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "other_concepts": args.other_concepts, "scenes_per_kind": args.scenes, "first_seed": args.seed,
+               "other_concepts": args.other_concepts, "augment": resolve_augment(model, args.augment),
+               "scenes_per_kind": args.scenes, "first_seed": args.seed,
                "clicks": args.clicks, "box_margin": args.box_margin,
                "seconds_per_scene": seconds, "targets": TARGETS, "scenes": summary}
     if not args.no_samples:

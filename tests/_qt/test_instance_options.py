@@ -68,6 +68,30 @@ def test_the_widget_lets_the_models_other_concepts_compete(viewer, widget, tiny_
     np.testing.assert_array_equal(np.asarray(viewer.layers["blobs nucleus"].data) > 0, alone > 0)
 
 
+def test_the_flips_and_turns_choice_reaches_the_pipeline_shows_in_text_mode_and_persists(
+        viewer, widget, tiny_model, blobs_image, tmp_path, monkeypatch, make_napari_viewer):
+    from napari_clipsam._qt.segment_widget import ClipSamWidget
+
+    controls = widget._controls
+    assert _options(widget).augment == "auto" and _shown(controls.augment)
+    widget.set_options(augment=True)
+    assert _options(widget) == SegmentOptions(augment=True)
+    widget.set_concept("nucleus")
+    widget.segment()
+    widget.wait(TIMEOUT_S)
+    averaged = nc.segment(blobs_image, "nucleus", model=tiny_model, augment=True)
+    assert not np.array_equal(averaged, nc.segment(blobs_image, "nucleus", model=tiny_model, augment=False))
+    np.testing.assert_array_equal(np.asarray(viewer.layers["blobs nucleus"].data), averaged)
+    controls.mode.value = MODE_MANUAL
+    assert not _shown(controls.augment)
+    path = tmp_path / "widget.json"
+    monkeypatch.setenv("NAPARI_CLIPSAM_SETTINGS", str(path))
+    first = ClipSamWidget(make_napari_viewer())
+    first.set_options(augment=False)
+    assert load_settings().augment == "off" and first._controls.augment.value == "off"
+    assert ClipSamWidget(make_napari_viewer())._controls.augment.value == "off"
+
+
 def test_seed_fields_show_only_for_seeds(widget):
     controls = widget._controls
     seed_fields = (controls.diameter, controls.score_threshold)

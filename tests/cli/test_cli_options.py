@@ -121,12 +121,21 @@ def test_other_concepts_flag_becomes_the_pipeline_option():
     assert _segment_options("--other-concepts", "AUTO") == SegmentOptions()
 
 
+def test_augment_flag_becomes_the_pipeline_option():
+    from napari_clipsam.inference.pipeline import SegmentOptions
+
+    assert _segment_options().augment == "auto"
+    assert _segment_options("--augment", "on") == SegmentOptions(augment=True)
+    assert _segment_options("--augment", "off") == SegmentOptions(augment=False)
+
+
 @pytest.mark.parametrize(("flags", "words"), [
     (["--tile-shape", "0"], "--tile-shape must be pixels"), (["--tile-shape", "big"], "--tile-shape must be pixels"),
     (["--halo", "-4"], "--halo must be pixels"),
     (["--encoder-batch", "0"], "give a number of tiles or planes of 1 or more, or auto"),
     (["--encoder-batch", "many"], "give a number of tiles or planes of 1 or more, or auto"),
     (["--other-concepts", "spot,,bacterium"], "give concept names separated by commas, auto or none"),
+    (["--augment", "8"], "argument --augment: invalid choice"),
 ])
 def test_bad_tiling_flags_exit_2_naming_the_flag(flags, words, capsys):
     with pytest.raises(SystemExit) as exited:

@@ -125,7 +125,9 @@ def test_the_demo_model_reads_its_synthetic_sample_at_native_size(demo_model):
     assert nc.load_model(sam="tiny", clip="tiny", sam_checkpoint=None, clip_pretrained=None).max_auto_downscale == 2
     image, labels = synthetic_nuclei()
     default = semantic_iou(nc.segment(image, "nucleus", model=demo_model) > 0, labels > 0)
-    resized = semantic_iou(nc.segment(image, "nucleus", model=demo_model, tile_shape=None) > 0, labels > 0)
+    # Like for like: tiles are not averaged over views by default; one resized pass would be (0.62).
+    resized = semantic_iou(nc.segment(image, "nucleus", model=demo_model, tile_shape=None, augment=False) > 0,
+                           labels > 0)
     assert default >= 0.8, (default, resized)  # 0.895 with stage 10 (resized: 0.344)
     assert default >= resized + 0.3, (default, resized)
 

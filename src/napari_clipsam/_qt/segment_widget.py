@@ -125,9 +125,9 @@ class ClipSamWidget(Container):
             similarity: show the concept's similarity map.
             output: the name of an existing Labels layer (it stays the output whatever the
                 image), or ``"New layer"`` (the output follows the image again).
-            instance_method, diameter, score_threshold, link_planes, other_concepts (True: "auto"): see ``nc.segment``.
-            large_image: ``tiles`` (``"auto"``, ``"off"``, ``"custom"``), ``tile_size`` and ``halo``
-                (pixels; halo 0: auto), ``level`` (of a multiscale image), ``visible_only`` (docs/widget.md).
+            instance_method, diameter, score_threshold, link_planes, other_concepts (True: "auto"), augment:
+                see ``nc.segment``. large_image: ``tiles`` (``"auto"``, ``"off"``, ``"custom"``), ``tile_size``,
+                ``halo`` (pixels; 0: auto), ``level`` (of a multiscale image), ``visible_only`` (docs/widget.md).
         """
         self._controls.set_options(instances=instances, refine=refine, min_area=min_area, replace=replace,
                                    all_slices=all_slices, similarity=similarity, instance_method=instance_method,

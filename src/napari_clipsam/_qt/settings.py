@@ -38,6 +38,7 @@ class WidgetSettings:
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     link_planes: bool = True  # one label per 3-D object in "All slices"
     other_concepts: bool = True  # text only: the concepts the model lists compete for pixels
+    augment: str = "auto"  # text only: logits averaged over 8 views ("auto", "on", "off")
     # Large images (large_image_controls.py): "auto", "off" or "custom" tiles; halo 0: auto.
     tiles: str = "auto"
     tile_size: int = 512

@@ -53,10 +53,8 @@ def add_parser(commands, parents) -> None:
         help="with --instances: 'seeds' keeps touching objects apart, one SAM click per object, "
              "the --points when given (default); 'components' labels connected regions (fast)",
     )
-    seg.add_argument(
-        "--diameter", type=float, metavar="PX",
-        help="with --instance-method seeds: expected object diameter in pixels (default: estimated)",
-    )
+    seg.add_argument("--diameter", type=float, metavar="PX",
+                     help="with --instance-method seeds: expected object diameter in pixels (default: estimated)")
     seg.add_argument(
         "--score-threshold", type=float, metavar="X",
         help=f"with --instance-method seeds: drop objects SAM scores lower, 0 to 1 (default {DEFAULT_SCORE_THRESHOLD})",
@@ -77,6 +75,10 @@ def add_parser(commands, parents) -> None:
              "that claims most of it, e.g. 'bacterium,spot' (default auto: the concepts the model lists, the demo model's four, "
              "none for the published weights); each costs one more encoder pass",
     )
+    seg.add_argument("--augment", choices=("auto", "on", "off"), default="auto",
+                     help="from text alone, average the logits over the image's 8 flips and quarter turns, 8 encoder "
+                          "passes instead of 1 (default auto: on for the demo model on an image read in one pass, "
+                          "off in tiles and stacks and for the published weights)")
     seg.add_argument("--points", type=lambda t: _pairs(t, 2, "--points"), help="positive points 'x,y;x,y'")
     seg.add_argument("--negative-points", type=lambda t: _pairs(t, 2, "--negative-points"), metavar="'x,y;x,y'",
                      help="negative points, with --points or --box: not the object here (a negative point inside "
@@ -251,7 +253,8 @@ def _options(args: argparse.Namespace):
     return SegmentOptions(
         instances=args.instances, refine=args.refine, min_area=args.min_area,
         instance_method=method, diameter=args.diameter, tile_shape=args.tile_shape, halo=args.halo,
-        encoder_batch=args.encoder_batch, other_concepts=args.other_concepts, **extra,
+        encoder_batch=args.encoder_batch, other_concepts=args.other_concepts,
+        augment={"on": True, "off": False}.get(args.augment, "auto"), **extra,
     )
 
 

@@ -35,6 +35,7 @@ class ImageFeatures:
     mask_prompts: the text-only mode's dense prompt per concept.
     decoder: the decoder's share of the image, made at the first click.
     objects: the text mode's objects per concept (``neighbours.py``), made at the first click.
+    view_logits: the text mode's (H, W) logits per concept averaged over the image's views (``views.py``).
     """
 
     weights_version: int
@@ -48,6 +49,7 @@ class ImageFeatures:
     mask_prompts: dict[str, torch.Tensor] = field(default_factory=dict)
     decoder: PreparedDecoder = field(default_factory=PreparedDecoder)
     objects: dict[str, np.ndarray] = field(default_factory=dict)
+    view_logits: dict[str, np.ndarray] = field(default_factory=dict)
 
     def valid_for(self, weights_version: int, image_size: int | None) -> bool:
         """Whether these features hold for the model's weights and the predictor's size now."""

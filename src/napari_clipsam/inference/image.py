@@ -108,3 +108,20 @@ def to_rgb_uint8(image, channel: int | None = None) -> np.ndarray:
     else:
         gray = np.rint(scaled.astype(np.float32).mean(axis=-1)).astype(np.uint8)
     return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=-1))
+
+
+def leading_ndim(shape: tuple[int, ...], rgb: bool | None = None) -> int:
+    """How many axes of an image of ``shape`` come before its 2-D planes (z, t, ...).
+
+    Args:
+        rgb: whether the last axis holds channels; None guesses it as napari does for
+            RGB(A) and as :func:`to_rgb_uint8` reads images: a last axis of at most
+            ``MAX_CHANNELS`` on a 3-D or larger array.
+    """
+    ndim = len(shape)
+    if rgb is None:
+        rgb = ndim >= 3 and shape[-1] <= MAX_CHANNELS
+    planes = ndim - (3 if rgb else 2)
+    if planes < 0:
+        raise ValueError(f"An image of shape {tuple(shape)} has no 2-D plane to segment.")
+    return planes

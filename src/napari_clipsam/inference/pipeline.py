@@ -10,22 +10,23 @@ everywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._jobs import Job, Progress, relay, run
 from .encode_ahead import ReadAhead, check_encoder_batch
-from .image import MAX_CHANNELS
+from .image import leading_ndim
 from .instances import iter_refine_instances, masks_to_instances, remove_small_labels
 from .linking import link_in_place, link_to_previous
 from .neighbours import iter_prompted_object
 from .other_concepts import AUTO as AUTO_OTHERS
-from .other_concepts import check_other_concepts, image_logits, iter_keep_strongest, resolve_other_concepts
+from .other_concepts import check_other_concepts, image_logits, resolve_other_concepts
 from .prompts import check_prompts
 from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
 from .tiling import AUTO, check_tiling, iter_segment_tiled, tiling_for
+from .views import check_augment, iter_text_mask, resolve_augment
 
 if TYPE_CHECKING:
     from ..model.clipsam import ClipSamModel
@@ -67,6 +68,10 @@ class SegmentOptions:
             region of the mask stays only where no other concept's text-only logit is higher
             on half of it or more (``inference/other_concepts.py``). ``"auto"``: the concepts the model lists
             (``model.concepts``; none for the published weights); None or (): none.
+        augment: in the text-only mode, average the logits over the image's 8 flips and quarter
+            turns (``inference/views.py``; 8 encoder passes instead of 1); ``"auto"``: for models
+            whose encoder is cheap (the demo model) on a 2-D image read in one pass, not in tiles or
+            stacks (8 times each tile's or plane's cost), never for the published weights.
     """
 
     instances: bool = False
@@ -82,9 +87,11 @@ class SegmentOptions:
     link_planes: bool = True
     encoder_batch: int | str = "auto"
     other_concepts: object = AUTO_OTHERS
+    augment: bool | str = AUTO
 
     def __post_init__(self) -> None:
         check_tiling(self.tile_shape, self.halo)
+        object.__setattr__(self, "augment", check_augment(self.augment))
         object.__setattr__(self, "other_concepts", check_other_concepts(self.other_concepts))
         check_encoder_batch(self.encoder_batch)
         if self.min_area < 0:
@@ -136,23 +143,6 @@ class SegmentResult:
     similarity: np.ndarray | None = None
 
 
-def leading_ndim(shape: tuple[int, ...], rgb: bool | None = None) -> int:
-    """How many axes of an image of ``shape`` come before its 2-D planes (z, t, ...).
-
-    Args:
-        rgb: whether the last axis holds channels; None guesses it as napari does for
-            RGB(A) and as :func:`to_rgb_uint8` reads images: a last axis of at most
-            ``MAX_CHANNELS`` on a 3-D or larger array.
-    """
-    ndim = len(shape)
-    if rgb is None:
-        rgb = ndim >= 3 and shape[-1] <= MAX_CHANNELS
-    planes = ndim - (3 if rgb else 2)
-    if planes < 0:
-        raise ValueError(f"An image of shape {tuple(shape)} has no 2-D plane to segment.")
-    return planes
-
-
 def iter_segment(
     predictor: ClipSamPredictor,
     image,
@@ -186,17 +176,18 @@ def iter_segment(
     if not text_only:  # the prompted object alone; the seeded instances part the clicks' masks themselves
         seeded = options.instances and options.instance_method == "seeds"
         mask = yield from iter_prompted_object(predictor, mask, user_points, point_labels, box, neighbours=not seeded)
+    full_logits = None  # at the image's size, when the seeds need them
     if text_only:
         others = resolve_other_concepts(predictor.model.concepts, predictor.concept, options.other_concepts)
-        if others:
-            mask = yield from iter_keep_strongest(predictor, mask, logits[0], others)
+        augment = resolve_augment(predictor.model, options.augment)
+        mask, full_logits = yield from iter_text_mask(predictor, mask, logits[0], others, augment)
     if options.instances:
         if options.instance_method == "seeds":
             labels = yield from iter_concept_instances(
                 predictor, mask, user_points, point_labels if user_points is not None else None, box,
                 diameter=options.diameter, min_area=options.min_area, score_threshold=options.score_threshold,
-                logits=image_logits(predictor, logits[0]),  # objects part where their logits dip
-            )
+                logits=full_logits if full_logits is not None else image_logits(predictor, logits[0]),
+            )  # objects part where their logits dip
         else:
             labels = masks_to_instances(mask, min_area=options.min_area)
         if options.refine:
@@ -245,6 +236,8 @@ def iter_segment_stack(
         raise ValueError(f"out has shape {tuple(out.shape)}; the labels of this image need {(*leading, *spatial)}.")
     labels = np.zeros((*leading, *spatial), dtype=np.int32) if out is None else out
     tiling = tiling_for(predictor, spatial, options)
+    if options.augment == AUTO and (leading or tiling is not None):  # 8 views per plane or tile: only when asked
+        options = replace(options, augment=False)
     next_label, previous, previous_index = 1, None, None
     volume_first_label, previous_volume = 1, None
 
@@ -345,6 +338,7 @@ def segment(
     link_planes: bool = True,
     encoder_batch: int | str = "auto",
     other_concepts=AUTO_OTHERS,
+    augment=AUTO,
 ) -> np.ndarray:
     """Segment ``concept`` in an image, or in each plane of a stack, and return labels.
 
@@ -378,6 +372,9 @@ def segment(
             ``["bacterium", "spot"]``);
             ``"auto"``: those the model lists (the demo model's four, none for the published
             weights); None: none. Each costs one more encoder pass per image.
+        augment: from text alone, average the logits over the image's 8 flips and quarter
+            turns (8 encoder passes); ``"auto"``: for the demo model on one 2-D image read in one
+            pass, not in tiles or stacks (see :class:`SegmentOptions`).
 
     Returns:
         int32 labels of the image's spatial shape (``out`` when given): 0 background, 1 the
@@ -387,7 +384,7 @@ def segment(
     options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel,
                              instance_method=instance_method, diameter=diameter, score_threshold=score_threshold,
                              tile_shape=tile_shape, halo=halo, link_planes=link_planes, encoder_batch=encoder_batch,
-                             other_concepts=other_concepts)
+                             other_concepts=other_concepts, augment=augment)
     predictor = predictor_for(model, predictor, image_size)
     with predictor:  # one thread drains the whole job: other threads sharing the predictor wait
         return run(iter_segment_stack(predictor, image, concept, points, point_labels, box, options, rgb, out))

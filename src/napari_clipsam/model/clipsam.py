@@ -81,6 +81,9 @@ class ClipSamModel(nn.Module):
         # at native resolution instead: 2 for the published SAM, 1 for the demo model.
         self.max_auto_downscale = auto_downscale(sam_name)
         self.is_demo = sam_name in DEMO_VARIANTS  # trained on generated scenes only: the widget says so
+        # Whether augment="auto" averages the text-only logits over 8 views (inference/views.py):
+        # for the demo model, whose encoder pass is cheap; not for the published SAM (seconds each).
+        self.auto_augment = self.is_demo
         # Counts changes to the trainable weights (loading, training): predictors compare
         # it with the count their cached features were computed at.
         self.weights_version = 0
