@@ -117,6 +117,16 @@ def test_startup_benchmark_prints_its_figures():
     assert re.search(r"all imports: [0-9.]+ s", output) and "not needed by the command, loaded anyway:" in output
 
 
+def test_demo_speed_benchmark_prints_its_figures():
+    output = _run("bench_demo_speed.py", "--model", "random", "--repeats", "1", "--scenes", "1", "--no-sample",
+                  "--threads", "1")
+    assert "CPU: " in output
+    for label in ("text only, competing, 1 view", "text only, alone, 8 views", "seeded instances, alone, 8 views",
+                  "first click on an image and concept", "a later click"):
+        assert _figure(output, label) > 0
+    assert re.search(r"text only, alone, 8 views\s+[0-9.]+ s  x[0-9.]+ of one view", output)
+
+
 def test_reuse_benchmark_prints_its_figures():
     output = _run("bench_reuse.py")
     for label in ("vanilla SAM image encoder (segment_anything)", "full prepare: new image, new concept",
