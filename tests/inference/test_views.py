@@ -176,6 +176,7 @@ def test_auto_averages_one_image_read_in_one_pass_and_neither_tiles_nor_stacks(m
     assert view_events(model, image, "auto", tile_shape=None) == 8
     assert view_events(model, image, "auto", tile_shape=(64, 64)) == 0
     assert view_events(model, np.stack([image, image[::-1]]), "auto", tile_shape=None) == 0
+    assert view_events(model, image[None], "auto", tile_shape=None) == 8  # a stack of one plane is one image
     # Asked for, tiles and planes are averaged too: 8 views each.
     assert view_events(model, image, True, tile_shape=(64, 64), halo=16) == 8 * 6
     assert view_events(model, np.stack([image, image[::-1]]), True, tile_shape=None) == 16

@@ -236,7 +236,7 @@ def iter_segment_stack(
         raise ValueError(f"out has shape {tuple(out.shape)}; the labels of this image need {(*leading, *spatial)}.")
     labels = np.zeros((*leading, *spatial), dtype=np.int32) if out is None else out
     tiling = tiling_for(predictor, spatial, options)
-    if options.augment == AUTO and (leading or tiling is not None):  # 8 views per plane or tile: only when asked
+    if options.augment == AUTO and (len(planes) > 1 or tiling is not None):  # 8 views per plane or tile: if asked
         options = replace(options, augment=False)
     next_label, previous, previous_index = 1, None, None
     volume_first_label, previous_volume = 1, None

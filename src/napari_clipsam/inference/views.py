@@ -13,8 +13,8 @@ in one pass: not in tiles or the planes of a stack, where it would multiply ever
 plane's cost by 8 (``True`` averages them too); never for the published SAM, whose encoder
 pass alone takes seconds on a CPU.
 
-The views are computed on a second predictor that shares the model, so the user's
-predictor keeps its image, concept and caches; the averaged logits are kept per concept
+The views are computed on a second predictor that shares the model (and the embedding cache
+folder, if one is set), so the user's predictor keeps its image, concept and caches; the averaged logits are kept per concept
 in the image's features (``ImageFeatures.view_logits``), so segmenting again costs nothing.
 """
 
@@ -87,7 +87,9 @@ def iter_view_logits(predictor: ClipSamPredictor, concepts: Sequence[str]) -> Jo
     if missing:
         sums = {concept: np.zeros(predictor.original_size, dtype=np.float32) for concept in missing}
         image = predictor.image
-        views = ClipSamPredictor(predictor.model, image_size=predictor.image_size, images_kept=0)
+        # The user's embedding cache folder (if any) keeps the views too: a later run skips their encoders.
+        views = ClipSamPredictor(predictor.model, image_size=predictor.image_size, images_kept=0,
+                                 embedding_cache=predictor.recent_images.store)
         for number, view in enumerate(VIEWS):
             yield Progress(f"view {number + 1} of {len(VIEWS)}", number, len(VIEWS))
             views.set_image(to_view(image, view))
