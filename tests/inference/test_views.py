@@ -86,12 +86,25 @@ def test_the_users_predictor_keeps_its_image_concept_and_caches(model, image):
     assert [event.stage for event in events] == [f"view {n} of 8" for n in range(1, 9)]
     assert set(logits) == {"nucleus", "spot"}
     assert predictor.image_digest == digest and predictor.concept == "spot"
-    assert predictor.features.embeddings.keys() == embeddings.keys()
+    # The image itself was decoded on it: its embeddings are kept, the new concept's added.
+    assert set(predictor.features.embeddings) == {"spot", "nucleus"}
     assert all(predictor.features.embeddings[key] is value for key, value in embeddings.items())
     # Kept with the image: asked again, nothing is encoded.
     again = list(iter_view_logits(predictor, ["spot", "nucleus"]))
     assert again == []
     assert predictor.features.view_logits["spot"] is logits["spot"]
+
+
+def test_closing_the_job_between_views_sets_the_concept_back(model, image):
+    predictor = nc.ClipSamPredictor(model)
+    predictor.set_image(image)
+    predictor.set_concept("spot")
+    job = iter_view_logits(predictor, ["nucleus", "cell"])
+    next(job)
+    next(job)  # the image itself decoded, set to "cell" last
+    job.close()
+    assert predictor.concept == "spot" and predictor.features.view_logits == {}
+    predictor.predict()  # still usable by this thread: nothing changed under it
 
 
 def plain_and_augmented(model, image, **options):

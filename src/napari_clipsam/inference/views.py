@@ -13,8 +13,8 @@ in one pass: not in tiles or the planes of a stack, where it would multiply ever
 plane's cost by 8 (``True`` averages them too); never for the published SAM, whose encoder
 pass alone takes seconds on a CPU.
 
-The views are computed on a second predictor that shares the model (and the embedding cache
-folder, if one is set), so the user's predictor keeps its image, concept and caches; the averaged logits are kept per concept
+The other views are computed on a second predictor that shares the model (and the embedding
+cache folder, if one is set), so the user's predictor keeps its image, concept and caches; the averaged logits are kept per concept
 in the image's features (``ImageFeatures.view_logits``), so segmenting again costs nothing.
 """
 
@@ -77,8 +77,10 @@ def from_view(array: np.ndarray, view: tuple[bool, bool, bool]) -> np.ndarray:
 def iter_view_logits(predictor: ClipSamPredictor, concepts: Sequence[str]) -> Job[dict[str, np.ndarray]]:
     """(H, W) float32 text-only logits of each of ``concepts`` on the predictor's image, averaged over :data:`VIEWS`.
 
-    Yields a progress event per view; the predictor's own image, concept and caches are
-    left as they were (the other views are encoded on a second predictor sharing its model).
+    Yields a progress event per view. The image itself is decoded on the predictor (its
+    concept set back at the end, also when the job is closed or fails; the concepts'
+    embeddings stay in its caches), the other views on a second predictor sharing its model,
+    so the predictor's image and its other features are left as they were.
     """
     from .predictor import ClipSamPredictor  # the predictor imports the pipeline's modules
 
@@ -86,18 +88,24 @@ def iter_view_logits(predictor: ClipSamPredictor, concepts: Sequence[str]) -> Jo
     missing = [concept for concept in concepts if concept not in cache]
     if missing:
         sums = {concept: np.zeros(predictor.original_size, dtype=np.float32) for concept in missing}
-        image = predictor.image
+        image, own = predictor.image, predictor.concept
         # The user's embedding cache folder (if any) keeps the views too: a later run skips their encoders.
         views = ClipSamPredictor(predictor.model, image_size=predictor.image_size, images_kept=0,
                                  embedding_cache=predictor.recent_images.store)
-        for number, view in enumerate(VIEWS):
-            yield Progress(f"view {number + 1} of {len(VIEWS)}", number, len(VIEWS))
-            views.set_image(to_view(image, view))
-            for concept in missing:
-                views.set_concept(concept)
-                points, labels = views.text_prompts()
-                _, _, low_res = views.predict(point_coords=points, point_labels=labels)
-                sums[concept] += from_view(image_logits(views, low_res[0]), view)
+        try:
+            for number, view in enumerate(VIEWS):
+                yield Progress(f"view {number + 1} of {len(VIEWS)}", number, len(VIEWS))
+                # The image itself on the user's predictor: its embeddings are kept (or already there).
+                source = predictor if number == 0 else views
+                if number:
+                    views.set_image(to_view(image, view))
+                for concept in missing:
+                    source.set_concept(concept)
+                    points, labels = source.text_prompts()
+                    _, _, low_res = source.predict(point_coords=points, point_labels=labels)
+                    sums[concept] += from_view(image_logits(source, low_res[0]), view)
+        finally:
+            predictor.set_concept(own)
         for concept in missing:
             cache[concept] = sums[concept] / len(VIEWS)
     return {concept: cache[concept] for concept in concepts}
