@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import napari_clipsam as nc
 from napari_clipsam._jobs import Progress, run
 from napari_clipsam._sample_data import synthetic_nuclei
 from napari_clipsam.inference.pipeline import SegmentOptions, iter_segment
 from napari_clipsam.inference.views import VIEWS, check_augment, from_view, iter_view_logits, resolve_augment, to_view
-from tests.helpers import load_tiny, randomize_adapters
+from tests.inference import test_other_concepts as shared
 from tests.inference.test_other_concepts import text_logits
 
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    model = load_tiny()
-    randomize_adapters(model, seed=3)
-    return model
+model = shared.model  # the fixture: the tiny model with random adapters, one per module
 
 
 @pytest.fixture(scope="module")
