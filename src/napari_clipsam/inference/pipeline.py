@@ -176,7 +176,7 @@ def iter_segment(
     if not text_only:  # the prompted object alone; the seeded instances part the clicks' masks themselves
         seeded = options.instances and options.instance_method == "seeds"
         mask = yield from iter_prompted_object(predictor, mask, user_points, point_labels, box, neighbours=not seeded)
-    full_logits = None  # at the image's size, when the seeds need them
+    full_logits = None  # at the image's size: the views' average, else upsampled when the seeds need them
     if text_only:
         others = resolve_other_concepts(predictor.model.concepts, predictor.concept, options.other_concepts)
         augment = resolve_augment(predictor.model, options.augment)

@@ -44,10 +44,22 @@ def check_augment(value) -> bool | str:
     raise ValueError(f"augment must be 'auto', True or False, got {value!r}.")
 
 
+# The words the CLI, the widget and the benchmarks use for the option's values.
+AUGMENT_WORDS = {"auto": AUTO, "on": True, "off": False}
+
+
+def augment_from_word(word: str) -> bool | str:
+    """The option's value for one of :data:`AUGMENT_WORDS` (``"auto"``, ``"on"``, ``"off"``)."""
+    try:
+        return AUGMENT_WORDS[word]
+    except KeyError:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENT_WORDS)}, got {word!r}.") from None
+
+
 def resolve_augment(model, value) -> bool:
     """Whether to average views: ``value``, or for ``"auto"`` the model's ``auto_augment``."""
     value = check_augment(value)
-    return bool(getattr(model, "auto_augment", False)) if value == AUTO else value
+    return bool(model.auto_augment) if value == AUTO else value
 
 
 def to_view(array: np.ndarray, view: tuple[bool, bool, bool]) -> np.ndarray:
@@ -101,8 +113,7 @@ def iter_view_logits(predictor: ClipSamPredictor, concepts: Sequence[str]) -> Jo
                     views.set_image(to_view(image, view))
                 for concept in missing:
                     source.set_concept(concept)
-                    points, labels = source.text_prompts()
-                    _, _, low_res = source.predict(point_coords=points, point_labels=labels)
+                    _, _, low_res = source.predict()  # text only: the view's own prompts
                     sums[concept] += from_view(image_logits(source, low_res[0]), view)
         finally:
             predictor.set_concept(own)
@@ -112,19 +123,20 @@ def iter_view_logits(predictor: ClipSamPredictor, concepts: Sequence[str]) -> Jo
 
 
 def iter_text_mask(predictor: ClipSamPredictor, mask: np.ndarray, low_res: np.ndarray, others: Sequence[str],
-                   augment: bool) -> Job[tuple[np.ndarray, np.ndarray]]:
-    """The text-only mode's mask and its (H, W) logits for the predictor's concept.
+                   augment: bool) -> Job[tuple[np.ndarray, np.ndarray | None]]:
+    """The text-only mode's mask for the predictor's concept, and with ``augment`` its (H, W) logits.
 
     ``mask`` and ``low_res`` are the plain decode's; with ``augment`` the mask is where the
-    logits averaged over the views are positive instead. Then the regions ``others`` win
-    leave it (``other_concepts.py``; their logits averaged alike).
+    logits averaged over the views are positive instead, and those logits are returned (else
+    None: the plain ones are ``low_res``, upsampled only where needed). Then the regions
+    ``others`` win leave it (``other_concepts.py``; their logits averaged alike).
     """
     from .other_concepts import iter_keep_strongest
 
     if not augment:
         if others:
             mask = yield from iter_keep_strongest(predictor, mask, low_res, others)
-        return mask, image_logits(predictor, low_res)
+        return mask, None
     concept = predictor.concept
     own = (yield from iter_view_logits(predictor, [concept]))[concept]
     mask = own > predictor.model.sam.mask_threshold
@@ -134,5 +146,5 @@ def iter_text_mask(predictor: ClipSamPredictor, mask: np.ndarray, low_res: np.nd
     return mask, own
 
 
-__all__ = ["AUTO", "VIEWS", "check_augment", "from_view", "iter_text_mask", "iter_view_logits", "resolve_augment",
+__all__ = ["AUGMENT_WORDS", "AUTO", "VIEWS", "augment_from_word", "check_augment", "from_view", "iter_text_mask", "iter_view_logits", "resolve_augment",
            "to_view"]
