@@ -22,16 +22,8 @@ import argparse
 import statistics
 import time
 
+from _common import median_seconds
 from bench_quality import load
-
-
-def _seconds(run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats + 1):  # the first is a warm-up
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
 
 
 def measure(model, repeats: int, scenes: int, sample: bool = True) -> dict[str, float]:
@@ -46,7 +38,8 @@ def measure(model, repeats: int, scenes: int, sample: bool = True) -> dict[str, 
 
     def per_image(**options) -> float:
         return statistics.mean(
-            _seconds(lambda scene=scene: nc.segment(scene.image, "nucleus", model, **options), repeats)
+            median_seconds(lambda scene=scene: nc.segment(scene.image, "nucleus", model, **options), model.device,
+                           repeats)
             for scene in images)
 
     figures = {}
@@ -77,9 +70,9 @@ def measure(model, repeats: int, scenes: int, sample: bool = True) -> dict[str, 
         figures["a later click"] = statistics.median(later)
     image = synthetic_nuclei()[0] if sample else None
     for augment in (False, True) if sample else ():
-        figures[f"512 px sample in tiles, {'8 views' if augment else '1 view'}"] = _seconds(
+        figures[f"512 px sample in tiles, {'8 views' if augment else '1 view'}"] = median_seconds(
             lambda augment=augment: nc.segment(image, "nucleus", model, tile_shape=(128, 128), augment=augment),
-            max(1, repeats // 2))
+            model.device, max(1, repeats // 2))
     return figures
 
 

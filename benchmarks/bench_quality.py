@@ -346,14 +346,14 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
     args.other_concepts = None if args.other_concepts == "none" else "auto"
-    args.augment = {"auto": "auto", "on": True, "off": False}[args.augment]
 
     import torch
 
     import napari_clipsam as nc
-    from napari_clipsam.inference.views import resolve_augment
+    from napari_clipsam.inference.views import augment_from_word, resolve_augment
     from napari_clipsam.synthetic import DEMO_CONCEPTS
 
+    args.augment = augment_from_word(args.augment)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # a random model is the same every run

@@ -25,6 +25,7 @@ from ..inference.layers import leading_ndim
 from ..inference.pipeline import SegmentOptions
 from ..inference.prompts import normalise_concept
 from ..inference.seeds import DEFAULT_SCORE_THRESHOLD
+from ..inference.views import augment_from_word
 from .label_layers import existing_output
 from .large_image_controls import LargeImageControls
 from .requests import (
@@ -167,7 +168,7 @@ class SegmentControls:
             halo=halo,
             link_planes=bool(self.link_planes.value),
             other_concepts="auto" if self.other_concepts.value else None,
-            augment={"on": True, "off": False}.get(self.augment.value, "auto"),
+            augment=augment_from_word(self.augment.value),
         )
 
     def set_options(self, *, instances: bool | None = None, refine: bool | None = None, min_area: int | None = None,

@@ -55,10 +55,9 @@ def add_parser(commands, parents) -> None:
     )
     seg.add_argument("--diameter", type=float, metavar="PX",
                      help="with --instance-method seeds: expected object diameter in pixels (default: estimated)")
-    seg.add_argument(
-        "--score-threshold", type=float, metavar="X",
-        help=f"with --instance-method seeds: drop objects SAM scores lower, 0 to 1 (default {DEFAULT_SCORE_THRESHOLD})",
-    )
+    seg.add_argument("--score-threshold", type=float, metavar="X",
+                     help="with --instance-method seeds: drop objects SAM scores lower, 0 to 1 "
+                          f"(default {DEFAULT_SCORE_THRESHOLD})")
     seg.add_argument(
         "--tile-shape", type=_tile_shape, default="auto", metavar="PX|H,W|auto|none",
         help="segment images larger than SAM's input in tiles of this core size, at native resolution "
@@ -75,7 +74,7 @@ def add_parser(commands, parents) -> None:
              "that claims most of it, e.g. 'bacterium,spot' (default auto: the concepts the model lists, the demo model's four, "
              "none for the published weights); each costs one more encoder pass",
     )
-    seg.add_argument("--augment", choices=("auto", "on", "off"), default="auto",
+    seg.add_argument("--augment", choices=("auto", "on", "off"), default="auto",  # views.AUGMENT_WORDS
                      help="from text alone, average the logits over the image's 8 flips and quarter turns, 8 encoder "
                           "passes instead of 1 (default auto: on for the demo model on an image read in one pass, "
                           "off in tiles and stacks and for the published weights)")
@@ -234,6 +233,7 @@ def _check_axes_and_channel(name: str, source: np.ndarray | Path, channel: int |
 def _options(args: argparse.Namespace):
     """The pipeline options the flags say; flags that do not apply are refused with the fix."""
     from ..inference.pipeline import SegmentOptions
+    from ..inference.views import augment_from_word
 
     # --refine and --min-area default to off and 0; the others to None (not given).
     given = [flag for flag, value in (("--refine", args.refine), ("--min-area", args.min_area)) if value]
@@ -254,7 +254,7 @@ def _options(args: argparse.Namespace):
         instances=args.instances, refine=args.refine, min_area=args.min_area,
         instance_method=method, diameter=args.diameter, tile_shape=args.tile_shape, halo=args.halo,
         encoder_batch=args.encoder_batch, other_concepts=args.other_concepts,
-        augment={"on": True, "off": False}.get(args.augment, "auto"), **extra,
+        augment=augment_from_word(args.augment), **extra,
     )
 
 
