@@ -109,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="--init is a model with half of --sam's encoder blocks (e.g. a demo file for --sam "
                              "demo-deep): grow it (napari_clipsam.model.grow.deepen_encoder; new blocks start as the "
                              "identity, so training starts from the file's own masks)")
+    parser.add_argument("--mask-refiner", type=int, default=0, metavar="WIDTH",
+                        help="give the --init model a mask refiner of this width (ClipSamConfig.mask_refiner; "
+                             "napari_clipsam.model.grow.add_mask_refiner: it starts as the identity)")
+    parser.add_argument("--refiner-learning-rate", type=float, default=None,
+                        help="learning rate of the mask refiner (TrainingConfig.refiner_learning_rate; "
+                             "default: --learning-rate)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (a GPU's file differs from a CPU's in the last bits)")
     parser.add_argument("--sam", default="demo", help="SAM architecture (a variant of napari_clipsam.model.build_sam)")
     parser.add_argument("--evaluations", type=int, default=6, help="validations during the run")
@@ -130,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--validation-seed {args.validation_seed} with --validation-scenes {args.validation_scenes} "
                      f"validates outside the validation scenes ({low:,} to {high - 1:,}): the held-out scenes must "
                      "not choose a file, and training scenes would flatter it; give a seed in that range.")
-    if args.deepen and args.init is None:
-        parser.error("--deepen grows the model of --init; give --init FILE.")
+    if args.deepen and args.mask_refiner:
+        parser.error("--deepen and --mask-refiner grow a model one way at a time; run them as two stages.")
+    if (args.deepen or args.mask_refiner) and args.init is None:
+        parser.error("--deepen and --mask-refiner grow the model of --init; give --init FILE.")
     if not 0 <= args.mixed_share <= 1:
         parser.error(f"--mixed-share is a share from 0 to 1, got {args.mixed_share}.")
     if args.save_last is not None and args.save_last.exists() and not args.overwrite:
@@ -153,8 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     val_set = scenes_dataset(args.validation_scenes, args.validation_seed, 256)
     print(f"{len(train_set)} training samples from {args.scenes} scenes, {len(val_set)} validation samples "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
+    grows = args.deepen or args.mask_refiner
     model = nc.load_model(sam=args.sam, clip="demo", sam_checkpoint=None, clip_pretrained=None, device=args.device,
-                          precision="fp32", config=demo_config(), adapters=None if args.deepen else args.init)
+                          precision="fp32", config=demo_config().replace(mask_refiner=args.mask_refiner),
+                          adapters=None if grows else args.init)
+    if args.mask_refiner:
+        from napari_clipsam.model.grow import add_mask_refiner
+
+        add_mask_refiner(nc.load_model(sam=args.sam, clip="demo", sam_checkpoint=None, clip_pretrained=None,
+                                       device=args.device, precision="fp32", config=demo_config(),
+                                       adapters=args.init), model)
+        print(f"added a mask refiner of width {args.mask_refiner} to {args.init}", flush=True)
     if args.deepen:
         from napari_clipsam.model.grow import deepen_encoder
 
@@ -175,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         neighbour_negative_share=args.neighbour_negative_share,
         other_concept_weight=args.other_concept_weight,
         full_resolution_loss=args.full_resolution_loss,
+        refiner_learning_rate=args.refiner_learning_rate,
     )
     concepts = sorted({sample.concept for sample in train_set if sample.mask.any()})
     command = "python scripts/train_demo_model.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -331,22 +331,34 @@ def test_a_run_stopped_by_its_time_limit_keeps_its_last_state(tmp_path):
     assert f"the state after its last step, {stopped})" in read_adapters_metadata(last)["description"]
 
 
-def test_a_run_can_grow_the_model_deeper_and_starts_from_its_masks(tmp_path):
-    """--deepen: the demo file grown to demo-deep validates as the file itself at step 0, then trains."""
+def test_a_run_can_grow_the_model_and_starts_from_its_masks(tmp_path):
+    """--deepen (the demo file grown to demo-deep) and --mask-refiner (a refiner added) validate as the file
+    itself at step 0, then train."""
     from napari_clipsam.weights.presets import preset_path
 
     shipped = preset_path("demo")
     common = ("--seed", 14, "--scenes", 2, "--validation-scenes", 2, "--validation-seed", 1050000, "--steps", 1,
               "--batch-size", 1, "--threads", 1, "--evaluations", 1, "--init", shipped)
-    runs = {sam: _script("train_demo_model.py", *common, "--sam", sam, *(("--deepen",) if sam != "demo" else ()),
-                         "--output", tmp_path / f"{sam}.safetensors", timeout=300) for sam in ("demo", "demo-deep")}
+    grown = {"demo": ("--sam", "demo"), "demo-deep": ("--sam", "demo-deep", "--deepen"),
+             "refined": ("--sam", "demo", "--mask-refiner", 8, "--refiner-learning-rate", 1e-3,
+                         "--save-last", tmp_path / "refined_last.safetensors")}
+    runs = {name: _script("train_demo_model.py", *common, *options, "--output", tmp_path / f"{name}.safetensors",
+                          timeout=300) for name, options in grown.items()}
     for completed in runs.values():
         assert completed.returncode == 0, completed.stderr[-2000:]
-    first = {sam: re.search(r"step 0: validation IoU .*", completed.stdout).group(0) for sam, completed in runs.items()}
-    assert first["demo"] == first["demo-deep"]
+    first = {name: re.search(r"step 0: validation IoU .*", completed.stdout).group(0) for name, completed in runs.items()}
+    assert first["demo"] == first["demo-deep"] == first["refined"]
     assert "(demo, 4 encoder blocks) to demo-deep (8 blocks)" in runs["demo-deep"].stdout
+    assert "added a mask refiner of width 8" in runs["refined"].stdout
     from napari_clipsam.weights.adapters_file import read_adapters_metadata
 
     assert read_adapters_metadata(tmp_path / "demo-deep.safetensors")["sam"] == "demo-deep"
-    completed = _script("train_demo_model.py", "--deepen", "--output", tmp_path / "x.safetensors")
-    assert completed.returncode == 2 and "--deepen grows the model of --init" in completed.stderr
+    refined = nc.load_model(sam="demo", clip="demo", sam_checkpoint=None, clip_pretrained=None, precision="fp32",
+                            adapters=tmp_path / "refined_last.safetensors")
+    assert refined.config.mask_refiner == 8 and refined.sam.mask_decoder.refiner.out.weight.any()  # it trained
+    for options in (("--deepen",), ("--mask-refiner", 8)):
+        completed = _script("train_demo_model.py", *options, "--output", tmp_path / "x.safetensors")
+        assert completed.returncode == 2 and "--mask-refiner grow the model of --init" in completed.stderr
+    completed = _script("train_demo_model.py", "--deepen", "--mask-refiner", 8, "--init", shipped,
+                        "--output", tmp_path / "x.safetensors")
+    assert completed.returncode == 2 and "one way at a time" in completed.stderr

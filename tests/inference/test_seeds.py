@@ -146,7 +146,7 @@ class PerfectDecoder:
         self.point_labels: list[np.ndarray] = []
         self.mask_prompts: list = []
 
-    def __call__(self, points, boxes, mask_prompt, multimask_output=False):
+    def __call__(self, points, boxes, mask_prompt, multimask_output=False, refine=True):
         model = self.predictor.model
         coords, labels = points
         height, width = self.truth.shape

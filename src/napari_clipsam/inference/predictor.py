@@ -13,6 +13,7 @@ import torch
 from ..errors import ConcurrentUseError
 from ..model.clipsam import ClipSamModel
 from ..model.memory import release_free_memory
+from ..model.refine import refine_logits
 from .fast_masks import masks_at_image_size
 from .features import ImageFeatures
 from .image import to_rgb_uint8
@@ -323,7 +324,8 @@ class ClipSamPredictor:
         Returns:
             masks: (C, H, W) bool at the image's size.
             scores: (C,) float32 predicted IoU.
-            logits: (C, 256, 256) float32 low-resolution logits (side 4x the embedding grid).
+            logits: (C, 256, 256) float32 low-resolution logits (side 4x the embedding grid), or, from a
+                model with a mask refiner (the demo model), refined at SAM's input frame (C, S, S).
         """
         points, labels, box = check_prompts(point_coords, point_labels, box)
         model = self.model
@@ -342,7 +344,7 @@ class ClipSamPredictor:
             )
             mask_prompt = None
             if mask_input is not None:
-                mask_prompt = mask_prompt_from_logits(mask_input, model.mask_input_size, model.device)
+                mask_prompt = mask_prompt_from_logits(mask_input, model.mask_input_size, model.device, model.image_size)
             elif use_similarity_prompt is None or use_similarity_prompt:
                 mask_prompt = self.similarity_mask_prompt(force=bool(use_similarity_prompt))
             masks, iou, low_res = self.predict_torch(point_prompt, box_prompt, mask_prompt, multimask_output)
@@ -372,6 +374,7 @@ class ClipSamPredictor:
         boxes: torch.Tensor | None,
         mask_prompt: torch.Tensor | None,
         multimask_output: bool = False,
+        refine: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Decode prompts already in SAM's input frame (see :func:`to_sam_frame`), as tensors.
 
@@ -379,16 +382,19 @@ class ClipSamPredictor:
             points: ``(coords (B, N, 2) XY, labels (B, N))`` or None.
             boxes: (B, 4) XYXY or None.
             mask_prompt: (B, 1, 256, 256) dense prompt or None.
+            refine: refine the logits if the model has a mask refiner; False: the decoder's (cheaper).
 
         Returns:
             masks (B, C, H, W) bool at the image's size, predicted IoU (B, C), low-resolution
-            logits (B, C, 256, 256).
+            logits (B, C, 256, 256), or refined ones at SAM's input frame (B, C, S, S).
         """
         model = self.model
         with self._checked(), model.at_resolution(self.image_size):
             self.prepare()
             low_res, iou = self.features.decoder.decode(model, self.features.embeddings[self.concept], points, boxes,
                                                         mask_prompt, multimask_output)
+            if refine:
+                low_res = refine_logits(model, low_res, self.features.sam_input)
             masks = masks_at_image_size(low_res, model.image_size, self.input_size, self.original_size,
                                         model.sam.mask_threshold, self.full_resolution_masks)
         return masks, iou, low_res

@@ -43,13 +43,20 @@ def mask_prompt_from_similarity(
     return (low_res >= threshold).float() * 255.0
 
 
-def mask_prompt_from_logits(mask_input, mask_size: tuple[int, int], device) -> torch.Tensor:
-    """SAM's dense prompt (1, 1, h, w) from a previous call's low-resolution logits (1, h, w)."""
+def mask_prompt_from_logits(mask_input, mask_size: tuple[int, int], device, frame: int | None = None) -> torch.Tensor:
+    """SAM's dense prompt (1, 1, h, w) from a previous call's logits (1, h, w).
+
+    Logits a mask refiner gave at SAM's ``frame x frame`` input are averaged down to ``mask_size``.
+    """
     prompt = torch.as_tensor(np.asarray(mask_input), dtype=torch.float32, device=device)
-    if prompt.shape[-2:] != tuple(mask_size) or prompt.numel() != mask_size[0] * mask_size[1]:
-        raise ValueError(f"mask_input must have shape (1, {mask_size[0]}, {mask_size[1]}): the low-resolution "
-                         f"logits of one mask from an earlier predict(); got {tuple(prompt.shape)}.")
-    return prompt.reshape(1, 1, *mask_size)
+    side = tuple(prompt.shape[-2:])
+    allowed = [tuple(mask_size)] + ([(frame, frame)] if frame and frame != mask_size[0] else [])
+    if side not in allowed or prompt.numel() != side[0] * side[1]:
+        shapes = " or ".join(f"(1, {h}, {w})" for h, w in allowed)
+        raise ValueError(f"mask_input must have shape {shapes}: the logits of one mask from an earlier predict(); "
+                         f"got {tuple(prompt.shape)}.")
+    prompt = prompt.reshape(1, 1, *side)
+    return prompt if side == tuple(mask_size) else F.adaptive_avg_pool2d(prompt, mask_size)
 
 
 def text_mode_points(grid: torch.Tensor, image_size: tuple[int, int], config) -> tuple[np.ndarray, np.ndarray]:

@@ -121,7 +121,7 @@ def _decode_clicks(predictor: ClipSamPredictor, clicks: np.ndarray,
         mask_prompt = predictor.similarity_mask_prompt()
         if mask_prompt is not None:
             mask_prompt = mask_prompt.expand(batch, -1, -1, -1)
-        masks, iou, low_res = predictor.predict_torch(points, None, mask_prompt)
+        masks, iou, low_res = predictor.predict_torch(points, None, mask_prompt, refine=False)  # many masks: cheaper
     low_res = low_res[:, 0].float()
     inner = (low_res > STABILITY_OFFSET).sum(dim=(-1, -2)).float()
     outer = (low_res > -STABILITY_OFFSET).sum(dim=(-1, -2)).float()

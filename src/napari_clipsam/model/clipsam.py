@@ -27,6 +27,7 @@ from .build_sam import DEMO_VARIANTS, auto_downscale
 from .config import ClipSamConfig
 from .device import autocast
 from .prompt_encoder import sized_prompt_encoder
+from .refine import attach_refiner
 from .surgery import SurgeryVisionEncoder, TextEmbedder, similarity_map
 
 # The SAM input side each model runs at in this thread or asyncio task (see at_resolution).
@@ -68,6 +69,7 @@ class ClipSamModel(nn.Module):
         # Kept out of the module tree: the surgery encoder only re-uses clip.visual.
         object.__setattr__(self, "surgery", SurgeryVisionEncoder(clip_model.visual, config.surgery_blocks))
         object.__setattr__(self, "adapters", attach_adapters(sam, self.surgery.output_dim, config))
+        attach_refiner(sam, config.mask_refiner)  # in the decoder: trains and is saved with it
         # The same attention through fused SDPA kernels (the relative-position term as a bias):
         # global blocks in bands of queries on CPU (bounds peak memory), in one call on CUDA.
         use_banded_global_attention(sam.image_encoder)

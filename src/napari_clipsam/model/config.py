@@ -20,6 +20,7 @@ MAX_TEMPLATES = 64
 MAX_TEMPLATE_CHARACTERS = 300
 MAX_ADAPTER_SCALE = 10.0
 MAX_BLOCKS = 256  # more than any SAM or CLIP tower has
+MAX_REFINER_WIDTH = 256
 
 
 def _is_integer(value: Any) -> bool:
@@ -75,6 +76,10 @@ class ClipSamConfig:
         surgery_blocks: number of last CLIP blocks that run the surgery path.
         similarity_mask_prompt: give B to SAM as its dense mask prompt.
         train_clip_attention: make CLIP's vision attention layers trainable.
+        mask_refiner: width of a small convolutional head that refines the decoder's
+            logits at the full resolution of SAM's input, from them and the input image
+            (``model/refine.py``); 0, the paper's, has none. It starts as the identity
+            and trains with the mask decoder.
     """
 
     modalities: tuple[str, ...] = MODALITIES
@@ -88,6 +93,7 @@ class ClipSamConfig:
     surgery_blocks: int = 6
     similarity_mask_prompt: bool = True
     train_clip_attention: bool = False
+    mask_refiner: int = 0
 
     def __post_init__(self) -> None:
         # Types are checked as well as ranges: configurations also come from JSON in shared
@@ -125,7 +131,7 @@ class ClipSamConfig:
                 f"similarity_threshold must be in [0, 1], got {self.similarity_threshold}."
             )
         for name, low, high in (("num_points", 1, MAX_POINTS), ("clip_image_size", 32, MAX_CLIP_IMAGE_SIZE),
-                                ("surgery_blocks", 1, MAX_BLOCKS)):
+                                ("surgery_blocks", 1, MAX_BLOCKS), ("mask_refiner", 0, MAX_REFINER_WIDTH)):
             value = getattr(self, name)
             if not _is_integer(value) or not low <= value <= high:
                 raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")

@@ -8,6 +8,8 @@ passes its input through unchanged. So the grown model gives the small one's mas
 last bit of rounding, and training goes on from there with the extra capacity (the zeroed
 layers get gradients from the first step: their inputs are not zero). This is how the
 demo model gained encoder depth without training from random weights again.
+:func:`add_mask_refiner` gives a trained model a mask refiner (``model/refine.py``) the same way:
+its last layer starts at zero, so the masks stay the model's until it trains.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 import torch
 
 from .clipsam import ClipSamModel
+from .refine import has_refiner
 
 _BLOCK = re.compile(r"^sam\.image_encoder\.blocks\.(\d+)\.")
 # The layers whose output a block adds to its residual stream (adapters: ``after_attention``, ``after_mlp``).
@@ -63,10 +66,38 @@ def deepen_encoder(source: ClipSamModel, target: ClipSamModel) -> None:
             for kind in ("weight", "bias"):
                 name = f"sam.image_encoder.blocks.{index}.{layer}.{kind}"
                 tensors[name] = torch.zeros_like(wanted[name])
+    _assign(source, target, tensors)
+
+
+def add_mask_refiner(source: ClipSamModel, target: ClipSamModel) -> None:
+    """Load ``source`` into ``target``, the same model with a mask refiner (``config.mask_refiner``) added.
+
+    Every weight is copied; the refiner keeps the weights ``target`` was built with (its
+    last layer zero: the masks are ``source``'s until it trains). The concepts, description
+    and preferred image size go with them.
+
+    Raises:
+        ValueError: ``source`` has a refiner, ``target`` has none, or they differ otherwise.
+    """
+    if has_refiner(source) or not has_refiner(target):
+        raise ValueError("add_mask_refiner needs a source without a mask refiner and a target with one "
+                         f"(config.mask_refiner); got {source.config.mask_refiner} and {target.config.mask_refiner}.")
+    if (source.sam_name, source.clip_name) != (target.sam_name, target.clip_name) or \
+            source.config.replace(mask_refiner=target.config.mask_refiner) != target.config:
+        raise ValueError("add_mask_refiner needs the same SAM, CLIP and configuration apart from the refiner; got "
+                         f"{source.sam_name!r} / {target.sam_name!r}, {source.clip_name!r} / {target.clip_name!r}, "
+                         f"{source.config} / {target.config}.")
+    wanted = target.every_weight()
+    tensors = {name: tensor.detach() for name, tensor in source.every_weight().items()}
+    tensors.update({name: tensor.detach() for name, tensor in wanted.items() if ".refiner." in name})
+    _assign(source, target, tensors)
+
+
+def _assign(source: ClipSamModel, target: ClipSamModel, tensors: dict[str, torch.Tensor]) -> None:
     target.assign_trainable(tensors, every_weight=True)
     target.concepts = source.concepts
     target.description = source.description
     target.preferred_image_size = source.preferred_image_size
 
 
-__all__ = ["deepen_encoder"]
+__all__ = ["add_mask_refiner", "deepen_encoder"]

@@ -71,7 +71,11 @@ class TrainingConfig:
             truth at that resolution (the default). Off: on SAM's 4x smaller logits (2x for
             the demo model) against the truth averaged down (a block is foreground only
             where more than half of it is), which teaches masks about a pixel too small and
-            loses thin lines and small spots; the demo model's stages 1-10 trained so.
+            loses thin lines and small spots; the demo model's stages 1-10 trained so. A
+            model with a mask refiner (``ClipSamConfig.mask_refiner``) always trains so.
+        refiner_learning_rate: for the mask refiner, if the model has one; None: the
+            ``learning_rate``. A refiner added to a trained model starts as the identity
+            and may need a higher rate than the weights around it.
     """
 
     mode: str = "text"
@@ -95,6 +99,7 @@ class TrainingConfig:
     neighbour_weight: float = 1.0
     other_concept_weight: float = 1.0
     full_resolution_loss: bool = True
+    refiner_learning_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -109,6 +114,11 @@ class TrainingConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number, 0 or more, got {value}.")
+        if self.refiner_learning_rate is not None and not (
+            math.isfinite(self.refiner_learning_rate) and self.refiner_learning_rate >= 0
+        ):
+            raise ValueError(f"refiner_learning_rate must be None or a finite number, 0 or more, "
+                             f"got {self.refiner_learning_rate}.")
         for name in ("warmup_fraction", "lone_click_share", "box_only_share", "neighbour_negative_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be from 0 to 1, got {getattr(self, name)}.")

@@ -7,7 +7,6 @@ the napari panel runs the same generator in a worker thread. No Qt here.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -20,39 +19,17 @@ from ..errors import OutputExistsError, TrainingDivergedError
 from ..inference.prompts import check_prompts
 from ..inference.sam_frame import logits_in_frame, mask_prompt_from_similarity, text_mode_points, to_sam_frame
 from ..model.clipsam import ClipSamModel
+from ..model.refine import has_refiner, refine_logits
 from .augment import Augmented, augment, photometric
 from .batched_decode import decode_batch
 from .config import TrainingConfig
 from .data import Sample
 from .evaluate import choose_object, iter_evaluate, manual_prompts
 from .losses import pixel_weights, segmentation_loss, similarity_loss, target_in_frame
+from .optimizer import learning_rate_factor, make_optimizer
 from .results import EvaluationReport, TrainProgress, TrainResult
 from .resume import ResumeState, read_resume_state, restore_optimizer, write_resume_state
 from .run_files import resume_path
-
-
-def _learning_rate_factor(step: int, total: int, warmup_fraction: float) -> float:
-    warmup = max(1, int(round(total * warmup_fraction)))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _optimizer(model: ClipSamModel, config: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters only, CLIP's attention in its own low-lr group.
-
-    Training from scratch (``train_base``) puts every weight in one group.
-    """
-    clip_parameters, other = [], []
-    for name, parameter in model.trainable_parameters():
-        (clip_parameters if name.startswith("clip.") and not config.train_base else other).append(parameter)
-    groups = [{"params": other, "lr": config.learning_rate, "weight_decay": config.weight_decay}]
-    if clip_parameters:
-        groups.append({"params": clip_parameters, "lr": config.clip_learning_rate, "weight_decay": 0.0})
-    for group in groups:
-        group["initial_lr"] = group["lr"]
-    return torch.optim.AdamW(groups)
 
 
 class _FeatureCache:
@@ -159,7 +136,7 @@ def iter_train(
     if config.train_base:
         model.requires_grad_(True)
     trainable = dict(model.trainable_parameters())
-    optimizer = _optimizer(model, config)
+    optimizer = make_optimizer(model, config)
     saved = None
     if resume:
         saved = read_resume_state(resume_path(output), trainable, clip_trained=model.config.train_clip_attention)
@@ -207,7 +184,7 @@ def _run(model: ClipSamModel, train_set, val_set, config: TrainingConfig, output
     stopped_early = False
     model.eval()  # SAM and CLIP have no dropout or batch norm: eval mode trains the same
     for step in range(start_step, config.steps):
-        factor = _learning_rate_factor(step, config.steps, config.warmup_fraction)
+        factor = learning_rate_factor(step, config.steps, config.warmup_fraction)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         indices = rng.integers(0, len(train_set), size=config.batch_size)
@@ -307,6 +284,7 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
     views = [augment(sample, index, rng, config.augment) for sample, index in zip(batch, indices)]
     images = [photometric(view.image, rng) if config.augment else view.image for view in views]
     sam_inputs, input_sizes = zip(*(model.sam_input(image) for image in images))
+    pixels = torch.cat(sam_inputs)
     text = _text_embeddings(model, [sample.concept for sample in batch], config.train_base)
     patch_grid = cache.patches(views)
     similarity = model.similarity(patch_grid, text)
@@ -317,12 +295,13 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
 
     optimizer.zero_grad(set_to_none=True)
     # encode_image carries the conditioning into every block, checkpointed recomputation in backward included.
-    embeddings = model.encode_image(torch.cat(sam_inputs), conditioning, config.gradient_checkpointing)
+    embeddings = model.encode_image(pixels, conditioning, config.gradient_checkpointing)
     prompts = [_training_prompts(model, view, similarity[i : i + 1], input_size, config, rng,
                                  similarity_on_cpu[i : i + 1])
                for i, (view, input_size) in enumerate(zip(views, input_sizes))]
     points, boxes, mask_prompts, target_masks, others = zip(*prompts)
-    size = (model.image_size,) * 2 if config.full_resolution_loss else model.mask_input_size
+    refined = has_refiner(model)  # a mask refiner works at the input's resolution: so does its loss
+    size = (model.image_size,) * 2 if config.full_resolution_loss or refined else model.mask_input_size
     targets = torch.cat([target_in_frame(mask, input_size, model.image_size, size, "cpu")
                          for mask, input_size in zip(target_masks, input_sizes)]).to(model.device, non_blocking=True)
     weights = None
@@ -332,7 +311,9 @@ def _train_step(model: ClipSamModel, optimizer, batch: list[Sample], indices: li
         weights = torch.cat([pixel_weights(masks, input_size, model.image_size, size) for masks, input_size in
                              zip(heavier, input_sizes)]).to(model.device, non_blocking=True)
     logits, predicted_iou = decode_batch(model, embeddings, points, boxes, mask_prompts, False)
-    if config.full_resolution_loss:  # the logits as inference upsamples them, before its threshold
+    if refined:  # the logits as inference refines them, before its threshold
+        logits = refine_logits(model, logits, pixels)
+    elif config.full_resolution_loss:  # the logits as inference upsamples them, before its threshold
         logits = logits_in_frame(logits, model.image_size)
     loss = segmentation_loss(logits, predicted_iou, targets, weights)["loss"]  # per sample, then the batch mean
     if config.train_base:
