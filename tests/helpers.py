@@ -28,6 +28,21 @@ def load_tiny(**overrides):
     return nc.load_model(**arguments)
 
 
+def demo_without_refiner():
+    """The shipped demo model less its mask refiner, if it has one (the same weights otherwise), in fp32."""
+    import napari_clipsam as nc
+
+    demo = nc.load_model(preset="demo", precision="fp32")
+    if not demo.config.mask_refiner:
+        return demo
+    plain = nc.load_model(sam=demo.sam_name, clip=demo.clip_name, sam_checkpoint=None, clip_pretrained=None,
+                          device="cpu", precision="fp32", config=demo.config.replace(mask_refiner=0))
+    plain.assign_trainable({name: tensor for name, tensor in demo.every_weight().items() if ".refiner." not in name},
+                           every_weight=True)
+    plain.concepts, plain.description = demo.concepts, demo.description
+    return plain
+
+
 def randomize_adapters(model, seed: int = 1, std: float = 0.05) -> None:
     """Give every adapter weight a random value, as training would (zero init hides bugs)."""
     generator = torch.Generator().manual_seed(seed)

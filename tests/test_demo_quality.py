@@ -334,9 +334,12 @@ def test_a_run_stopped_by_its_time_limit_keeps_its_last_state(tmp_path):
 def test_a_run_can_grow_the_model_and_starts_from_its_masks(tmp_path):
     """--deepen (the demo file grown to demo-deep) and --mask-refiner (a refiner added) validate as the file
     itself at step 0, then train."""
-    from napari_clipsam.weights.presets import preset_path
+    from tests.helpers import demo_without_refiner
 
-    shipped = preset_path("demo")
+    shipped = tmp_path / "init.safetensors"  # the shipped file, less its own refiner if it has one
+    plain = demo_without_refiner()
+    plain.save_adapters(shipped, concepts=plain.concepts, every_weight=True,
+                        extra_metadata={"training_mode": "both", "description": plain.description})
     common = ("--seed", 14, "--scenes", 2, "--validation-scenes", 2, "--validation-seed", 1050000, "--steps", 1,
               "--batch-size", 1, "--threads", 1, "--evaluations", 1, "--init", shipped)
     grown = {"demo": ("--sam", "demo"), "demo-deep": ("--sam", "demo-deep", "--deepen"),

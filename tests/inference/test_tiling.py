@@ -129,7 +129,8 @@ def test_the_demo_model_reads_its_synthetic_sample_at_native_size(demo_model):
     resized = semantic_iou(nc.segment(image, "nucleus", model=demo_model, tile_shape=None, augment=False) > 0,
                            labels > 0)
     assert default >= 0.8, (default, resized)  # 0.895 with stage 10 (resized: 0.344)
-    assert default >= resized + 0.3, (default, resized)
+    # Stage 16 (its mask refiner) reads shrunk nuclei better: 0.869 tiled against 0.666 resized.
+    assert default >= resized + 0.15, (default, resized)
 
 
 def test_tiled_instances_match_those_of_small_fields(demo_model, large_field):

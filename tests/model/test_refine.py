@@ -15,7 +15,7 @@ from napari_clipsam.synthetic import generate_scene
 from napari_clipsam.training.config import TrainingConfig
 from napari_clipsam.training.data import ConceptDataset
 from napari_clipsam.training.engine import train
-from tests.helpers import load_tiny, two_kinds_image
+from tests.helpers import demo_without_refiner, load_tiny, two_kinds_image
 
 
 def _predictor(model, image, concept):
@@ -27,8 +27,8 @@ def _predictor(model, image, concept):
 
 @pytest.fixture(scope="module")
 def refined():
-    """The demo model, and the same with a refiner of width 8 added (untrained)."""
-    source = nc.load_model(preset="demo", precision="fp32")
+    """The demo model (less its own refiner, if it has one), and the same with a refiner of width 8 added."""
+    source = demo_without_refiner()
     torch.manual_seed(5)
     target = nc.load_model(sam="demo", clip="demo", sam_checkpoint=None, clip_pretrained=None, device="cpu",
                            precision="fp32", config=source.config.replace(mask_refiner=8))
