@@ -87,10 +87,7 @@ def add_mask_refiner(source: ClipSamModel, target: ClipSamModel) -> None:
         raise ValueError("add_mask_refiner needs the same SAM, CLIP and configuration apart from the refiner; got "
                          f"{source.sam_name!r} / {target.sam_name!r}, {source.clip_name!r} / {target.clip_name!r}, "
                          f"{source.config} / {target.config}.")
-    wanted = target.every_weight()
-    tensors = {name: tensor.detach() for name, tensor in source.every_weight().items()}
-    tensors.update({name: tensor.detach() for name, tensor in wanted.items() if ".refiner." in name})
-    _assign(source, target, tensors)
+    _assign(source, target, {name: tensor.detach() for name, tensor in source.every_weight().items()})
 
 
 def _assign(source: ClipSamModel, target: ClipSamModel, tensors: dict[str, torch.Tensor]) -> None:
