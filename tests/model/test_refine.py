@@ -10,7 +10,14 @@ import torch.nn.functional as F
 
 import napari_clipsam as nc
 from napari_clipsam.model.grow import add_mask_refiner
-from napari_clipsam.model.refine import MaskRefiner, has_refiner, refine_logits
+from napari_clipsam.model.refine import (
+    ACTIVATION_BUDGET,
+    MAX_CHUNK,
+    MaskRefiner,
+    has_refiner,
+    masks_per_chunk,
+    refine_logits,
+)
 from napari_clipsam.synthetic import generate_scene
 from napari_clipsam.training.config import TrainingConfig
 from napari_clipsam.training.data import ConceptDataset
@@ -96,11 +103,28 @@ def test_refining_in_chunks_is_refining_at_once():
     torch.nn.init.normal_(model.sam.mask_decoder.refiner.out.weight, std=0.1)
     frame = model.image_size
     low_res, image = torch.randn(20, 1, frame // 4, frame // 4), torch.randn(20, 3, frame, frame)
-    chunked = refine_logits(model, low_res, image)  # in chunks of 8
+    chunked = refine_logits(model, low_res, image)  # in chunks
     at_once = model.sam.mask_decoder.refiner(F.interpolate(low_res, size=(frame, frame), mode="bilinear",
                                                            align_corners=False), image)
     torch.testing.assert_close(chunked, at_once, atol=1e-5, rtol=1e-5)
     assert refine_logits(load_tiny(), low_res, image) is low_res  # no refiner: as they are
+    # Several masks per prompt and one image for all (the predictor's case), in chunks across both.
+    multi = torch.randn(5, 3, frame // 4, frame // 4)
+    up = F.interpolate(multi, size=(frame, frame), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(refine_logits(model, multi, image[:1]),
+                               model.sam.mask_decoder.refiner(up, image[:1]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one image, or one per mask's batch"):
+        refine_logits(model, multi, image[:2])
+
+
+def test_wide_refiners_on_large_frames_refine_fewer_masks_at_a_time():
+    assert masks_per_chunk(16, (256, 256)) == MAX_CHUNK  # the demo model
+    assert masks_per_chunk(16, (1024, 1024)) == 4  # published SAM's frame
+    assert masks_per_chunk(256, (1024, 1024)) == 1  # never none
+    for width, side in ((4, 64), (16, 256), (64, 512), (16, 1024), (256, 1024)):
+        per_mask = width * side * side
+        chunk = masks_per_chunk(width, (side, side))
+        assert chunk == 1 or chunk * per_mask <= ACTIVATION_BUDGET
 
 
 def test_the_refiner_trains_at_its_own_rate_and_is_saved_with_the_decoder(tmp_path):

@@ -19,7 +19,12 @@ from torch import nn
 
 REFINER_DEPTH = 3  # hidden convolutions: with the output's, a 9x9 pixel view of logits and image
 LOGIT_SCALE = 8.0  # logits reach about +-20; the refiner sees them divided by this
-CHUNK = 8  # masks refined at a time: bounds the activations (width x frame x frame floats each)
+MAX_CHUNK = 8  # masks refined at a time, at most
+# Floats one activation of a chunk may hold (256 MB): a refiner of width w on an S px frame holds
+# w x S x S floats per mask and activation, so wide refiners and large frames refine fewer masks at a
+# time (the demo model's 16 x 256 x 256: 8 masks; width 16 on published SAM's 1024 px frame: 4; width
+# 256 there: 1 mask, 1 GB an activation, the least a whole-frame refiner can hold).
+ACTIVATION_BUDGET = 2**26
 
 
 class MaskRefiner(nn.Module):
@@ -61,20 +66,36 @@ def has_refiner(model) -> bool:
     return getattr(model.sam.mask_decoder, "refiner", None) is not None
 
 
+def masks_per_chunk(width: int, frame: tuple[int, int]) -> int:
+    """How many masks :func:`refine_logits` refines at a time for a refiner of ``width`` on ``frame``."""
+    per_mask = max(width, 1) * frame[0] * frame[1]
+    return max(1, min(MAX_CHUNK, ACTIVATION_BUDGET // per_mask))
+
+
 def refine_logits(model, low_res: torch.Tensor, sam_input: torch.Tensor) -> torch.Tensor:
     """The decoder's logits (B, C, h, w) refined at SAM's input frame, (B, C, S, S); as they are without a refiner.
 
     ``sam_input`` is the image as SAM's encoder got it, (B or 1, 3, S, S), padding included.
+    Masks are refined a few at a time (:func:`masks_per_chunk`), which bounds the memory.
     """
     refiner = getattr(model.sam.mask_decoder, "refiner", None)
     if refiner is None:
         return low_res
-    frame = sam_input.shape[-2:]
-    logits = F.interpolate(low_res.float(), size=frame, mode="bilinear", align_corners=False)
+    batch, masks = low_res.shape[:2]
+    frame = tuple(sam_input.shape[-2:])
     image = sam_input.float()
-    if image.shape[0] == 1 or image.shape[0] != logits.shape[0]:
-        return torch.cat([refiner(chunk, image) for chunk in logits.split(CHUNK)])
-    return torch.cat([refiner(chunk, part) for chunk, part in zip(logits.split(CHUNK), image.split(CHUNK))])
+    if image.shape[0] == 1:  # one image, many prompts (the predictor): a view, no copies
+        image = image.expand(batch * masks, -1, -1, -1)
+    elif image.shape[0] == batch:
+        image = image.repeat_interleave(masks, dim=0)  # each mask beside its own image
+    else:
+        raise ValueError(f"The refiner needs one image, or one per mask's batch; got logits {tuple(low_res.shape)} "
+                         f"and image {tuple(sam_input.shape)}.")
+    flat = low_res.reshape(batch * masks, 1, *low_res.shape[-2:])
+    chunk = masks_per_chunk(refiner.out.in_channels, frame)
+    refined = [refiner(F.interpolate(part.float(), size=frame, mode="bilinear", align_corners=False), pixels)
+               for part, pixels in zip(flat.split(chunk), image.split(chunk))]
+    return torch.cat(refined).reshape(batch, masks, *frame)
 
 
-__all__ = ["MaskRefiner", "attach_refiner", "has_refiner", "refine_logits"]
+__all__ = ["MaskRefiner", "attach_refiner", "has_refiner", "masks_per_chunk", "refine_logits"]
