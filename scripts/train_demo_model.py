@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({time.perf_counter() - started:.0f} s)", flush=True)
     grows = args.deepen or args.mask_refiner
     model = nc.load_model(sam=args.sam, clip="demo", sam_checkpoint=None, clip_pretrained=None, device=args.device,
-                          precision="fp32", config=demo_config().replace(mask_refiner=args.mask_refiner),
+                          precision="fp32",
+                          # continuing a run: the configuration is the file's own (a refiner included)
+                          config=None if args.init and not grows else demo_config().replace(mask_refiner=args.mask_refiner),
                           adapters=None if grows else args.init)
     if args.mask_refiner:
         from napari_clipsam.model.grow import add_mask_refiner
