@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 from napari_clipsam.inference.basins import (
+    LOGIT_SMOOTHING,
     assemble,
     crop_iou,
     crop_mask,
@@ -135,3 +136,22 @@ def test_logits_and_fields_of_another_shape_are_refused():
         find_seeds(mask, 36, logits[:-1])
     with pytest.raises(ValueError, match="levels must be 1 or more"):
         depth_field(mask, logits, levels=0)
+
+
+
+def test_smoothed_logits_do_not_part_a_large_object_along_its_texture():
+    """A refined mask's logits follow the image's texture inside a large object; smoothed by a
+    part of the diameter (as the seeds do), the object is one seed again."""
+    radius = 18
+    mask = np.hypot(XX - 64, YY - 48) <= radius
+    texture = ndimage.gaussian_filter(np.random.default_rng(4).normal(0, 1, XX.shape), 1.5)
+    logits = 10.0 - 10.0 * np.hypot(XX - 64, YY - 48) / radius + 4.0 * texture / texture.std()
+    diameter = 2 * radius
+    assert len(find_seeds(mask, diameter, depth_field(mask, logits))) == 2  # the texture's dip parts it
+    smoothed = depth_field(mask, logits, smoothing=LOGIT_SMOOTHING * diameter)
+    assert len(find_seeds(mask, diameter, smoothed)) == 1
+    # The two peaked blob's dip is wider than the smoothing: still two objects.
+    blob, blob_logits = two_peaked_blob()
+    assert len(find_seeds(blob, 36, depth_field(blob, blob_logits, smoothing=LOGIT_SMOOTHING * 36))) == 2
+    with pytest.raises(ValueError, match="smoothing is a Gaussian sigma"):
+        depth_field(mask, logits, smoothing=-1)

@@ -47,6 +47,13 @@ SEED_SPACING = 0.25
 _MIN_PEAK = 0.2
 # Logit levels of :func:`depth_field`.
 DEPTH_LEVELS = 12
+# :func:`depth_field` smooths the logits by this part of the object diameter (Gaussian sigma)
+# before it thresholds them: a refined mask's logits (``ClipSamConfig.mask_refiner``) follow the
+# image's texture inside large objects, and their every dip would part an object. Demo model,
+# 20 selection "nuclei" scenes, instance F1 at IoU 0.5: 0 0.864 (351 false objects), 0.04 0.886,
+# 0.06 0.891, 0.08 0.893 (174), 0.1 0.898, 0.13 0.878 (small nuclei start to merge); a fixed
+# sigma of 1 px 0.886 (large nuclei still split). 0.08: inside the plateau, away from its edge.
+LOGIT_SMOOTHING = 0.08
 
 
 def check_mask(mask) -> np.ndarray:
@@ -75,14 +82,16 @@ def estimate_diameter(mask) -> float:
     return float(2 * np.median(heights))
 
 
-def depth_field(mask, logits=None, levels: int = DEPTH_LEVELS) -> np.ndarray:
+def depth_field(mask, logits=None, levels: int = DEPTH_LEVELS, smoothing: float = 0.0) -> np.ndarray:
     """How deep each pixel lies in a (H, W) bool mask: (H, W) float64, 0 outside it.
 
     Without ``logits``, the distance transform. With the (H, W) logits the mask was
     thresholded from, the mean of the distance transforms of the mask and of its parts
-    where the logits exceed ``levels - 1`` thresholds evenly spaced from 0 to the mask's
-    highest logit: two touching objects whose logits dip where they meet are two peaks
-    even where the mask does not narrow between them (a decoder's mask fills the neck).
+    where the logits, smoothed by a Gaussian of sigma ``smoothing`` px, exceed ``levels - 1``
+    thresholds evenly spaced from 0 to the mask's highest logit: two touching objects whose
+    logits dip where they meet are two peaks even where the mask does not narrow between
+    them (a decoder's mask fills the neck). :mod:`.seeds` smooths by ``LOGIT_SMOOTHING`` x
+    the object diameter.
     """
     mask = check_mask(mask)
     if levels < 1:
@@ -93,6 +102,10 @@ def depth_field(mask, logits=None, levels: int = DEPTH_LEVELS) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
     if logits.shape != mask.shape:
         raise ValueError(f"The logits must have the mask's shape {mask.shape}, got {logits.shape}.")
+    if smoothing < 0:
+        raise ValueError(f"smoothing is a Gaussian sigma in pixels, 0 or more; got {smoothing}.")
+    if smoothing > 0:
+        logits = ndimage.gaussian_filter(logits, smoothing)
     top = float(logits[mask].max())
     if top <= 0:  # no level above the mask's own
         return field

@@ -22,6 +22,7 @@ from scipy.spatial import cKDTree
 
 from .._jobs import Job, Progress
 from .basins import (
+    LOGIT_SMOOTHING,
     SEED_SPACING,
     Crop,
     assemble,
@@ -254,7 +255,8 @@ def iter_mask_instances(
         diameter: expected object diameter in pixels; None: :func:`estimate_diameter`.
         logits: (H, W) the logits ``mask`` was thresholded from: seeds and basins then
             follow :func:`depth_field` (objects part where their logits dip, where the mask
-            may not narrow); None: the mask's distance transform.
+            may not narrow; the logits smoothed by ``LOGIT_SMOOTHING`` x ``diameter``);
+            None: the mask's distance transform.
     """
     mask = check_mask(mask)
     shape, negatives, _ = _checked_inputs(predictor, negative_points, mask, batch_size)
@@ -263,7 +265,8 @@ def iter_mask_instances(
     crops: list[Optional[Crop]] = []
     scores = np.zeros(0)
     leftover = seedable.copy()
-    depth = depth_field(seedable, logits)  # the first pass's and the basins'
+    smoothing = LOGIT_SMOOTHING * diameter
+    depth = depth_field(seedable, logits, smoothing=smoothing)  # the first pass's and the basins'
     tried = kept = np.zeros((0, 2))
     for stage in ("separating objects", "separating objects (second pass)"):
         if len(tried):
@@ -274,7 +277,7 @@ def iter_mask_instances(
             radii = ndimage.maximum(distance_to_background(leftover), regions, np.arange(1, count + 1))
             wide = np.flatnonzero(np.asarray(radii) >= _LEFTOVER_RADIUS * diameter / 2) + 1
             leftover = masks_to_instances(np.isin(regions, wide), min_area) > 0
-        seeds = find_seeds(leftover, diameter, depth_field(leftover, logits) if len(tried) else depth)
+        seeds = find_seeds(leftover, diameter, depth_field(leftover, logits, smoothing=smoothing) if len(tried) else depth)
         if len(tried) and len(seeds):
             # A seed next to one of the first pass would repeat a click whose mask was dropped.
             near, _ = cKDTree(tried).query(seeds, distance_upper_bound=max(SEED_SPACING * diameter, 1.0))
