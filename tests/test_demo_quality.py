@@ -9,6 +9,7 @@ decoder or instance method does.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -359,6 +360,11 @@ def test_a_run_can_grow_the_model_and_starts_from_its_masks(tmp_path):
     refined = nc.load_model(sam="demo", clip="demo", sam_checkpoint=None, clip_pretrained=None, precision="fp32",
                             adapters=tmp_path / "refined_last.safetensors")
     assert refined.config.mask_refiner == 8 and refined.sam.mask_decoder.refiner.out.weight.any()  # it trained
+    # A refiner-bearing file trains on as it is (its own configuration, refiner included).
+    onward = _script("train_demo_model.py", *common[:-1], tmp_path / "refined_last.safetensors", "--sam", "demo",
+                     "--output", tmp_path / "onward.safetensors", timeout=300)
+    assert onward.returncode == 0, onward.stderr[-2000:]
+    assert json.loads(read_adapters_metadata(tmp_path / "onward.safetensors")["config"])["mask_refiner"] == 8
     for options in (("--deepen",), ("--mask-refiner", 8)):
         completed = _script("train_demo_model.py", *options, "--output", tmp_path / "x.safetensors")
         assert completed.returncode == 2 and "--mask-refiner grow the model of --init" in completed.stderr
