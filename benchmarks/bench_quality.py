@@ -12,7 +12,8 @@ from 2,000,000: training uses 0.. and validation 1,000,000..), prints:
   instance F1 at IoU 0.5 from text alone, seeds against connected components of the same
   mask (targets: seeds >= 0.85, and >= components + 0.15), and, with no target, the seeds
   on the TRUE concept mask: the instance method alone, apart from the text mask's errors,
-  and a click on every nucleus in instance mode (one click = one object);
+  and a click on every nucleus in instance mode (one click = one object); with no target,
+  the same seeds and components for the bacteria of the "bacteria" scenes (elongated objects);
 - one positive click at the interior point (distance-transform maximum) of up to
   ``--clicks`` objects per concept per image: IoU with the object (target >= 0.8) and the
   part of the mask outside it (target < 0.10); and, with no target, for the clicked objects
@@ -108,7 +109,7 @@ def coins_truth() -> tuple[np.ndarray, np.ndarray]:
 
 
 def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of: str | None,
-                  other_concepts="auto", augment="auto", box_margin: float = 3) -> dict:
+                  other_concepts="auto", augment="auto", box_margin: float = 3, rods_of: str | None = None) -> dict:
     """Every figure of one image, as ``nc.segment`` gives it by default (an image larger than the
     model's input in tiles where the model's ``max_auto_downscale`` says so; from text alone, the
     model's other concepts competing, unless ``other_concepts`` is None, averaged over the image's views
@@ -160,6 +161,11 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
             if first != second:
                 result["cross"][f"{first} -> {second}"] = cross_overlap(masks[first], truths[second] > 0,
                                                                          truths[first] > 0)
+    if rods_of is not None:  # elongated objects (bacteria) from text alone: no target
+        for method in ("seeds", "components"):
+            labels = nc.segment(image, rods_of, model, instances=True, instance_method=method,
+                                predictor=predictor, other_concepts=other_concepts, augment=augment)
+            result["instances"][f"rods_{method}"] = match_instances(labels, truths[rods_of], 0.5)
     if instances_of is not None:
         for method in ("seeds", "components"):
             labels = nc.segment(image, instances_of, model, instances=True, instance_method=method,
@@ -266,6 +272,12 @@ def print_summary(summary: dict, targets: bool) -> None:
             line("instance F1 @0.5, a click on each object", found["f1"])
             print(f"    (instance mode, one click at each true object's interior point: {found['true_positives']} "
                   f"matched, {found['false_positives']} false, {found['false_negatives']} missed)")
+    if "rods_seeds_instances" in summary:
+        for method in ("seeds", "components"):
+            found = summary[f"rods_{method}_instances"]
+            line(f"bacteria instance F1 @0.5, {method}", found["f1"])
+            print(f"    (\"bacteria\" scenes, from text alone: {found['true_positives']} matched, "
+                  f"{found['false_positives']} false, {found['false_negatives']} missed)")
     for concept in summary["click_iou"]:
         line(f"click IoU, {concept} ({summary['clicks'][concept]} clicks)", summary["click_iou"][concept],
              "click_iou")
@@ -298,6 +310,7 @@ def run_scenes(model, concepts, args) -> tuple[dict, float]:
                 touching.append((touching_fraction(truths["nucleus"]) * objects, objects))
             records.append(measure_image(model, scene.image, truths, clicks=args.clicks,
                                          rng=np.random.default_rng(seed), instances_of="nucleus" if nuclei else None,
+                                         rods_of="bacterium" if kind == "bacteria" and "bacterium" in truths else None,
                                          other_concepts=args.other_concepts, augment=args.augment,
                                          box_margin=args.box_margin)
                            | {"kind": kind})

@@ -10,6 +10,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 import napari_clipsam as nc
 from napari_clipsam._jobs import run
+from napari_clipsam.inference.basins import object_length
 from napari_clipsam.inference.instances import clicked_object
 from napari_clipsam.inference.pipeline import SegmentOptions, iter_segment
 from napari_clipsam.inference.seeds import (
@@ -87,6 +88,46 @@ def test_the_estimate_holds_for_touching_discs_and_ignores_specks():
     mask = disc(30, 30, 10) | disc(30, 48, 10) | disc(70, 60, 10) | disc(70, 100, 10)
     mask[5, 5] = mask[90, 120] = True  # specks of noise
     assert abs(estimate_diameter(mask) - 20) <= 2
+
+
+def rod(x0: float, y0: float, x1: float, y1: float, width: float) -> np.ndarray:
+    """A capsule: the pixels within width / 2 of the segment from (x0, y0) to (x1, y1)."""
+    direction = np.array([x1 - x0, y1 - y0], dtype=float)
+    t = np.clip(((XX - x0) * direction[0] + (YY - y0) * direction[1]) / (direction @ direction), 0, 1)
+    return np.hypot(XX - (x0 + t * direction[0]), YY - (y0 + t * direction[1])) <= width / 2
+
+
+def three_rods(length: float = 32, width: float = 8) -> np.ndarray:
+    return (rod(10, 15, 10 + length, 15, width) | rod(20, 50, 20 + length * 0.6, 50 + length * 0.8, width)
+            | rod(120, 20, 120 - length * 0.8, 20 + length * 0.6, width))
+
+
+@pytest.mark.parametrize("length", [24, 40])
+def test_the_diameter_of_rods_is_their_length(length):
+    """Separate elongated objects (bacteria): the diameter is their length, not their width, so a
+    rod's seeds are not a width apart along it."""
+    mask = three_rods(length)
+    assert object_length(mask) == pytest.approx(length + 8, abs=2)  # the caps add the width
+    assert estimate_diameter(mask) == pytest.approx(object_length(mask))
+    for region in range(1, 4):
+        one = ndimage.label(mask)[0] == region
+        assert len(find_seeds(one, estimate_diameter(mask))) <= 3
+        assert len(find_seeds(one, 8)) >= 5  # a width apart: a seed every 2 to 5 px of the ridge
+
+
+def test_round_or_touching_objects_keep_the_width_as_their_diameter():
+    # Ellipses 1.2 times as long as wide are round enough; so are discs (the tests above).
+    ellipses = np.zeros(YY.shape, dtype=bool)
+    for cy, cx in ((20, 20), (20, 70), (70, 30), (70, 90)):
+        ellipses |= ((XX - cx) / 12) ** 2 + ((YY - cy) / 10) ** 2 <= 1
+    assert object_length(ellipses) == 0.0
+    assert abs(estimate_diameter(ellipses) - 20) <= 2
+    # Rods that all touch make concave regions: no single object to measure, the width stays.
+    crossed = rod(10, 30, 60, 30, 8) | rod(35, 5, 35, 60, 8) | rod(70, 80, 120, 80, 8) | rod(95, 55, 95, 95, 8)
+    assert object_length(crossed) == 0.0
+    assert estimate_diameter(crossed) <= 12  # the width, a little more where they cross
+    # Fewer than three separate objects cannot tell a length.
+    assert object_length(rod(10, 15, 50, 15, 8) | rod(10, 60, 50, 60, 8)) == 0.0
 
 
 def test_bad_masks_and_diameters_are_refused():
