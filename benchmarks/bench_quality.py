@@ -13,7 +13,8 @@ from 2,000,000: training uses 0.. and validation 1,000,000..), prints:
   mask (targets: seeds >= 0.85, and >= components + 0.15), and, with no target, the seeds
   on the TRUE concept mask: the instance method alone, apart from the text mask's errors,
   and a click on every nucleus in instance mode (one click = one object); with no target,
-  the same seeds and components for the bacteria of the "bacteria" scenes (elongated objects);
+  the same seeds and components for the bacteria of the "bacteria" scenes (rods) and the
+  cell outlines of the "tissue" scenes (``OTHER_OBJECTS``);
 - one positive click at the interior point (distance-transform maximum) of up to
   ``--clicks`` objects per concept per image: IoU with the object (target >= 0.8) and the
   part of the mask outside it (target < 0.10); and, with no target, for the clicked objects
@@ -47,6 +48,8 @@ from scipy import ndimage
 from napari_clipsam._machine import cpu_description
 
 FIRST_SEED = 2_000_000
+# Concepts whose objects from text alone are measured too (no target), in the scenes of one kind.
+OTHER_OBJECTS = {"bacterium": "bacteria", "cell membrane": "tissue"}
 TARGETS = {  # figure -> (comparison, value)
     "text_iou": (">=", 0.85),
     "cross_overlap_max": ("<=", 0.05),
@@ -109,7 +112,7 @@ def coins_truth() -> tuple[np.ndarray, np.ndarray]:
 
 
 def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of: str | None,
-                  other_concepts="auto", augment="auto", box_margin: float = 3, rods_of: str | None = None) -> dict:
+                  other_concepts="auto", augment="auto", box_margin: float = 3, objects_of: str | None = None) -> dict:
     """Every figure of one image, as ``nc.segment`` gives it by default (an image larger than the
     model's input in tiles where the model's ``max_auto_downscale`` says so; from text alone, the
     model's other concepts competing, unless ``other_concepts`` is None, averaged over the image's views
@@ -161,11 +164,11 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
             if first != second:
                 result["cross"][f"{first} -> {second}"] = cross_overlap(masks[first], truths[second] > 0,
                                                                          truths[first] > 0)
-    if rods_of is not None:  # elongated objects (bacteria) from text alone: no target
+    if objects_of is not None:  # another concept's objects from text alone (rods, outlines): no target
         for method in ("seeds", "components"):
-            labels = nc.segment(image, rods_of, model, instances=True, instance_method=method,
+            labels = nc.segment(image, objects_of, model, instances=True, instance_method=method,
                                 predictor=predictor, other_concepts=other_concepts, augment=augment)
-            result["instances"][f"rods_{method}"] = match_instances(labels, truths[rods_of], 0.5)
+            result["instances"][f"{objects_of}: {method}"] = match_instances(labels, truths[objects_of], 0.5)
     if instances_of is not None:
         for method in ("seeds", "components"):
             labels = nc.segment(image, instances_of, model, instances=True, instance_method=method,
@@ -272,12 +275,13 @@ def print_summary(summary: dict, targets: bool) -> None:
             line("instance F1 @0.5, a click on each object", found["f1"])
             print(f"    (instance mode, one click at each true object's interior point: {found['true_positives']} "
                   f"matched, {found['false_positives']} false, {found['false_negatives']} missed)")
-    if "rods_seeds_instances" in summary:
+    for concept, kind in OTHER_OBJECTS.items():
         for method in ("seeds", "components"):
-            found = summary[f"rods_{method}_instances"]
-            line(f"bacteria instance F1 @0.5, {method}", found["f1"])
-            print(f"    (\"bacteria\" scenes, from text alone: {found['true_positives']} matched, "
-                  f"{found['false_positives']} false, {found['false_negatives']} missed)")
+            found = summary.get(f"{concept}: {method}_instances")
+            if found is not None:
+                line(f"{concept} instance F1 @0.5, {method}", found["f1"])
+                print(f"    (\"{kind}\" scenes, from text alone: {found['true_positives']} matched, "
+                      f"{found['false_positives']} false, {found['false_negatives']} missed)")
     for concept in summary["click_iou"]:
         line(f"click IoU, {concept} ({summary['clicks'][concept]} clicks)", summary["click_iou"][concept],
              "click_iou")
@@ -310,7 +314,8 @@ def run_scenes(model, concepts, args) -> tuple[dict, float]:
                 touching.append((touching_fraction(truths["nucleus"]) * objects, objects))
             records.append(measure_image(model, scene.image, truths, clicks=args.clicks,
                                          rng=np.random.default_rng(seed), instances_of="nucleus" if nuclei else None,
-                                         rods_of="bacterium" if kind == "bacteria" and "bacterium" in truths else None,
+                                         objects_of=next((c for c, k in OTHER_OBJECTS.items() if k == kind and c in truths),
+                                                         None),
                                          other_concepts=args.other_concepts, augment=args.augment,
                                          box_margin=args.box_margin)
                            | {"kind": kind})

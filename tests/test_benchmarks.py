@@ -51,7 +51,8 @@ def test_quality_benchmark_prints_its_figures(tmp_path):
     for label in ("text-only IoU, nucleus", "cross-concept overlap, worst pair", "touching fraction of true nuclei",
                   "instance F1 @0.5, seeds", "instance F1 @0.5, components", "click IoU, all clicks",
                   "instance F1 @0.5, a click on each object", "box IoU / outside, nucleus",
-                  "bacteria instance F1 @0.5, seeds", "bacteria instance F1 @0.5, components"):
+                  "bacterium instance F1 @0.5, seeds", "bacterium instance F1 @0.5, components",
+                  "cell membrane instance F1 @0.5, seeds"):
         assert 0 <= _figure(output, label) <= 1
     assert re.search(r"text-only IoU, nucleus\s+[0-9.]+\s+target >= 0.85\s+(PASS|MISS)", output)
     assert "sample coins" in output and "sample synthetic_nuclei" in output

@@ -79,7 +79,8 @@ class SegmentControls:
             "stay apart. Connected components: each connected region of the mask is one object (fast)."
         )
         self.diameter = SpinBox(label="Object diameter (px)", min=0, max=100_000, step=1, value=0)
-        self.diameter.tooltip = "The expected diameter of one object in pixels; 0 (auto): estimated from the mask."
+        self.diameter.tooltip = ("The expected diameter of one object in pixels (of a rod, its length); "
+                                 "0 (auto): estimated from the mask.")
         self.diameter.native.setSpecialValueText("auto")  # shown at 0
         self.score_threshold = FloatSpinBox(label="Score threshold", min=0.0, max=1.0, step=0.05,
                                             value=DEFAULT_SCORE_THRESHOLD)

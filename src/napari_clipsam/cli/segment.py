@@ -54,7 +54,7 @@ def add_parser(commands, parents) -> None:
              "the --points when given (default); 'components' labels connected regions (fast)",
     )
     seg.add_argument("--diameter", type=float, metavar="PX",
-                     help="with --instance-method seeds: expected object diameter in pixels (default: estimated)")
+                     help="with --instance-method seeds: object diameter in px, a rod's length (default: estimated)")
     seg.add_argument("--score-threshold", type=float, metavar="X",
                      help="with --instance-method seeds: drop objects SAM scores lower, 0 to 1 "
                           f"(default {DEFAULT_SCORE_THRESHOLD})")

@@ -49,8 +49,8 @@ class SegmentOptions:
         instance_method: with ``instances``, ``"seeds"`` keeps touching objects apart (one
             SAM click per seed, see ``inference/seeds.py``; the user's positive points are
             the seeds when given); ``"components"`` labels the mask's connected regions (fast).
-        diameter: with ``"seeds"``, the expected object diameter in pixels; None: estimated
-            from the mask.
+        diameter: with ``"seeds"``, the expected object diameter in pixels (an elongated
+            object's length); None: estimated from the mask (:func:`.basins.estimate_diameter`).
         score_threshold: with ``"seeds"``, drop objects whose score (SAM's predicted IoU
             times the mask's stability, in [0, 1]) is lower; the user's clicks are kept.
         tile_shape, halo: images larger than SAM's input in overlapping tiles at native

@@ -36,6 +36,7 @@ from .basins import (
     seed_basins,
 )
 from .instances import clicked_object, masks_to_instances
+from .outlines import outline_objects
 from .prompts import inside_box
 
 if TYPE_CHECKING:
@@ -242,7 +243,9 @@ def iter_mask_instances(
 ) -> Job[np.ndarray]:
     """The objects in the concept's (H, W) bool mask, touching ones apart; yields per batch of seeds.
 
-    Seeds from :func:`find_seeds` (regions under ``min_area`` left out), each decoded as
+    A mask of outlines (a network of thin lines enclosing regions, as cell membranes in a
+    tissue) gives one object per enclosed region, its outline (:mod:`.outlines`), with no
+    seeds. Otherwise seeds from :func:`find_seeds` (regions under ``min_area`` left out), each decoded as
     one click, its mask clipped to ``mask``. A second pass seeds what no object's
     mask took, where it is wide enough to hold an object (a small object squeezed between
     large ones has no peak of its own). The seeds of both passes then share out the mask
@@ -260,6 +263,9 @@ def iter_mask_instances(
     """
     mask = check_mask(mask)
     shape, negatives, _ = _checked_inputs(predictor, negative_points, mask, batch_size)
+    outlines = outline_objects(mask, min_area)
+    if outlines is not None:  # a network of lines: its objects are the outlines of the regions it encloses
+        return outlines
     seedable = masks_to_instances(mask, min_area) > 0
     diameter = estimate_diameter(seedable) if diameter is None else diameter
     crops: list[Optional[Crop]] = []
