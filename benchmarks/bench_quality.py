@@ -164,16 +164,16 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
             if first != second:
                 result["cross"][f"{first} -> {second}"] = cross_overlap(masks[first], truths[second] > 0,
                                                                          truths[first] > 0)
+    def from_text(concept: str, prefix: str) -> None:  # seeds and components of the text-only mask
+        for method in ("seeds", "components"):
+            labels = nc.segment(image, concept, model, instances=True, instance_method=method,
+                                predictor=predictor, other_concepts=other_concepts, augment=augment)
+            result["instances"][prefix + method] = match_instances(labels, truths[concept], 0.5)
+
     if objects_of is not None:  # another concept's objects from text alone (rods, outlines): no target
-        for method in ("seeds", "components"):
-            labels = nc.segment(image, objects_of, model, instances=True, instance_method=method,
-                                predictor=predictor, other_concepts=other_concepts, augment=augment)
-            result["instances"][f"{objects_of}: {method}"] = match_instances(labels, truths[objects_of], 0.5)
+        from_text(objects_of, f"{objects_of}: ")
     if instances_of is not None:
-        for method in ("seeds", "components"):
-            labels = nc.segment(image, instances_of, model, instances=True, instance_method=method,
-                                predictor=predictor, other_concepts=other_concepts, augment=augment)
-            result["instances"][method] = match_instances(labels, truths[instances_of], 0.5)
+        from_text(instances_of, "")
         # The instance method alone: the seeds on the TRUE concept mask (what a perfect text mask
         # would give), the whole image in one pass.
         predictor.set_image(image)

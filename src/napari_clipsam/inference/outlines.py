@@ -43,14 +43,15 @@ def outline_objects(mask: np.ndarray, min_area: int = 0) -> Optional[np.ndarray]
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2 or not mask.any() or mask.all():
         return None
-    width = estimate_diameter(mask)
     regions, count = ndimage.label(~mask)
     if count < MIN_REGIONS:
         return None
     areas = np.bincount(regions.ravel(), minlength=count + 1)[1:]
-    smallest = max(_MIN_REGION_SIDE, width) ** 2
-    kept = np.flatnonzero(areas >= smallest) + 1
-    if len(kept) < MIN_REGIONS or areas.max() >= DOMINANT_SHARE * areas.sum():
+    if areas.max() >= DOMINANT_SHARE * areas.sum():  # a background: blobs or rods, the common case
+        return None
+    width = estimate_diameter(mask)  # only now: its shape measures cost more than the tests above
+    kept = np.flatnonzero(areas >= max(_MIN_REGION_SIDE, width) ** 2) + 1
+    if len(kept) < MIN_REGIONS:
         return None
     if width > THIN * float(np.median(2 * np.sqrt(areas[kept - 1] / np.pi))):
         return None
