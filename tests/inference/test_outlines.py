@@ -8,7 +8,8 @@ from scipy import ndimage
 
 import napari_clipsam as nc
 from napari_clipsam._jobs import run
-from napari_clipsam.inference.outlines import outline_objects
+from napari_clipsam.inference.basins import estimate_diameter
+from napari_clipsam.inference.outlines import THIN, outline_objects
 from napari_clipsam.inference.seeds import iter_mask_instances
 from tests.inference.test_seeds import XX, YY, disc  # a 96 x 128 grid
 
@@ -49,6 +50,21 @@ def test_min_area_drops_small_outlines():
     kept = outline_objects(lines, min_area=int(np.median(areas)) + 1)
     assert 0 < kept.max() < objects.max()
     assert np.bincount(kept.ravel())[1:].min() > np.median(areas)
+
+
+def test_straight_fragments_of_line_do_not_make_the_lines_wide():
+    # Pieces of line apart from the network (a model's broken lines) are elongated single regions:
+    # the mask's object *length* (estimate_diameter) is theirs, 14 px, above THIN x the cells'
+    # diameter (0.4 x 22); the lines are 4 px wide all the same.
+    lines, cells = tissue()
+    fragments = np.zeros_like(lines)
+    for top, left in ((8, 30), (32, 54), (56, 78)):
+        fragments[top:top + 3, left:left + 14] = True
+    assert estimate_diameter(lines | fragments) > THIN * 2 * np.sqrt(400 / np.pi)
+    objects = outline_objects(lines | fragments)
+    assert objects is not None
+    assert objects.max() == cells.max()
+    np.testing.assert_array_equal(objects[lines] > 0, True)
 
 
 @pytest.mark.parametrize("name", ["blobs", "a chain of blobs across the image", "few cells", "thick walls"])

@@ -10,7 +10,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 import napari_clipsam as nc
 from napari_clipsam._jobs import run
-from napari_clipsam.inference.basins import object_length
+from napari_clipsam.inference.basins import object_length, object_width
 from napari_clipsam.inference.instances import clicked_object
 from napari_clipsam.inference.pipeline import SegmentOptions, iter_segment
 from napari_clipsam.inference.seeds import (
@@ -109,6 +109,7 @@ def test_the_diameter_of_rods_is_their_length(length):
     mask = three_rods(length)
     assert object_length(mask) == pytest.approx(length + 8, abs=2)  # the caps add the width
     assert estimate_diameter(mask) == pytest.approx(object_length(mask))
+    assert object_width(mask) == pytest.approx(9, abs=1)  # the width (9 px across) is still there to ask for
     for region in range(1, 4):
         one = ndimage.label(mask)[0] == region
         assert len(find_seeds(one, estimate_diameter(mask))) <= 3

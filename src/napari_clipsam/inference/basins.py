@@ -79,12 +79,23 @@ def estimate_diameter(mask) -> float:
     """The typical object diameter in pixels in a (H, W) bool mask (an elongated object's
     length); 0.0 for an empty mask.
 
+    The objects' width (:func:`object_width`); where the mask's separate convex regions
+    (single objects) are elongated, rods such as bacteria, their length instead
+    (:func:`object_length`): seeds a width apart along a rod would each make an object of
+    their own wherever the decoder's masks of one rod differ.
+    """
+    mask = check_mask(mask)
+    if not mask.any():
+        return 0.0
+    return max(object_width(mask), object_length(mask))
+
+
+def object_width(mask) -> float:
+    """The typical width in pixels of the objects (or lines) of a (H, W) bool mask; 0.0 for
+    an empty mask.
+
     Twice the median height of the distance transform's peaks: each object, touching
-    others or not, has a peak at its centre as high as its inscribed radius. That is an
-    object's width; where the mask's separate convex regions (single objects) are
-    elongated, rods such as bacteria, it is their length instead (:func:`object_length`):
-    seeds a width apart along a rod would each make an object of their own wherever the
-    decoder's masks of one rod differ.
+    others or not, has a peak at its centre as high as its inscribed radius.
     """
     mask = check_mask(mask)
     if not mask.any():
@@ -95,7 +106,7 @@ def estimate_diameter(mask) -> float:
     smooth = ndimage.gaussian_filter(distance, 1.0)
     peaks = (smooth == ndimage.maximum_filter(smooth, size=3)) & mask & (distance >= 1)
     heights = distance[peaks] if peaks.any() else distance[mask]
-    return max(float(2 * np.median(heights)), object_length(mask))
+    return float(2 * np.median(heights))
 
 
 def object_length(mask) -> float:
@@ -314,5 +325,5 @@ def assemble(mask: np.ndarray, basins: np.ndarray, crops: list[Optional[Crop]], 
 __all__ = [
     "DEPTH_LEVELS", "DUPLICATE_IOU", "ELONGATION", "SEED_SPACING", "assemble", "check_mask", "crop_iou", "crop_mask",
     "depth_field", "distance_to_background", "estimate_diameter", "find_seeds", "group_seeds", "object_length",
-    "seed_basins",
+    "object_width", "seed_basins",
 ]

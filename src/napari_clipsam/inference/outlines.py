@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from .basins import estimate_diameter
+from .basins import object_width
 from .instances import remove_small_labels
 
 MIN_REGIONS = 8
@@ -49,7 +49,9 @@ def outline_objects(mask: np.ndarray, min_area: int = 0) -> Optional[np.ndarray]
     areas = np.bincount(regions.ravel(), minlength=count + 1)[1:]
     if areas.max() >= DOMINANT_SHARE * areas.sum():  # a background: blobs or rods, the common case
         return None
-    width = estimate_diameter(mask)  # only now: its shape measures cost more than the tests above
+    # The lines' width, never a length: straight fragments of broken lines are elongated
+    # single regions, whose length estimate_diameter would give.
+    width = object_width(mask)
     kept = np.flatnonzero(areas >= max(_MIN_REGION_SIDE, width) ** 2) + 1
     if len(kept) < MIN_REGIONS:
         return None
