@@ -25,8 +25,9 @@ from 2,000,000: training uses 0.. and validation 1,000,000..), prints:
   draws it (0: the exact bounding box, which the mask's bound to its box flatters);
 
 and the same, with no targets, on the bundled real-looking samples the demo model never
-saw: ``synthetic_nuclei()`` with its labels, and scikit-image's coins with a classic
-watershed ground truth (see ``coins_truth``), segmented as "nucleus".
+saw: ``synthetic_nuclei()`` with its labels, scikit-image's coins with a classic
+watershed ground truth (see ``coins_truth``) and scikit-image's cell, one object larger
+than any the model saw (see ``cell_truth``), segmented as "nucleus".
 
     python benchmarks/bench_quality.py                                   # the shipped demo model
     python benchmarks/bench_quality.py --model /tmp/demo.safetensors --json quality.json
@@ -50,6 +51,9 @@ from napari_clipsam._machine import cpu_description
 FIRST_SEED = 2_000_000
 # Concepts whose objects from text alone are measured too (no target), in the scenes of one kind.
 OTHER_OBJECTS = {"bacterium": "bacteria", "cell membrane": "tissue"}
+SAMPLE_TRUTHS = {"synthetic_nuclei": "its labels", "coins": "watershed ground truth (see coins_truth)",
+                 "cell": "Otsu ground truth (see cell_truth)"}
+READS = {"auto": "as nc.segment reads it by default", "none": "resized to the model's input (--sample-tiles none)"}
 TARGETS = {  # figure -> (comparison, value)
     "text_iou": (">=", 0.85),
     "cross_overlap_max": ("<=", 0.05),
@@ -111,13 +115,33 @@ def coins_truth() -> tuple[np.ndarray, np.ndarray]:
     return coins, relabel[labels]
 
 
+def cell_truth() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-image's ``cell`` (660 x 550, a cell in saline, about 120 px across, on a noisy
+    background) and its label: Otsu's threshold of the image smoothed by a Gaussian of 2 px,
+    holes filled, the largest region. One object, far larger than the demo model's nuclei
+    (8-60 px): what reading an image at its own size does with objects of another scale.
+    """
+    from skimage import data, filters
+
+    cell = data.cell()
+    smooth = filters.gaussian(cell.astype(np.float64), 2, preserve_range=True)
+    labels, _ = ndimage.label(ndimage.binary_fill_holes(smooth > filters.threshold_otsu(smooth)))
+    areas = np.bincount(labels.ravel())
+    areas[0] = 0
+    return cell, (labels == areas.argmax()).astype(np.int32)
+
+
 def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of: str | None,
-                  other_concepts="auto", augment="auto", box_margin: float = 3, objects_of: str | None = None) -> dict:
+                  other_concepts="auto", augment="auto", box_margin: float = 3, objects_of: str | None = None,
+                  tile_shape="auto") -> dict:
     """Every figure of one image, as ``nc.segment`` gives it by default (an image larger than the
     model's input in tiles where the model's ``max_auto_downscale`` says so; from text alone, the
     model's other concepts competing, unless ``other_concepts`` is None, averaged over the image's views
     as ``augment`` says); one predictor, so an
-    image read in one pass is encoded once for every concept and click."""
+    image read in one pass is encoded once for every concept and click. ``tile_shape`` goes to
+    every ``nc.segment`` (None: the image resized to the model's input)."""
+    from functools import partial
+
     import napari_clipsam as nc
     from napari_clipsam._jobs import run
     from napari_clipsam.inference.instances import interior_point
@@ -125,13 +149,14 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
     from napari_clipsam.training.evaluate import touching_objects
     from napari_clipsam.training.metrics import click_quality, cross_overlap, match_instances, rim_errors, semantic_iou
 
+    segment = partial(nc.segment, tile_shape=tile_shape)
     predictor = nc.ClipSamPredictor(model)
     result = {"text_iou": {}, "rim": {}, "cross": {}, "clicks": defaultdict(list), "corrections": defaultdict(list),
               "boxes": defaultdict(list), "instances": {}}
     masks = {}
     last = np.tile(np.array(image.shape[1::-1]) - 1, 2)  # XYXY of the image's last pixel, where boxes stop
     for concept, truth in truths.items():
-        masks[concept] = nc.segment(image, concept, model, predictor=predictor, other_concepts=other_concepts,
+        masks[concept] = segment(image, concept, model, predictor=predictor, other_concepts=other_concepts,
                                     augment=augment) > 0
         result["text_iou"][concept] = semantic_iou(masks[concept], truth > 0)
         result["rim"][concept] = rim_errors(masks[concept], truth > 0)
@@ -139,23 +164,23 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
         for label in rng.choice(ids, size=min(clicks, len(ids)), replace=False):
             object_mask = truth == label
             point = interior_point(object_mask)[None]
-            click = nc.segment(image, concept, model, predictor=predictor, points=point, point_labels=np.array([1])) > 0
+            click = segment(image, concept, model, predictor=predictor, points=point, point_labels=np.array([1])) > 0
             quality = click_quality(click, object_mask)
             result["clicks"][concept].append(quality)
             rows, cols = ndimage.find_objects(object_mask.astype(np.int8))[0]  # the object's box alone, no click
             box = np.array([cols.start, rows.start, cols.stop - 1, rows.stop - 1], dtype=np.float64)
             box = np.clip(box + np.array([-1, -1, 1, 1]) * box_margin, 0, last)  # as a user draws it
-            boxed = nc.segment(image, concept, model, predictor=predictor, box=box) > 0
-            boxed_click = nc.segment(image, concept, model, predictor=predictor, points=point, box=box,
+            boxed = segment(image, concept, model, predictor=predictor, box=box) > 0
+            boxed_click = segment(image, concept, model, predictor=predictor, points=point, box=box,
                                      point_labels=np.array([1])) > 0
             result["boxes"][concept].append(click_quality(boxed, object_mask) + click_quality(boxed_click, object_mask))
             neighbours = [truth == value for value in np.unique(truth[touching_objects(truth, object_mask)])]
             if neighbours:  # the user's correction: a negative click in the middle of each touching object
                 points = np.concatenate([point, [interior_point(n) for n in neighbours]])
                 correction_labels = np.array([1] + [0] * len(neighbours))
-                corrected = nc.segment(image, concept, model, predictor=predictor, points=points,
+                corrected = segment(image, concept, model, predictor=predictor, points=points,
                                        point_labels=correction_labels) > 0
-                boxed_corrected = nc.segment(image, concept, model, predictor=predictor, points=points, box=box,
+                boxed_corrected = segment(image, concept, model, predictor=predictor, points=points, box=box,
                                              point_labels=correction_labels) > 0
                 result["corrections"][concept].append((quality[0], click_quality(corrected, object_mask)[0],
                                                        click_quality(boxed_corrected, object_mask)[0]))
@@ -166,7 +191,7 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
                                                                          truths[first] > 0)
     def from_text(concept: str, prefix: str) -> None:  # seeds and components of the text-only mask
         for method in ("seeds", "components"):
-            labels = nc.segment(image, concept, model, instances=True, instance_method=method,
+            labels = segment(image, concept, model, instances=True, instance_method=method,
                                 predictor=predictor, other_concepts=other_concepts, augment=augment)
             result["instances"][prefix + method] = match_instances(labels, truths[concept], 0.5)
 
@@ -183,7 +208,7 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
         # One click = one object: a positive click at every object's interior point, in instance mode.
         truth = truths[instances_of]
         clicks = np.array([interior_point(truth == value) for value in np.unique(truth)[1:]]).reshape(-1, 2)
-        labels = nc.segment(image, instances_of, model, points=clicks, instances=True, predictor=predictor)
+        labels = segment(image, instances_of, model, points=clicks, instances=True, predictor=predictor)
         result["instances"]["clicked"] = match_instances(labels, truth, 0.5)
     return result
 
@@ -329,13 +354,14 @@ def run_scenes(model, concepts, args) -> tuple[dict, float]:
 def run_samples(model, args) -> dict:
     from napari_clipsam._sample_data import synthetic_nuclei
 
-    samples = {"synthetic_nuclei": synthetic_nuclei(), "coins": coins_truth()}
+    samples = {"synthetic_nuclei": synthetic_nuclei(), "coins": coins_truth(), "cell": cell_truth()}
     results = {}
     for name, (image, labels) in samples.items():
         started = time.perf_counter()
         record = measure_image(model, image, {"nucleus": labels}, clicks=args.clicks,
                                rng=np.random.default_rng(args.seed), instances_of="nucleus",
-                               other_concepts=args.other_concepts, augment=args.augment, box_margin=args.box_margin)
+                               other_concepts=args.other_concepts, augment=args.augment, box_margin=args.box_margin,
+                               tile_shape=None if args.sample_tiles == "none" else "auto")
         results[name] = summarise([record]) | {"objects": int(labels.max()), "shape": list(labels.shape),
                                                "seconds": time.perf_counter() - started}
     return results
@@ -361,6 +387,9 @@ def main(argv=None) -> int:
     parser.add_argument("--box-margin", type=float, default=3.0,
                         help="pixels a clicked object's box reaches beyond it on each side (0: its exact bounding box)")
     parser.add_argument("--no-samples", action="store_true", help="skip the bundled samples")
+    parser.add_argument("--sample-tiles", choices=["auto", "none"], default="auto",
+                        help="how the bundled samples are read: as nc.segment does by default (auto: at their own "
+                             "size in tiles, for the demo model) or resized to the model's input (none)")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
     args.other_concepts = None if args.other_concepts == "none" else "auto"
@@ -402,14 +431,14 @@ def main(argv=None) -> int:
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "other_concepts": args.other_concepts, "augment": resolve_augment(model, args.augment),
                "scenes_per_kind": args.scenes, "first_seed": args.seed,
-               "clicks": args.clicks, "box_margin": args.box_margin,
+               "clicks": args.clicks, "box_margin": args.box_margin, "sample_tiles": args.sample_tiles,
                "seconds_per_scene": seconds, "targets": TARGETS, "scenes": summary}
     if not args.no_samples:
         results["samples"] = run_samples(model, args)
         for name, sample in results["samples"].items():
-            truth = "its labels" if name == "synthetic_nuclei" else "watershed ground truth (see coins_truth)"
+            truth = SAMPLE_TRUTHS[name]
             print(f"\nsample {name} {tuple(sample['shape'])}, {sample['objects']} objects, {truth}, concept "
-                  f"'nucleus', never trained on; no targets ({sample['seconds']:.1f} s)")
+                  f"'nucleus', never trained on; no targets; read {READS[args.sample_tiles]} ({sample['seconds']:.1f} s)")
             print_summary(sample, targets=False)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as file:

@@ -55,10 +55,11 @@ def test_quality_benchmark_prints_its_figures(tmp_path):
                   "cell membrane instance F1 @0.5, seeds"):
         assert 0 <= _figure(output, label) <= 1
     assert re.search(r"text-only IoU, nucleus\s+[0-9.]+\s+target >= 0.85\s+(PASS|MISS)", output)
-    assert "sample coins" in output and "sample synthetic_nuclei" in output
+    assert "sample coins" in output and "sample synthetic_nuclei" in output and "sample cell" in output
     figures = json.loads((tmp_path / "quality.json").read_text())
     assert set(figures["scenes"]["text_iou"]) == {"nucleus", "cell membrane", "spot", "bacterium"}
-    assert set(figures["samples"]) == {"synthetic_nuclei", "coins"}
+    assert set(figures["samples"]) == {"synthetic_nuclei", "coins", "cell"}
+    assert figures["samples"]["cell"]["objects"] == 1
     clicked = figures["scenes"]["clicked_instances"]  # every nucleus clicked once: each click one object at most
     assert clicked["true_positives"] + clicked["false_positives"] <= clicked["true_positives"] + clicked["false_negatives"]
     errors = figures["scenes"]["text_errors"]["nucleus"]
