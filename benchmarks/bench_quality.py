@@ -213,15 +213,10 @@ def measure_image(model, image, truths: dict, *, clicks: int, rng, instances_of:
     return result
 
 
-def pooled_f1(matches) -> dict:
-    tp, fp, fn = (sum(getattr(m, field) for m in matches) for field in
-                  ("true_positives", "false_positives", "false_negatives"))
-    return {"f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0, "true_positives": tp,
-            "false_positives": fp, "false_negatives": fn}
-
-
 def summarise(records: list[dict]) -> dict:
     """Means over images (IoU, confusion per pair), over clicks, and pooled object counts (F1)."""
+    from napari_clipsam.training.metrics import pooled_f1
+
     text, cross, clicks, matches = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
     corrections, boxes = defaultdict(list), defaultdict(list)
     by_kind, rim = defaultdict(list), defaultdict(lambda: defaultdict(int))

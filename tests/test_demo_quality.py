@@ -26,7 +26,7 @@ from napari_clipsam.inference.prompts import box_from_mask
 from napari_clipsam.inference.seeds import iter_mask_instances
 from napari_clipsam.synthetic import SCENE_KINDS, generate_scene
 from napari_clipsam.training.evaluate import touching_objects
-from napari_clipsam.training.metrics import click_quality, cross_overlap, match_instances, semantic_iou
+from napari_clipsam.training.metrics import click_quality, cross_overlap, match_instances, pooled_f1, semantic_iou
 
 FIRST_SEED = 2_000_000  # as bench_quality.py: scene i of kind k has seed FIRST_SEED + 4 * i + k
 SCENES_PER_KIND = 2
@@ -187,9 +187,7 @@ def test_rods_and_outlines_come_out_as_objects(demo_model, text_masks):
             labels = nc.segment(scene.image, concept, demo_model, instances=True, instance_method=method,
                                 predictor=predictor)
             found.setdefault((concept, method), []).append(match_instances(labels, scene.labels[concept], 0.5))
-    f1 = {key: 2 * sum(m.true_positives for m in matches) / sum(2 * m.true_positives + m.false_positives
-                                                                 + m.false_negatives for m in matches)
-          for key, matches in found.items()}
+    f1 = {key: pooled_f1(matches)["f1"] for key, matches in found.items()}
     assert f1["bacterium", "seeds"] >= MIN_ROD_F1 and f1["bacterium", "seeds"] > f1["bacterium", "components"], f1
     assert f1["cell membrane", "seeds"] >= MIN_OUTLINE_F1 > f1["cell membrane", "components"], f1
 

@@ -10,6 +10,7 @@ from napari_clipsam.training.metrics import (
     cross_overlap,
     match_instances,
     pair_ious,
+    pooled_f1,
     rim_errors,
     semantic_iou,
 )
@@ -95,6 +96,16 @@ def test_match_instances_empty_cases():
     assert spurious.mean_matched_iou == 0.0
     # A bool mask is one object.
     assert match_instances(objects > 0, objects).f1 == 1.0
+
+
+def test_pooled_f1_counts_every_object_once():
+    empty = np.zeros((8, 8), dtype=np.int32)
+    objects = _box((8, 8), 1, 1, 3, 3)
+    found, missed = match_instances(objects, objects), match_instances(empty, objects)
+    # One image right, one with its object missed: 2 x 1 / (2 x 1 + 0 + 1), not the mean of 1.0 and 0.0.
+    assert pooled_f1([found, missed]) == {"f1": 2 / 3, "true_positives": 1, "false_positives": 0,
+                                          "false_negatives": 1}
+    assert pooled_f1([])["f1"] == 1.0 and pooled_f1([missed])["f1"] == 0.0
 
 
 def test_pair_ious_match_a_direct_computation():

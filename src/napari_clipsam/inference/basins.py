@@ -85,9 +85,7 @@ def estimate_diameter(mask) -> float:
     their own wherever the decoder's masks of one rod differ.
     """
     mask = check_mask(mask)
-    if not mask.any():
-        return 0.0
-    return max(object_width(mask), object_length(mask))
+    return max(object_width(mask), object_length(mask))  # both 0.0 for an empty mask
 
 
 def object_width(mask) -> float:

@@ -153,3 +153,13 @@ def match_instances(predicted: np.ndarray, truth: np.ndarray, iou_threshold: flo
         f1=_ratio(2 * true_positives, n_predicted + n_true),
         mean_matched_iou=float(np.mean(matched)) if matched else 0.0,
     )
+
+
+def pooled_f1(matches) -> dict:
+    """F1 over the objects of several images (:class:`InstanceMatch` each), every object
+    counted once: {"f1", "true_positives", "false_positives", "false_negatives"}; 1.0 when
+    there are no objects at all."""
+    tp, fp, fn = (sum(getattr(m, field) for m in matches) for field in
+                  ("true_positives", "false_positives", "false_negatives"))
+    return {"f1": _ratio(2 * tp, 2 * tp + fp + fn), "true_positives": tp, "false_positives": fp,
+            "false_negatives": fn}
