@@ -293,6 +293,28 @@ def test_the_tiles_control_reaches_the_pipeline_and_persists(tmp_path, monkeypat
     assert load_settings().tiles == "off"
 
 
+def test_the_scale_control_reads_the_plane_smaller_and_persists(tmp_path, monkeypatch, viewer, tiny_model, scene):
+    """Scale 2.5: the 640 px plane is read at 256 px, the model's input: one pass, labels at 640 px,
+    the same as the pipeline's at that scale; the status says the scale."""
+    path = tmp_path / "widget.json"
+    monkeypatch.setenv("NAPARI_CLIPSAM_SETTINGS", str(path))
+    viewer.add_image(scene.image, name="large")
+    widget = _docked(viewer, tiny_model)
+    widget.set_image("large")
+    assert _options(widget).scale == "auto"
+    widget.set_options(scale=2.5)
+    assert _options(widget).scale == 2.5
+    result = _segment(widget)
+    assert result.labels.shape == (SIZE, SIZE) and result.tiles == 1 and result.scale == 2.5
+    assert "read at scale 2.5" in widget._controls.status.value
+    expected = nc.segment(scene.image, "nucleus", tiny_model, scale=2.5)
+    np.testing.assert_array_equal(viewer.layers[-1].data > 0, expected > 0)
+    with pytest.raises(ValueError, match="scale must be 0"):
+        widget.set_options(scale=-1)
+    assert load_settings().scale == 2.5
+    assert ClipSamWidget(viewer)._controls.large.scale.value == 2.5
+
+
 def test_visible_region_only(qtbot, viewer, tiny_model, scene):
     viewer.add_image(scene.image, name="large")
     widget = _docked(viewer, tiny_model)

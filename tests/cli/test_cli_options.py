@@ -109,6 +109,8 @@ def test_tiling_flags_become_the_pipeline_options():
         tile_shape=(512, 512), halo=(32, 48))
     assert _segment_options("--encoder-batch", "4") == SegmentOptions(encoder_batch=4)
     assert _segment_options("--encoder-batch", "auto") == SegmentOptions(encoder_batch="auto")
+    assert _segment_options().scale == "auto"
+    assert _segment_options("--scale", "2.5") == SegmentOptions(scale=2.5)
 
 
 def test_other_concepts_flag_becomes_the_pipeline_option():
@@ -136,6 +138,8 @@ def test_augment_flag_becomes_the_pipeline_option():
     (["--encoder-batch", "many"], "give a number of tiles or planes of 1 or more, or auto"),
     (["--other-concepts", "spot,,bacterium"], "give concept names separated by commas, auto or none"),
     (["--augment", "8"], "argument --augment: invalid choice"),
+    (["--scale", "0"], "give image pixels per pixel the model reads"),
+    (["--scale", "half"], "give image pixels per pixel the model reads"),
 ])
 def test_bad_tiling_flags_exit_2_naming_the_flag(flags, words, capsys):
     with pytest.raises(SystemExit) as exited:

@@ -5,6 +5,9 @@
   resizes the whole plane to the input, ``Custom`` uses **Tile size** as each tile's core;
   **Tile halo** is the context around a core (0: auto, a quarter of the input). See
   ``inference/tiling.py``.
+- **Scale** (saved): image pixels per pixel the model reads, for objects larger (or smaller)
+  than those the model was trained on (``inference/rescale.py``); 0 is auto: 1, or with an
+  object diameter the scale that brings it into the diameters the model lists (the demo model's).
 - **Resolution** (multiscale layers only, not saved: levels differ between images): the
   level to read, full resolution (level 0) by default.
 - **Visible region only** (the text-only mode, one plane): segment only what the canvas shows.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from magicgui.widgets import CheckBox, ComboBox, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
 
 from ..inference.layers import level_shapes
 from ..inference.tiling import AUTO
@@ -60,6 +63,13 @@ class LargeImageControls:
             "on seams whole. 0 (auto): a quarter of SAM's input."
         )
         self.tile_halo.native.setSpecialValueText("auto")  # shown at 0
+        self.scale = FloatSpinBox(label="Scale", min=0, max=64, step=0.25, value=0)
+        self.scale.tooltip = (
+            "Image pixels per pixel the model reads: 2 reads the image at half its size, for objects larger "
+            "than those the model was trained on (the demo model: nuclei up to 60 px). 0 (auto): 1, or with "
+            "an object diameter the scale that brings it into the diameters the model lists."
+        )
+        self.scale.native.setSpecialValueText("auto")  # shown at 0
         # Choices from the image each time: napari resets every widget's choices when layers change.
         self.level = ComboBox(label="Resolution", choices=lambda _widget: level_choices(image()))
         self.level.tooltip = "The level of the multiscale image to segment; labels come at full resolution."
@@ -73,7 +83,7 @@ class LargeImageControls:
 
     @property
     def widgets(self) -> list:
-        return [self.tiles, self.tile_size, self.tile_halo, self.level, self.visible_only]
+        return [self.tiles, self.tile_size, self.tile_halo, self.scale, self.level, self.visible_only]
 
     def tiling(self) -> tuple[Any, Any]:
         """``(tile_shape, halo)`` for :class:`SegmentOptions`."""
@@ -86,6 +96,10 @@ class LargeImageControls:
         size = int(self.tile_size.value)
         return (size, size), halo
 
+    def chosen_scale(self) -> float | str:
+        """``scale`` for :class:`SegmentOptions`: the number, or ``"auto"`` at 0."""
+        return float(self.scale.value) or AUTO
+
     def chosen_level(self) -> int:
         return int(str(self.level.value).split(":")[0])
 
@@ -94,8 +108,8 @@ class LargeImageControls:
         self.level.reset_choices()
 
     def set_options(self, *, tiles: str | None = None, tile_size: int | None = None, halo: int | None = None,
-                    level: int | None = None, visible_only: bool | None = None) -> None:
-        """See :meth:`ClipSamWidget.set_options`: ``tiles`` is ``"auto"``, ``"off"`` or ``"custom"``."""
+                    scale: float | None = None, level: int | None = None, visible_only: bool | None = None) -> None:
+        """See :meth:`ClipSamWidget.set_options`: ``tiles`` is ``"auto"``, ``"off"`` or ``"custom"``; ``scale`` 0: auto."""
         if tiles is not None:
             names = {word: choice for choice, word in TILE_CHOICES.items()}
             if tiles not in names:
@@ -107,7 +121,9 @@ class LargeImageControls:
                 raise ValueError(f"The image has {len(choices)} resolution level(s) (0 to {len(choices) - 1}), "
                                  f"not {level}.")
             self.level.value = choices[level]
-        for control, value in ((self.tile_size, tile_size), (self.tile_halo, halo),
+        if scale is not None and not 0 <= scale <= self.scale.max:
+            raise ValueError(f"scale must be 0 (auto) to {self.scale.max:g} image pixels per pixel read, got {scale}.")
+        for control, value in ((self.tile_size, tile_size), (self.tile_halo, halo), (self.scale, scale),
                                (self.visible_only, visible_only)):
             if value is not None:
                 control.value = value
@@ -126,7 +142,7 @@ class LargeImageControls:
     @property
     def _saved(self) -> tuple[tuple[Any, str], ...]:
         """The controls whose values persist, each with its :class:`WidgetSettings` field."""
-        return (self.tiles, "tiles"), (self.tile_size, "tile_size"), (self.tile_halo, "tile_halo")
+        return (self.tiles, "tiles"), (self.tile_size, "tile_size"), (self.tile_halo, "tile_halo"), (self.scale, "scale")
 
     def _restore(self, settings: WidgetSettings) -> None:
         """The saved tile options; a value the controls refuse (an edited file) keeps the default."""

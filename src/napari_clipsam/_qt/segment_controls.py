@@ -132,7 +132,7 @@ class SegmentControls:
             self.image, self.channel, large.level, self.concept, self.recent, self.mode, self.scope,
             large.visible_only, self.other_concepts, self.augment, self.output, self.instances, self.instance_method, self.diameter,
             self.score_threshold, self.link_planes, self.refine, self.min_area, self.replace, self.show_similarity, large.tiles,
-            large.tile_size, large.tile_halo,
+            large.tile_size, large.tile_halo, large.scale,
             self.run_button, self.prompts_button, self.commit_button, self.cancel_button, self.status,
         ]
 
@@ -167,6 +167,7 @@ class SegmentControls:
             score_threshold=float(self.score_threshold.value) if seeds else DEFAULT_SCORE_THRESHOLD,
             tile_shape=tile_shape,
             halo=halo,
+            scale=self.large.chosen_scale(),
             link_planes=bool(self.link_planes.value),
             other_concepts="auto" if self.other_concepts.value else None,
             augment=augment_from_word(self.augment.value),

@@ -127,7 +127,7 @@ class ClipSamWidget(Container):
                 image), or ``"New layer"`` (the output follows the image again).
             instance_method, diameter, score_threshold, link_planes, other_concepts (True: "auto"), augment:
                 see ``nc.segment``. large_image: ``tiles`` (``"auto"``, ``"off"``, ``"custom"``), ``tile_size``,
-                ``halo`` (pixels; 0: auto), ``level`` (of a multiscale image), ``visible_only`` (docs/widget.md).
+                ``halo`` (pixels; 0: auto), ``scale`` (0: auto), ``level`` (of a multiscale image), ``visible_only`` (docs/widget.md).
         """
         self._controls.set_options(instances=instances, refine=refine, min_area=min_area, replace=replace,
                                    all_slices=all_slices, similarity=similarity, instance_method=instance_method,

@@ -43,6 +43,7 @@ class WidgetSettings:
     tiles: str = "auto"
     tile_size: int = 512
     tile_halo: int = 0
+    scale: float = 0.0  # image pixels per pixel read; 0: auto (inference/rescale.py)
 
     def model_arguments(self) -> dict[str, Any]:
         """The :func:`napari_clipsam.load_model` keyword arguments these settings describe.

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .._zarr_files import is_zarr
+from . import values as option_values
 from .common import check_outputs, job_progress, load_model, model_arguments
 
 # The pipeline's INSTANCE_METHODS, spelled out: importing the pipeline (scipy) would slow
@@ -59,17 +60,21 @@ def add_parser(commands, parents) -> None:
                      help="with --instance-method seeds: drop objects SAM scores lower, 0 to 1 "
                           f"(default {DEFAULT_SCORE_THRESHOLD})")
     seg.add_argument(
-        "--tile-shape", type=_tile_shape, default="auto", metavar="PX|H,W|auto|none",
+        "--tile-shape", type=option_values.tile_shape, default="auto", metavar="PX|H,W|auto|none",
         help="segment images larger than SAM's input in tiles of this core size, at native resolution "
              "(default auto: tiles when the image is more than twice the input, or any larger than the input with the "
              "demo model; none: resize the image to the input)",
     )
-    seg.add_argument("--halo", type=_halo, default="auto", metavar="PX|H,W|auto",
+    seg.add_argument("--halo", type=option_values.halo, default="auto", metavar="PX|H,W|auto",
                      help="pixels of context around each tile (default auto: a quarter of the input)")
-    seg.add_argument("--encoder-batch", type=_encoder_batch, default="auto", metavar="N|auto",
+    seg.add_argument("--scale", type=option_values.scale, default="auto", metavar="X|auto",
+                     help="image pixels per pixel the model reads: 2 reads at half size, for objects larger than the "
+                          "model was trained on (default auto: 1, or with --diameter the scale that brings it into the "
+                          "diameters the model lists for the concept: the demo model's)")
+    seg.add_argument("--encoder-batch", type=option_values.encoder_batch, default="auto", metavar="N|auto",
                      help="tiles or planes per encoder call (default auto: 8 on a GPU, where batches are faster, 1 on a CPU)")
     seg.add_argument(
-        "--other-concepts", type=_other_concepts, default="auto", metavar="NAME,NAME|auto|none",
+        "--other-concepts", type=option_values.other_concepts, default="auto", metavar="NAME,NAME|auto|none",
         help="from text alone, concepts that compete for pixels: each region of the mask goes to the concept "
              "that claims most of it, e.g. 'bacterium,spot' (default auto: the concepts the model lists, the demo model's four, "
              "none for the published weights); each costs one more encoder pass",
@@ -118,44 +123,6 @@ def _channel(text: str) -> int | str:
         return int(text)
     except ValueError:
         return text
-
-
-def _tile_shape(text: str):
-    if text.strip().lower() in ("auto", "none"):
-        return None if text.strip().lower() == "none" else "auto"
-    return _pixels(text, "--tile-shape", least=1)
-
-
-def _encoder_batch(text: str):
-    if text.strip().lower() == "auto":
-        return "auto"
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"give a number of tiles or planes of 1 or more, or auto; got {text!r}")
-    return int(text)
-
-
-def _other_concepts(text: str):
-    if text.strip().lower() in ("auto", "none"):
-        return "auto" if text.strip().lower() == "auto" else None
-    names = [name.strip() for name in text.split(",")]
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"give concept names separated by commas, auto or none; got {text!r}")
-    return names
-
-
-def _halo(text: str):
-    return "auto" if text.strip().lower() == "auto" else _pixels(text, "--halo", least=0)
-
-
-def _pixels(text: str, what: str, least: int) -> tuple[int, int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 2) or min(values) < least:
-        raise argparse.ArgumentTypeError(
-            f"{what} must be pixels ({'more than 0' if least else '0 or more'}) as N or H,W, or auto, got {text!r}")
-    return (values[0], values[-1])
 
 
 def _pairs(text: str, size: int, what: str) -> np.ndarray:
@@ -252,7 +219,7 @@ def _options(args: argparse.Namespace):
     extra = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
     return SegmentOptions(
         instances=args.instances, refine=args.refine, min_area=args.min_area,
-        instance_method=method, diameter=args.diameter, tile_shape=args.tile_shape, halo=args.halo,
+        instance_method=method, diameter=args.diameter, tile_shape=args.tile_shape, halo=args.halo, scale=args.scale,
         encoder_batch=args.encoder_batch, other_concepts=args.other_concepts,
         augment=augment_from_word(args.augment), **extra,
     )

@@ -23,6 +23,7 @@ import numpy as np
 from .._jobs import Job, run
 from . import pipeline
 from .pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack, predictor_for
+from .rescale import read_length, resolve_scale, scale_points
 from .seeds import DEFAULT_SCORE_THRESHOLD
 from .tiling import AUTO, tiles_for, tiling_for
 
@@ -298,15 +299,18 @@ class PlaneResult(SegmentResult):
     Attributes:
         tiles: how many tiles the plane was segmented in; 0: one pass, resized to SAM's input.
         level: the resolution level read.
+        scale: image pixels per pixel the model read (``inference/rescale.py``).
     """
 
     tiles: int = 0
     level: int = 0
+    scale: float = 1.0
 
     @property
     def summary(self) -> str:
-        """How it was made, for a status line: SAM's score, or the tiles; and a coarser level read."""
+        """How it was made, for a status line: SAM's score, or the tiles; the scale and a coarser level read."""
         made = f"in {self.tiles} tile(s)" if self.tiles else f"score {self.score:.2f}"
+        made += f", read at scale {self.scale:g}" if self.scale != 1 else ""
         return f"{made}, resolution level {self.level}" if self.level else made
 
 
@@ -316,12 +320,14 @@ def iter_segment_plane(predictor: ClipSamPredictor, plane: LayerPlane, concept: 
 
     Prompts are XY (points) and XYXY (box) pixels of the level-0 plane; the result's
     labels, mask, points and similarity map are (H, W) of the level-0 plane (0 outside the
-    region). One pass (no tiles) gives SAM's score and the similarity map; tiles give
-    neither (score NaN, similarity None).
+    region). One pass (no tiles, scale 1) gives SAM's score and the similarity map; tiles or
+    another scale give neither (score NaN, similarity None).
     """
     level_points, level_box = plane.to_level_xy(points), plane.to_level_xy(box)
-    tiling = tiling_for(predictor, plane.shape, options)
-    if tiling is None:
+    scale = resolve_scale(options.scale, options.diameter, predictor.model, concept)
+    read_shape = tuple(read_length(n, scale) for n in plane.shape[:2])  # what the model reads (rescale.py)
+    tiling = tiling_for(predictor, read_shape, options)
+    if tiling is None and scale == 1:
         result = yield from iter_segment(predictor, plane[()], concept, level_points, point_labels, level_box,
                                          options)
         similarity = None if result.similarity is None else plane.to_level0(result.similarity)
@@ -334,8 +340,9 @@ def iter_segment_plane(predictor: ClipSamPredictor, plane: LayerPlane, concept: 
     labels = plane.to_level0((yield from job))
     # No one pass of SAM: no score, no low-resolution logits; the points are the user's.
     return PlaneResult(labels > 0, labels, float("nan"), points, point_labels, np.zeros((0, 0), np.float32),
-                       None, tiles=len(tiles_for(predictor, plane.shape, tiling, level_points, level_box)),
-                       level=plane.level)
+                       None, tiles=len(tiles_for(predictor, read_shape, tiling, scale_points(level_points, scale),
+                                                 scale_points(level_box, scale))) if tiling else 1,
+                       level=plane.level, scale=scale)
 
 
 def iter_segment_layer_stack(predictor: ClipSamPredictor, data, concept: str | None, options: SegmentOptions,

@@ -24,8 +24,9 @@ from .neighbours import iter_prompted_object
 from .other_concepts import AUTO as AUTO_OTHERS
 from .other_concepts import check_other_concepts, image_logits, resolve_other_concepts
 from .prompts import check_prompts
+from .rescale import check_scale, iter_segment_scaled, resolve_scale
 from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
-from .tiling import AUTO, check_tiling, iter_segment_tiled, tiling_for
+from .tiling import AUTO, PlaneView, check_tiling, iter_segment_tiled, tiling_for
 from .views import check_augment, iter_text_mask, resolve_augment
 
 if TYPE_CHECKING:
@@ -57,6 +58,10 @@ class SegmentOptions:
             resolution (see ``inference/tiling.py``): ``"auto"`` tiles an image more than twice
             the input's size, None never tiles (the image is resized to the input), (h, w)
             is each tile's core; ``halo`` the context around it (``"auto"``: input / 4).
+        scale: image pixels per pixel the model reads (``inference/rescale.py``): 2 reads the
+            image at half its size, for objects larger than those the model was trained on;
+            ``"auto"``: 1, or with ``diameter`` the scale that brings it into the diameters the
+            model lists for the concept (``model.concept_diameters``: the demo model's).
         link_planes: with ``instances`` in a stack, one label per 3-D object: each plane's
             objects continue the previous plane's they overlap (``inference/linking.py``),
             along the last leading axis, and in a (T, Z, Y, X) stack each time point's 3-D
@@ -84,6 +89,7 @@ class SegmentOptions:
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     tile_shape: object = AUTO
     halo: object = AUTO
+    scale: float | str = AUTO
     link_planes: bool = True
     encoder_batch: int | str = "auto"
     other_concepts: object = AUTO_OTHERS
@@ -91,6 +97,7 @@ class SegmentOptions:
 
     def __post_init__(self) -> None:
         check_tiling(self.tile_shape, self.halo)
+        object.__setattr__(self, "scale", check_scale(self.scale))
         object.__setattr__(self, "augment", check_augment(self.augment))
         object.__setattr__(self, "other_concepts", check_other_concepts(self.other_concepts))
         check_encoder_batch(self.encoder_batch)
@@ -228,6 +235,10 @@ def iter_segment_stack(
         (*leading, H, W) int32 labels (``out`` when given); with ``instances`` one value per
         object linked across planes (``options.link_planes``), else per object of each plane.
     """
+    scale = resolve_scale(options.scale, options.diameter, predictor.model, concept)
+    if scale != 1:  # read at another scale, then the same pipeline at scale 1
+        return (yield from iter_segment_scaled(predictor, stack, concept, points, point_labels, box, options, rgb,
+                                               out, scale))
     shape = tuple(stack.shape)
     leading = shape[: leading_ndim(shape, rgb)]
     planes = list(np.ndindex(*leading))
@@ -263,8 +274,8 @@ def iter_segment_stack(
                 labels[index] = plane
             else:
                 # Written tile by tile into the labels' plane, never held whole (a zarr ``out``).
-                plane = _PlaneView(labels, index)
-                job = iter_segment_tiled(predictor, _PlaneView(stack, index), concept, points, point_labels, box,
+                plane = PlaneView(labels, index)
+                job = iter_segment_tiled(predictor, PlaneView(stack, index), concept, points, point_labels, box,
                                          options, tiling, out=plane, first_label=next_label)
                 _, after = yield from relay(job, rename)
                 if options.instances:
@@ -274,28 +285,11 @@ def iter_segment_stack(
             volume_done = number + 1 == len(planes) or planes[number + 1][:-1] != index[:-1]
             if options.instances and options.link_planes and len(leading) >= 2 and volume_done:
                 # A (T, Z, Y, X) stack: each time point's 3-D objects continue the previous time point's.
-                volume = _PlaneView(labels, index[:-1])
+                volume = PlaneView(labels, index[:-1])
                 if previous_volume is not None and previous_volume[:-1] == index[:-2]:
-                    next_label = link_in_place(volume, _PlaneView(labels, previous_volume), volume_first_label, rows=1)
+                    next_label = link_in_place(volume, PlaneView(labels, previous_volume), volume_first_label, rows=1)
                 volume_first_label, previous_volume = next_label, index[:-1]
     return labels
-
-
-class _PlaneView:
-    """One plane of a stack (or labels array), read and written region by region, never whole."""
-
-    def __init__(self, array, index: tuple[int, ...]) -> None:
-        self.array, self.index = array, index
-        self.shape = tuple(array.shape)[len(index):]
-
-    def _key(self, region) -> tuple:
-        return self.index + (region if isinstance(region, tuple) else (region,))
-
-    def __getitem__(self, region):
-        return np.asarray(self.array[self._key(region)])
-
-    def __setitem__(self, region, values) -> None:
-        self.array[self._key(region)] = values
 
 
 def predictor_for(model: ClipSamModel | None, predictor: ClipSamPredictor | None,
@@ -334,6 +328,7 @@ def segment(
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     tile_shape=AUTO,
     halo=AUTO,
+    scale=AUTO,
     out=None,
     link_planes: bool = True,
     encoder_batch: int | str = "auto",
@@ -362,6 +357,9 @@ def segment(
             ``"components"`` labels connected regions (see :class:`SegmentOptions`).
         tile_shape, halo: tiles at native resolution for images larger than SAM's input
             (``"auto"``: when more than twice its size; None: never, the image is resized).
+        scale: image pixels per pixel the model reads (2: at half size, for objects larger than
+            the model knows); ``"auto"``: from ``diameter`` for models that list their concepts'
+            diameters (the demo model), else 1. Labels come back at the image's size.
         out: an integer array (numpy, zarr) of the labels' shape to write into.
         link_planes: with ``instances`` in a stack, one label per 3-D object (linked by
             overlap between consecutive planes, and between time points of a (T, Z, Y, X)
@@ -383,7 +381,7 @@ def segment(
     # Checked first: a mistake must not wait for a model to load (or download).
     options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel,
                              instance_method=instance_method, diameter=diameter, score_threshold=score_threshold,
-                             tile_shape=tile_shape, halo=halo, link_planes=link_planes, encoder_batch=encoder_batch,
+                             tile_shape=tile_shape, halo=halo, scale=scale, link_planes=link_planes, encoder_batch=encoder_batch,
                              other_concepts=other_concepts, augment=augment)
     predictor = predictor_for(model, predictor, image_size)
     with predictor:  # one thread drains the whole job: other threads sharing the predictor wait

@@ -261,5 +261,22 @@ def iter_segment_tiled(
     return labels, next_label
 
 
-__all__ = ["AUTO", "Tile", "iter_segment_tiled", "plan_tiles", "prompt_window", "resolve_tiling", "sam_side",
+class PlaneView:
+    """One plane of a stack (or labels array), read and written region by region, never whole."""
+
+    def __init__(self, array, index: tuple[int, ...]) -> None:
+        self.array, self.index = array, index
+        self.shape = tuple(array.shape)[len(index):]
+
+    def _key(self, region) -> tuple:
+        return self.index + (region if isinstance(region, tuple) else (region,))
+
+    def __getitem__(self, region):
+        return np.asarray(self.array[self._key(region)])
+
+    def __setitem__(self, region, values) -> None:
+        self.array[self._key(region)] = values
+
+
+__all__ = ["AUTO", "PlaneView", "Tile", "iter_segment_tiled", "plan_tiles", "prompt_window", "resolve_tiling", "sam_side",
            "tiles_for", "tiling_for"]

@@ -140,6 +140,7 @@ def _load_preset(name: str, adapters, device, precision: str, config: ClipSamCon
                        config=config)
     if adapters is not None:
         model.load_adapters(adapters)
+    model.concept_diameters = dict(preset.concept_diameters)
     return model
 
 

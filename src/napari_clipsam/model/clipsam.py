@@ -83,15 +83,15 @@ class ClipSamModel(nn.Module):
         # at native resolution instead: 2 for the published SAM, 1 for the demo model.
         self.max_auto_downscale = auto_downscale(sam_name)
         self.is_demo = sam_name in DEMO_VARIANTS  # trained on generated scenes only: the widget says so
-        # Whether augment="auto" averages the text-only logits over 8 views (inference/views.py):
-        # for the demo model, whose encoder pass is cheap; not for the published SAM (seconds each).
+        # Whether augment="auto" averages text-only logits over 8 views (inference/views.py): for the cheap demo.
         self.auto_augment = self.is_demo
         # Counts changes to the trainable weights (loading, training): predictors compare
         # it with the count their cached features were computed at.
         self.weights_version = 0
-        # The concepts the loaded weights were trained on (from the adapters file), and the
-        # file's description (the demo model says there what it is for).
+        # The concepts the loaded weights were trained on (from the adapters file), the object diameters
+        # each was trained at (a preset's: (low, high) px, inference/rescale.py), and the file's description.
         self.concepts: tuple[str, ...] = ()
+        self.concept_diameters: dict[str, tuple[float, float]] = {}
         self.description: str | None = None
         self.freeze_base()
         self.to(device)

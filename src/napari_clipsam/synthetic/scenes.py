@@ -33,6 +33,11 @@ NUCLEUS_DIAMETER = (8.0, 60.0)  # px, the range scenes draw their nucleus sizes 
 SPOT_DIAMETER = (5.0, 9.0)  # px
 ROD_WIDTH = (5.0, 9.0)  # px
 ROD_LENGTH = (15.0, 40.0)  # px, caps included
+CELL_SPACING = (28.0, 52.0)  # px, the range a tissue's cell spacing (about a cell's diameter) comes from
+# Each concept's object diameter (a rod's length, a cell's across its outline) as generated: the
+# demo model's model.concept_diameters, which scale="auto" reads images to (inference/rescale.py).
+CONCEPT_DIAMETERS = {"nucleus": NUCLEUS_DIAMETER, "cell membrane": CELL_SPACING, "spot": SPOT_DIAMETER,
+                     "bacterium": ROD_LENGTH}
 GAP = 2.0  # px kept free between objects that do not touch, and between concepts
 _MIN_PIXELS = {"nucleus": 20, "cell membrane": 10, "spot": 8, "bacterium": 20}
 
@@ -207,7 +212,7 @@ def _voronoi_cells(rng: np.random.Generator, size: int, spacing: float) -> np.nd
 def _add_tissue(canvas: _Canvas, nucleus_probability: float) -> None:
     """Packed cells: their outlines as `cell membrane`, nuclei inside some of them."""
     rng = canvas.rng
-    spacing = rng.uniform(28.0, max(30.0, min(52.0, canvas.size / 3)))
+    spacing = rng.uniform(CELL_SPACING[0], max(30.0, min(CELL_SPACING[1], canvas.size / 3)))
     cells = _voronoi_cells(rng, canvas.size, spacing)
     boundary = np.zeros(canvas.shape, dtype=bool)
     boundary[:, :-1] |= cells[:, :-1] != cells[:, 1:]

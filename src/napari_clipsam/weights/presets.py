@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+from ..synthetic.scenes import CONCEPT_DIAMETERS
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -23,6 +25,9 @@ class Preset:
         file: the file's name in ``napari_clipsam/weights/files``.
         sam, clip: the architectures (``build_sam``/``build_clip`` names) it fills.
         label: how the widget names it, saying what it is for.
+        concept_diameters: (low, high) object diameter in pixels (a rod's length) each concept
+            was trained at: ``scale="auto"`` reads an image so that the user's ``diameter``
+            falls in it (``inference/rescale.py``).
     """
 
     name: str
@@ -30,6 +35,7 @@ class Preset:
     sam: str
     clip: str
     label: str
+    concept_diameters: tuple[tuple[str, tuple[float, float]], ...] = ()
 
 
 PRESETS: dict[str, Preset] = {
@@ -39,6 +45,7 @@ PRESETS: dict[str, Preset] = {
         sam="demo",
         clip="demo",
         label="Demo model (generated scenes only, not for real data)",
+        concept_diameters=tuple(CONCEPT_DIAMETERS.items()),
     ),
 }
 
