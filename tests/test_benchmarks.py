@@ -79,6 +79,19 @@ def _run_plain(script: str, *args: str) -> str:
     return completed.stdout
 
 
+def test_scale_benchmark_prints_each_read_and_the_means():
+    output = _run("bench_scale.py", "--model", "random", "--scenes", "1", "--factors", "3", "--no-samples",
+                  "--threads", "1")
+    assert "CPU: " in output and "nucleus 8-60 px" in output  # the diameters the reads are scaled to
+    rows = [line.split() for line in output.splitlines() if line.startswith("scenes x3 ") and " masks " not in line]
+    assert len(rows) >= 4  # every concept of the four kinds' scenes
+    assert any(float(row[-6]) > 1 for row in rows)  # enlarged 3x: some read at another scale
+    assert all(0 <= float(value) <= 1 for row in rows for value in row[-4:])
+    means = re.search(r"scenes x3\s+masks\s+(\d+)\s+own size ([0-9.]+)\s+resized ([0-9.]+)\s+diameter ([0-9.]+)"
+                      r"\s+range end ([0-9.]+)", output)
+    assert means and int(means.group(1)) == len(rows)
+
+
 def test_large_image_benchmark_prints_memory_and_tiles():
     output = _run_plain("bench_large.py", "--sizes", "600", "--threads", "1")
     row = next(line.split() for line in output.splitlines() if line.strip().startswith("600 "))
