@@ -19,11 +19,11 @@ The pixel map is fixed per pixel, never per region, so that tiles read the same 
 whichever region they ask for: read pixel ``i`` of an axis lies at ``(i + 0.5) s - 0.5`` on the
 image's, where the image, smoothed by a Gaussian of ``(s - 1) / 2`` px when shrunk (against
 aliasing, as scikit-image's resize), is interpolated linearly; a region is read with the
-Gaussian's reach around it. (Averaging bins of 1 or 2 pixels instead, at a scale such as 1.08,
-jagged 3 px membranes: held-out text IoU 0.27 against 0.33 smooth.) Image pixel ``j`` takes the
-label of read pixel ``floor((j + 0.5) / s)``. The image is read region by region as the pipeline
-asks (numpy, dask, zarr), never whole; the labels are made at the read's size and written into
-the caller's array in bands of rows.
+Gaussian's reach around it. (Averaging bins of 1 or 2 pixels instead, at a scale such as
+1.08, jagged 3 px membranes: held-out text IoU 0.27 against 0.33 smoothly resized.) Image
+pixel ``j`` takes the label of read pixel ``floor((j + 0.5) / s)``. The image is read region
+by region as the pipeline asks (numpy, dask, zarr), never whole; the labels are made at the
+read's size and written into the caller's array in bands of rows.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ AUTO = "auto"
 _BAND_ROWS = 1024
 # "auto" leaves a diameter this close to the model's range as it is: a user's estimate is rough,
 # and a small resampling costs more than it brings (a held-out 448 px tissue scene: membrane text
-# IoU 0.40 at scale 1, 0.33 at 1.08; the outlines' Feret diameter is up to 56 px, cells 28-52).
+# IoU 0.40 at scale 1, 0.33 at 1.08 smoothly resized; outlines' Feret diameters reach 56 px, cells 28-52).
 SLACK = 1.25
 # The anti-aliasing Gaussian reaches this many sigmas (scipy's default).
 TRUNCATE = 4.0
