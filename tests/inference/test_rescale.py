@@ -162,3 +162,15 @@ def test_the_demo_model_lists_its_concepts_diameters():
     model = nc.load_model(preset="demo")
     assert set(model.concept_diameters) == set(model.concepts)
     assert model.concept_diameters["nucleus"] == NUCLEUS_DIAMETER
+
+
+def test_a_scaled_job_stopped_early_writes_nothing(tiny_model, blobs_image):
+    from napari_clipsam.inference.pipeline import iter_segment_stack
+    from napari_clipsam.inference.predictor import ClipSamPredictor
+
+    out = np.full(blobs_image.shape, 7, dtype=np.int32)  # labels the caller already had
+    job = iter_segment_stack(ClipSamPredictor(tiny_model), blobs_image, "blob", options=SegmentOptions(scale=2),
+                             out=out)
+    next(job)  # the first stage has begun
+    job.close()
+    assert (out == 7).all()

@@ -23,7 +23,8 @@ Gaussian's reach around it. (Averaging bins of 1 or 2 pixels instead, at a scale
 1.08, jagged 3 px membranes: held-out text IoU 0.27 against 0.33 smoothly resized.) Image
 pixel ``j`` takes the label of read pixel ``floor((j + 0.5) / s)``. The image is read region
 by region as the pipeline asks (numpy, dask, zarr), never whole; the labels are made at the
-read's size and written into the caller's array in bands of rows.
+read's size (held whole: 1/scale^2 of the image's) and written into the caller's array in
+bands of rows once every plane is done, so a job stopped before then writes nothing.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def check_scale(scale) -> float | str:
 
 
 def resolve_scale(scale, diameter: float | None, model, concept: str | None) -> float:
-    """The scale to read at: ``scale`` itself, or for ``"auto"`` the one that brings ``diameter``
-    into the range the model lists for ``concept`` (1 without a diameter or a listed range)."""
+    """The scale to read at: ``scale`` itself, or for ``"auto"`` 1, unless ``diameter`` lies outside
+    the range the model lists for ``concept`` by more than ``SLACK``: then the scale that brings it
+    to the range's geometric middle."""
     scale = check_scale(scale)
     if scale != AUTO:
         return scale
