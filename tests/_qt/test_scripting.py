@@ -109,6 +109,10 @@ def test_segment_layer_is_segment_with_the_layer_geometry(tiny_model, blobs_imag
     competing = nc.segment(blobs_image, "nucleus", model=tiny_model, other_concepts=["spot"])
     assert competing.sum() < nc.segment(blobs_image, "nucleus", model=tiny_model, other_concepts=None).sum()
     np.testing.assert_array_equal(labels, competing)
+    labels, _, _ = segment_layer(layer, "nucleus", tiny_model, scale=2)  # the layer's data read at half size
+    np.testing.assert_array_equal(labels, nc.segment(blobs_image, "nucleus", model=tiny_model, scale=2))
+    assert labels.shape == blobs_image.shape
+    assert not np.array_equal(labels, nc.segment(blobs_image, "nucleus", model=tiny_model))  # not read at 1
 
     points, box = [[25, 30], [70, 100]], [[10, 15], [40, 45]]
     labels, kwargs, _ = segment_layer(layer, None, tiny_model, points=points, point_labels=[1, 0], box=box)

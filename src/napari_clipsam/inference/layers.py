@@ -99,6 +99,7 @@ def segment_layer(
     level: int = 0,
     tile_shape=AUTO,
     halo=AUTO,
+    scale="auto",
     link_planes: bool = True,
     other_concepts="auto",
     augment="auto",
@@ -119,7 +120,7 @@ def segment_layer(
         point_labels: (N,) 1 positive, 0 negative (default all 1).
         box: (row, col) corners of a rectangle: two opposite ones or a Shapes rectangle's four.
         instances, refine, min_area, channel, image_size, predictor, instance_method, diameter,
-            score_threshold, tile_shape, halo, link_planes, other_concepts, augment: as for
+            score_threshold, tile_shape, halo, scale, link_planes, other_concepts, augment: as for
             :func:`napari_clipsam.segment`.
         level: the resolution level of a multiscale layer to segment (0: full resolution);
             prompts stay in level-0 data coordinates and the labels have level 0's shape, as
@@ -136,8 +137,8 @@ def segment_layer(
     # Checked first: a mistake must not wait for a model to load (or download).
     options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel,
                              instance_method=instance_method, diameter=diameter, score_threshold=score_threshold,
-                             tile_shape=tile_shape, halo=halo, link_planes=link_planes, other_concepts=other_concepts,
-                             augment=augment)
+                             tile_shape=tile_shape, halo=halo, scale=scale, link_planes=link_planes,
+                             other_concepts=other_concepts, augment=augment)
     plane = layer_plane(image_layer.data, rgb=rgb, multiscale=multiscale, level=level) if level else None
     predictor = predictor_for(model, predictor, image_size)
     with predictor:  # one thread drains the whole job, as in segment()
