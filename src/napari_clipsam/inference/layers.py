@@ -121,7 +121,8 @@ def segment_layer(
         box: (row, col) corners of a rectangle: two opposite ones or a Shapes rectangle's four.
         instances, refine, min_area, channel, image_size, predictor, instance_method, diameter,
             score_threshold, tile_shape, halo, scale, link_planes, other_concepts, augment: as for
-            :func:`napari_clipsam.segment`.
+            :func:`napari_clipsam.segment`. ``scale`` is image pixels per pixel the model reads, not the
+            layer's physical scale (which the labels carry, as below).
         level: the resolution level of a multiscale layer to segment (0: full resolution);
             prompts stay in level-0 data coordinates and the labels have level 0's shape, as
             in the widget. A stack at a coarser level takes no prompts.
