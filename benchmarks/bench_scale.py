@@ -2,7 +2,7 @@
 
 A model reads objects of the sizes it was trained on best (the demo model: nuclei 8-60 px,
 spots 5-9, rods 15-40 long, cells 28-52 across). For each case, the text-only mask of each
-concept (``nc.segment``, its defaults otherwise) read three ways:
+concept (``nc.segment``, its defaults otherwise) read four ways:
 
 - ``own size``: ``scale=1``, the image's own pixels (in tiles when larger than the input);
 - ``resized``: ``tile_shape=None``, the whole image resized to the model's input;
