@@ -6,7 +6,7 @@ concept (``nc.segment``, its defaults otherwise) read four ways:
 
 - ``own size``: ``scale=1``, the image's own pixels (in tiles when larger than the input);
 - ``resized``: ``tile_shape=None``, the whole image resized to the model's input;
-- ``diameter``: ``scale="auto"`` with the objects' diameter as a user would give it (here the
+- ``diameter``: ``nc.segment(..., diameter=d)`` (``scale="auto"``, the default), the objects' diameter as a user would give it (here the
   median largest Feret diameter of the true objects, in the image's pixels): read so that it
   falls in the diameters the model lists for the concept (``model.concept_diameters``);
 
@@ -115,11 +115,11 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     for group, name, image, truth, concept in cases(args):
         diameter = user_diameter(truth)
-        scale = resolve_scale("auto", diameter, model, concept)
+        scale = resolve_scale("auto", diameter, model, concept)  # what nc.segment(..., diameter=) picks: printed
         low, high = model.concept_diameters.get(concept, (diameter, diameter))
         end = 1.0 if scale == 1 else diameter / min(max(diameter, low), high)
         row = {}
-        for read, options in zip(READS, (dict(scale=1), dict(tile_shape=None), dict(scale=scale), dict(scale=end))):
+        for read, options in zip(READS, (dict(scale=1), dict(tile_shape=None), dict(diameter=diameter), dict(scale=end))):
             row[read] = semantic_iou(nc.segment(image, concept, model, **options) > 0, truth > 0)
             ious[group][read].append(row[read])
         ious[group]["better of own size and resized"].append(max(row["own size"], row["resized"]))

@@ -33,11 +33,19 @@ def test_the_controls_say_the_pipeline_options(widget):
     assert _options(widget) == SegmentOptions(instances=True, diameter=18.0, score_threshold=0.25, min_area=12)
     controls.set_options(diameter=0)  # 0: estimated from the mask
     assert _options(widget).diameter is None
-    controls.set_options(instance_method="components", diameter=30, refine=True)
-    # The seeds' settings stay in their fields but do not apply to components.
+    controls.set_options(instance_method="components", diameter=30, refine=True, score_threshold=0.4)
+    # The score threshold stays in its field but does not apply to components; the diameter
+    # still picks the reading scale (Scale auto).
     assert _options(widget) == SegmentOptions(instances=True, instance_method="components", refine=True,
-                                              min_area=12)
+                                              min_area=12, diameter=30.0)
     controls.set_options(instances=False)
+    assert _options(widget) == SegmentOptions(diameter=30.0)
+    controls.set_options(scale=2)  # a scale of the user's own: the diameter has nothing left to do
+    assert _options(widget) == SegmentOptions(scale=2.0)
+    controls.set_options(instances=True, instance_method="seeds")
+    assert _options(widget) == SegmentOptions(instances=True, refine=True, min_area=12, diameter=30.0,
+                                              score_threshold=0.4, scale=2.0)
+    controls.set_options(instances=False, scale=0, diameter=0)
     assert _options(widget) == SegmentOptions()
     with pytest.raises(ValueError, match="seeds, components"):
         controls.set_options(instance_method="watershed")
@@ -92,14 +100,19 @@ def test_the_flips_and_turns_choice_reaches_the_pipeline_shows_in_text_mode_and_
     assert ClipSamWidget(make_napari_viewer())._controls.augment.value == "off"
 
 
-def test_seed_fields_show_only_for_seeds(widget):
+def test_seed_fields_show_only_for_seeds_and_the_diameter_also_for_the_automatic_scale(widget):
     controls = widget._controls
-    seed_fields = (controls.diameter, controls.score_threshold)
-    assert not any(_shown(c) for c in (controls.instance_method, *seed_fields))
+    scale = controls.large.scale
+    assert not any(_shown(c) for c in (controls.instance_method, controls.score_threshold))
+    assert _shown(controls.diameter)  # Scale auto: the objects' diameter picks the scale
+    scale.value = 1.5
+    assert not _shown(controls.diameter)
     controls.instances.value = True
-    assert _shown(controls.instance_method) and all(_shown(c) for c in seed_fields)
+    assert _shown(controls.instance_method) and _shown(controls.diameter) and _shown(controls.score_threshold)
     controls.instance_method.value = METHOD_COMPONENTS
-    assert not any(_shown(c) for c in seed_fields) and _shown(controls.refine)
+    assert not _shown(controls.diameter) and not _shown(controls.score_threshold) and _shown(controls.refine)
+    scale.value = 0
+    assert _shown(controls.diameter) and not _shown(controls.score_threshold)
     assert controls.diameter.native.specialValueText() == "auto"
 
 

@@ -90,6 +90,11 @@ def test_instance_flags_become_the_pipeline_options():
     assert _segment_options("--instances", "--instance-method", "components", "--refine", "--min-area", "9") == (
         SegmentOptions(instances=True, instance_method="components", refine=True, min_area=9)
     )
+    # Without seeded instances the diameter picks the reading scale (--scale auto, the default).
+    assert _segment_options("--diameter", "120") == SegmentOptions(diameter=120.0)
+    assert _segment_options("--instances", "--instance-method", "components", "--diameter", "90") == (
+        SegmentOptions(instances=True, instance_method="components", diameter=90.0)
+    )
 
 
 def test_the_instance_methods_and_default_threshold_are_the_pipelines():
@@ -150,12 +155,15 @@ def test_bad_tiling_flags_exit_2_naming_the_flag(flags, words, capsys):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--diameter", "20"], "--diameter apply to objects: add --instances"),
+        (["--diameter", "20", "--scale", "2"], "with --scale 2 and no seeded instances it would do nothing"),
         (["--instance-method", "seeds"], "--instance-method apply to objects: add --instances"),
         (["--score-threshold", "0"], "--score-threshold apply to objects: add --instances"),
-        (["--instances", "--instance-method", "components", "--diameter", "20"],
-         "--diameter apply to --instance-method seeds, not to components"),
+        (["--instances", "--instance-method", "components", "--score-threshold", "0.2"],
+         "--score-threshold applies to --instance-method seeds, not to components"),
+        (["--instances", "--instance-method", "components", "--diameter", "20", "--scale", "1.5"],
+         "leave it out, or use --scale auto"),
         (["--instances", "--diameter", "0"], "--diameter must be more than 0 pixels"),
+        (["--diameter", "-4"], "--diameter must be more than 0 pixels"),
         (["--instances", "--score-threshold", "1.5"], "--score-threshold must be between 0 and 1"),
     ],
 )

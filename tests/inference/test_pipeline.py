@@ -185,10 +185,19 @@ def test_bad_options_are_refused_with_the_fix():
     for threshold in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match=r"score_threshold must be in \[0, 1\]"):
             SegmentOptions(instances=True, score_threshold=threshold)
-    with pytest.raises(ValueError, match="diameter and score_threshold apply to objects: set instances=True"):
+    with pytest.raises(ValueError, match="score_threshold apply to objects: set instances=True"):
         SegmentOptions(diameter=20, score_threshold=0.7)
-    with pytest.raises(ValueError, match="diameter apply to instance_method='seeds'"):
-        SegmentOptions(instances=True, instance_method="components", diameter=20)
+    with pytest.raises(ValueError, match="score_threshold applies to instance_method='seeds'"):
+        SegmentOptions(instances=True, instance_method="components", score_threshold=0.3)
+    # A diameter picks the scale at scale="auto", with or without objects; with a scale of the
+    # user's own and no seeds it would do nothing.
+    assert SegmentOptions(diameter=20).diameter == 20
+    assert SegmentOptions(instances=True, instance_method="components", diameter=20).diameter == 20
+    assert SegmentOptions(instances=True, diameter=20, scale=2).diameter == 20
+    with pytest.raises(ValueError, match=r"diameter=20 .* with scale=2 and no seeded instances it would do nothing"):
+        SegmentOptions(diameter=20, scale=2)
+    with pytest.raises(ValueError, match="set scale='auto'"):
+        SegmentOptions(instances=True, instance_method="components", diameter=20, scale=1)
     with pytest.raises(ValueError, match="instances=True"):
         nc.segment(np.zeros((8, 8)), "x", model=object(), instance_method="components")
     # Refinement applies to objects made either way.

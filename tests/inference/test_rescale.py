@@ -174,3 +174,19 @@ def test_a_scaled_job_stopped_early_writes_nothing(tiny_model, blobs_image):
     next(job)  # the first stage has begun
     job.close()
     assert (out == 7).all()
+
+
+@pytest.mark.parametrize("objects", [dict(), dict(instances=True, instance_method="components")])
+def test_a_diameter_alone_picks_the_scale_for_a_model_that_lists_its_sizes(tiny_model, blobs_image, objects,
+                                                                          monkeypatch):
+    """Without seeded instances ``diameter`` only picks the scale: the text mask (or its components)
+    is that of the scale it picks; a model that lists no sizes warns and reads the image's own pixels."""
+    monkeypatch.setattr(tiny_model, "concept_diameters", {"blob": (6.0, 12.0)})
+    picked = 40 / np.sqrt(6.0 * 12.0)
+    labels = nc.segment(blobs_image, "blob", tiny_model, diameter=40, **objects)
+    np.testing.assert_array_equal(labels, nc.segment(blobs_image, "blob", tiny_model, scale=picked, **objects))
+    assert not np.array_equal(labels, nc.segment(blobs_image, "blob", tiny_model, **objects))  # it did change
+    monkeypatch.setattr(tiny_model, "concept_diameters", {})
+    with pytest.warns(UserWarning, match=r"diameter=40 picks the reading scale only for a model that lists"):
+        unknown = nc.segment(blobs_image, "blob", tiny_model, diameter=40, **objects)
+    np.testing.assert_array_equal(unknown, nc.segment(blobs_image, "blob", tiny_model, **objects))

@@ -79,7 +79,9 @@ class SegmentControls:
             "stay apart. Connected components: each connected region of the mask is one object (fast)."
         )
         self.diameter = SpinBox(label="Object diameter (px)", min=0, max=100_000, step=1, value=0)
-        self.diameter.tooltip = ("The expected diameter of one object in pixels (of a rod, its length); "
+        self.diameter.tooltip = ("The expected diameter of one object in pixels (of a rod, its length). Separate "
+                                 "objects (seeds) use it as the objects' size; with Scale auto it also picks the "
+                                 "reading scale, for models that list their concepts' sizes (the demo model). "
                                  "0 (auto): estimated from the mask.")
         self.diameter.native.setSpecialValueText("auto")  # shown at 0
         self.score_threshold = FloatSpinBox(label="Score threshold", min=0.0, max=1.0, step=0.05,
@@ -120,7 +122,7 @@ class SegmentControls:
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = WrappingLabel(value="")  # long messages (offline paths) must not widen the dock
 
-        for control in (self.mode, self.image, self.scope, self.instances, self.instance_method):
+        for control in (self.mode, self.image, self.scope, self.instances, self.instance_method, self.large.scale):
             control.changed.connect(self.update_visibility)
         for control, _ in self._saved:
             control.changed.connect(self._store)
@@ -163,7 +165,7 @@ class SegmentControls:
             channel=None if self.channel.value == CHANNEL_ALL or not layer.rgb else int(self.channel.value),
             with_similarity=bool(self.show_similarity.value) and concept is not None and kind != STACK,
             instance_method=self.method if instances else "seeds",
-            diameter=(float(self.diameter.value) or None) if seeds else None,
+            diameter=(float(self.diameter.value) or None) if self._diameter_applies() else None,
             score_threshold=float(self.score_threshold.value) if seeds else DEFAULT_SCORE_THRESHOLD,
             tile_shape=tile_shape,
             halo=halo,
@@ -274,6 +276,10 @@ class SegmentControls:
             request.prompts = dict(points=points, point_labels=point_labels, box=box)
         return request
 
+    def _diameter_applies(self) -> bool:
+        """Whether the diameter does anything: it sizes seeded objects and, at Scale auto, picks the scale."""
+        return bool(self.instances.value) and self.method == "seeds" or self.large.chosen_scale() == "auto"
+
     def update_visibility(self, *_: Any) -> None:
         layer = self.image.value
         manual = self.manual
@@ -282,7 +288,8 @@ class SegmentControls:
         self.scope.visible = stack
         instances = bool(self.instances.value)
         self.refine.visible = self.min_area.visible = self.instance_method.visible = instances
-        self.diameter.visible = self.score_threshold.visible = instances and self.method == "seeds"
+        self.score_threshold.visible = instances and self.method == "seeds"
+        self.diameter.visible = self._diameter_applies()
         self.link_planes.visible = instances and stack and self.scope.value == SCOPE_ALL
         self.prompts_button.visible = self.commit_button.visible = manual
         self.other_concepts.visible = self.augment.visible = not manual

@@ -55,7 +55,9 @@ def add_parser(commands, parents) -> None:
              "the --points when given (default); 'components' labels connected regions (fast)",
     )
     seg.add_argument("--diameter", type=float, metavar="PX",
-                     help="with --instance-method seeds: object diameter in px, a rod's length (default: estimated)")
+                     help="object diameter in px, a rod's length: with --scale auto it picks the reading scale "
+                          "(models that list their concepts' diameters: the demo model), with --instances (seeds) "
+                          "it sizes the objects (default: estimated)")
     seg.add_argument("--score-threshold", type=float, metavar="X",
                      help="with --instance-method seeds: drop objects SAM scores lower, 0 to 1 "
                           f"(default {DEFAULT_SCORE_THRESHOLD})")
@@ -204,16 +206,19 @@ def _options(args: argparse.Namespace):
 
     # --refine and --min-area default to off and 0; the others to None (not given).
     given = [flag for flag, value in (("--refine", args.refine), ("--min-area", args.min_area)) if value]
-    given += [flag for flag, value in (("--instance-method", args.instance_method), ("--diameter", args.diameter),
+    given += [flag for flag, value in (("--instance-method", args.instance_method),
                                        ("--score-threshold", args.score_threshold)) if value is not None]
     if given and not args.instances:
         raise ValueError(f"{' and '.join(given)} apply to objects: add --instances.")
-    seeded = [flag for flag in ("--diameter", "--score-threshold") if flag in given]
     method = args.instance_method or "seeds"
-    if seeded and method != "seeds":
-        raise ValueError(f"{' and '.join(seeded)} apply to --instance-method seeds, not to {method}.")
+    if "--score-threshold" in given and method != "seeds":
+        raise ValueError(f"--score-threshold applies to --instance-method seeds, not to {method}.")
     if args.diameter is not None and not (np.isfinite(args.diameter) and args.diameter > 0):
         raise ValueError(f"--diameter must be more than 0 pixels (leave it out to estimate it), got {args.diameter}.")
+    if args.diameter is not None and args.scale != "auto" and not (args.instances and method == "seeds"):
+        raise ValueError(f"--diameter sizes the objects of --instances (seeds) and, with --scale auto, picks the "
+                         f"reading scale; with --scale {args.scale:g} and no seeded instances it would do nothing: "
+                         "leave it out, or use --scale auto.")
     if args.score_threshold is not None and not 0 <= args.score_threshold <= 1:
         raise ValueError(f"--score-threshold must be between 0 and 1, got {args.score_threshold}.")
     extra = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}

@@ -23,7 +23,7 @@ import numpy as np
 from .._jobs import Job, run
 from . import pipeline
 from .pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack, predictor_for
-from .rescale import read_length, resolve_scale, scale_points
+from .rescale import read_length, scale_for, scale_points
 from .seeds import DEFAULT_SCORE_THRESHOLD
 from .tiling import AUTO, tiles_for, tiling_for
 
@@ -326,7 +326,7 @@ def iter_segment_plane(predictor: ClipSamPredictor, plane: LayerPlane, concept: 
     another scale give neither (score NaN, similarity None).
     """
     level_points, level_box = plane.to_level_xy(points), plane.to_level_xy(box)
-    scale = resolve_scale(options.scale, options.diameter, predictor.model, concept)
+    scale = scale_for(options, predictor.model, concept)
     read_shape = tuple(read_length(n, scale) for n in plane.shape[:2])  # what the model reads (rescale.py)
     tiling = tiling_for(predictor, read_shape, options)
     if tiling is None and scale == 1:

@@ -24,7 +24,7 @@ from .neighbours import iter_prompted_object
 from .other_concepts import AUTO as AUTO_OTHERS
 from .other_concepts import check_other_concepts, image_logits, resolve_other_concepts
 from .prompts import check_prompts
-from .rescale import check_scale, iter_segment_scaled, resolve_scale
+from .rescale import check_diameter_use, check_scale, iter_segment_scaled, scale_for
 from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
 from .tiling import AUTO, PlaneView, check_tiling, iter_segment_tiled, tiling_for
 from .views import check_augment, iter_text_mask, resolve_augment
@@ -50,8 +50,9 @@ class SegmentOptions:
         instance_method: with ``instances``, ``"seeds"`` keeps touching objects apart (one
             SAM click per seed, see ``inference/seeds.py``; the user's positive points are
             the seeds when given); ``"components"`` labels the mask's connected regions (fast).
-        diameter: with ``"seeds"``, the expected object diameter in pixels (an elongated
-            object's length); None: estimated from the mask (:func:`.basins.estimate_diameter`).
+        diameter: the expected object diameter in pixels (an elongated object's length): the
+            seeds' object size (None: estimated from the mask, :func:`.basins.estimate_diameter`)
+            and, with ``scale="auto"``, what picks the scale, also without instances.
         score_threshold: with ``"seeds"``, drop objects whose score (SAM's predicted IoU
             times the mask's stability, in [0, 1]) is lower; the user's clicks are kept.
         tile_shape, halo: images larger than SAM's input in overlapping tiles at native
@@ -116,14 +117,13 @@ class SegmentOptions:
         if not 0 <= self.score_threshold <= 1:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}.")
         defaults = SegmentOptions.__dataclass_fields__
-        changed = [name for name in ("refine", "min_area", "instance_method", "diameter", "score_threshold",
-                                     "link_planes")
+        changed = [name for name in ("refine", "min_area", "instance_method", "score_threshold", "link_planes")
                    if getattr(self, name) != defaults[name].default]
         if changed and not self.instances:
             raise ValueError(f"{' and '.join(changed)} apply to objects: set instances=True as well.")
-        seeded = [name for name in ("diameter", "score_threshold") if name in changed]
-        if seeded and self.instance_method != "seeds":
-            raise ValueError(f"{' and '.join(seeded)} apply to instance_method='seeds', not to connected components.")
+        if "score_threshold" in changed and self.instance_method != "seeds":
+            raise ValueError("score_threshold applies to instance_method='seeds', not to connected components.")
+        check_diameter_use(self.diameter, self.scale, self.instances and self.instance_method == "seeds")
 
 
 @dataclass
@@ -235,7 +235,7 @@ def iter_segment_stack(
         (*leading, H, W) int32 labels (``out`` when given); with ``instances`` one value per
         object linked across planes (``options.link_planes``), else per object of each plane.
     """
-    scale = resolve_scale(options.scale, options.diameter, predictor.model, concept)
+    scale = scale_for(options, predictor.model, concept)
     if scale != 1:  # read at another scale, then the same pipeline at scale 1
         return (yield from iter_segment_scaled(predictor, stack, concept, points, point_labels, box, options, rgb,
                                                out, scale))

@@ -6,7 +6,7 @@ across; a field of 120 px nuclei read at its own pixels gives it halves and rims
 make one pixel of what the model reads: 2 reads the image at half its size (objects half as
 wide, and a quarter of the tiles), 0.5 at twice its size. Labels come back at the image's size.
 
-``"auto"`` is 1 unless ``diameter`` is given and the model lists the object diameters each of
+``"auto"`` is 1 unless ``diameter`` is given (with or without instances) and the model lists the object diameters each of
 its concepts was trained at (``model.concept_diameters``: the demo model's come from the scene
 generator), and ``diameter`` lies outside that range (by more than ``SLACK``): then the scale
 that brings it to the range's middle (geometric mean), where the model is surest, as Cellpose
@@ -30,6 +30,7 @@ bands of rows once every plane is done, so a job stopped before then writes noth
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scipy import ndimage
@@ -58,6 +59,45 @@ def check_scale(scale) -> float | str:
     return float(scale)
 
 
+def check_diameter_use(diameter: float | None, scale, seeded: bool) -> None:
+    """Refuse (ValueError) a ``diameter`` that would do nothing: one given with a fixed ``scale``
+    and no seeded instances (``seeded``: ``instances=True`` with the seeds method)."""
+    if diameter is None or seeded or check_scale(scale) == AUTO:
+        return
+    raise ValueError(
+        f"diameter={diameter:g} gives the seeds their objects' size (instances=True, instance_method='seeds') "
+        f"and, with scale='auto', picks the reading scale; with scale={scale:g} and no seeded instances it would "
+        f"do nothing: leave it out, or set scale='auto'."
+    )
+
+
+def known_diameters(model, concept: str | None) -> tuple[float, float] | None:
+    """The (low, high) object diameters ``model`` lists for ``concept`` (``model.concept_diameters``), or None."""
+    from .prompts import normalise_concept
+
+    concept = None if concept is None else normalise_concept(concept)
+    return None if concept is None else getattr(model, "concept_diameters", {}).get(concept)
+
+
+def scale_for(options, model, concept: str | None) -> float:
+    """The scale :class:`~.pipeline.SegmentOptions` ``options`` read ``concept`` at with ``model``.
+
+    A ``diameter`` given for the scale alone (no seeded instances) that the model cannot use,
+    listing no diameters for the concept, is reported by a warning and leaves the image's
+    own pixels: it says what the objects are, not what to do, and ``diameter`` with the seeds
+    means the same whatever the model.
+    """
+    seeded = options.instances and options.instance_method == "seeds"
+    if options.diameter is not None and not seeded and options.scale == AUTO \
+            and known_diameters(model, concept) is None:
+        warnings.warn(
+            f"diameter={options.diameter:g} picks the reading scale only for a model that lists the object "
+            f"diameters it was trained on (model.concept_diameters: the demo model's); this one lists none "
+            f"for {concept!r}, so the image is read at its own pixels: give scale yourself (2 reads it at half "
+            f"its size).", UserWarning, stacklevel=2)
+    return resolve_scale(options.scale, options.diameter, model, concept)
+
+
 def resolve_scale(scale, diameter: float | None, model, concept: str | None) -> float:
     """The scale to read at: ``scale`` itself, or for ``"auto"`` 1, unless ``diameter`` lies outside
     the range the model lists for ``concept`` by more than ``SLACK``: then the scale that brings it
@@ -65,9 +105,7 @@ def resolve_scale(scale, diameter: float | None, model, concept: str | None) -> 
     scale = check_scale(scale)
     if scale != AUTO:
         return scale
-    from .prompts import normalise_concept
-
-    known = None if concept is None else getattr(model, "concept_diameters", {}).get(normalise_concept(concept))
+    known = known_diameters(model, concept)
     if diameter is None or known is None:
         return 1.0
     low, high = known
@@ -196,7 +234,9 @@ def iter_segment_scaled(predictor, stack, concept, points, point_labels, box, op
         raise ValueError(f"out has shape {tuple(out.shape)}; the labels of this image need {labels_shape}.")
     labels = np.zeros(labels_shape, dtype=np.int32) if out is None else out
     # Sizes the user gave in the image's pixels, in the read's; the read itself at scale 1.
-    inner = replace(options, scale=1.0, diameter=scaled_size(options.diameter, scale),
+    # A diameter given only to pick the scale has done so.
+    seeded = options.instances and options.instance_method == "seeds"
+    inner = replace(options, scale=1.0, diameter=scaled_size(options.diameter, scale) if seeded else None,
                     min_area=math.ceil(options.min_area / scale**2))
     small = yield from iter_segment_stack(predictor, ScaledImage(stack, scale, leading), concept,
                                           scale_points(points, scale), point_labels, scale_points(box, scale),
@@ -205,5 +245,5 @@ def iter_segment_scaled(predictor, stack, concept, points, point_labels, box, op
     return labels
 
 
-__all__ = ["AUTO", "ScaledImage", "check_scale", "iter_segment_scaled", "label_source", "read_length",
-           "resolve_scale", "scale_points", "scaled_size", "write_back"]
+__all__ = ["AUTO", "ScaledImage", "check_diameter_use", "check_scale", "iter_segment_scaled", "known_diameters",
+           "label_source", "read_length", "resolve_scale", "scale_for", "scale_points", "scaled_size", "write_back"]
