@@ -315,6 +315,29 @@ def test_the_scale_control_reads_the_plane_smaller_and_persists(tmp_path, monkey
     assert ClipSamWidget(viewer)._controls.large.scale.value == 2.5
 
 
+def test_an_object_diameter_alone_picks_the_scale_and_the_status_says_when_the_model_cannot(
+        tmp_path, monkeypatch, viewer, tiny_model, scene):
+    """Scale auto, no separate objects: a diameter of 100 px for a model that lists nuclei of 8-60 px
+    reads the plane at 100 / sqrt(8 * 60); a model that lists no sizes reads it at 1 and says why."""
+    monkeypatch.setenv("NAPARI_CLIPSAM_SETTINGS", str(tmp_path / "widget.json"))
+    viewer.add_image(scene.image, name="large")
+    widget = _docked(viewer, tiny_model)
+    widget.set_image("large")
+    widget.set_options(diameter=100)
+    assert _options(widget) == SegmentOptions(diameter=100.0)
+    monkeypatch.setattr(tiny_model, "concept_diameters", {"nucleus": (8.0, 60.0)})
+    result = _segment(widget)
+    picked = 100 / np.sqrt(8 * 60)
+    assert result.scale == pytest.approx(picked)
+    assert f"read at scale {result.scale:g}" in widget._controls.status.value
+    expected = nc.segment(scene.image, "nucleus", tiny_model, diameter=100)
+    np.testing.assert_array_equal(viewer.layers["large nucleus"].data > 0, expected > 0)
+    monkeypatch.setattr(tiny_model, "concept_diameters", {})
+    result = _segment(widget)
+    assert result.scale == 1 and result.diameter_unused
+    assert "object diameter not used" in widget._controls.status.value
+
+
 def test_visible_region_only(qtbot, viewer, tiny_model, scene):
     viewer.add_image(scene.image, name="large")
     widget = _docked(viewer, tiny_model)

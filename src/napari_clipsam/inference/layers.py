@@ -23,7 +23,7 @@ import numpy as np
 from .._jobs import Job, run
 from . import pipeline
 from .pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack, predictor_for
-from .rescale import read_length, scale_for, scale_points
+from .rescale import diameter_unused, read_length, scale_for, scale_points
 from .seeds import DEFAULT_SCORE_THRESHOLD
 from .tiling import AUTO, tiles_for, tiling_for
 
@@ -302,17 +302,21 @@ class PlaneResult(SegmentResult):
         tiles: how many tiles the plane was segmented in; 0: one pass, resized to SAM's input.
         level: the resolution level read.
         scale: image pixels per pixel the model read (``inference/rescale.py``).
+        diameter_unused: a diameter was given to pick the scale, and the model lists no sizes to pick it by.
     """
 
     tiles: int = 0
     level: int = 0
     scale: float = 1.0
+    diameter_unused: bool = False
 
     @property
     def summary(self) -> str:
         """How it was made, for a status line: SAM's score, or the tiles; the scale and a coarser level read."""
         made = f"in {self.tiles} tile(s)" if self.tiles else f"score {self.score:.2f}"
         made += f", read at scale {self.scale:g}" if self.scale != 1 else ""
+        made += (", object diameter not used: the model lists no object sizes to pick the scale by (set Scale)"
+                 if self.diameter_unused else "")
         return f"{made}, resolution level {self.level}" if self.level else made
 
 
@@ -327,6 +331,7 @@ def iter_segment_plane(predictor: ClipSamPredictor, plane: LayerPlane, concept: 
     """
     level_points, level_box = plane.to_level_xy(points), plane.to_level_xy(box)
     scale = scale_for(options, predictor.model, concept)
+    unused = diameter_unused(options, predictor.model, concept)
     read_shape = tuple(read_length(n, scale) for n in plane.shape[:2])  # what the model reads (rescale.py)
     tiling = tiling_for(predictor, read_shape, options)
     if tiling is None and scale == 1:
@@ -335,7 +340,7 @@ def iter_segment_plane(predictor: ClipSamPredictor, plane: LayerPlane, concept: 
         similarity = None if result.similarity is None else plane.to_level0(result.similarity)
         return PlaneResult(plane.to_level0(result.mask), plane.to_level0(result.labels), result.score,
                            plane.to_level0_xy(result.points), result.point_labels, result.logits, similarity,
-                           tiles=0, level=plane.level)
+                           tiles=0, level=plane.level, diameter_unused=unused)
     options = replace(options, with_similarity=False)  # per tile only: not worth computing
     job = iter_segment_stack(predictor, plane, concept, level_points, point_labels, level_box, options,
                              rgb=plane.rgb)
@@ -344,7 +349,7 @@ def iter_segment_plane(predictor: ClipSamPredictor, plane: LayerPlane, concept: 
     return PlaneResult(labels > 0, labels, float("nan"), points, point_labels, np.zeros((0, 0), np.float32),
                        None, tiles=len(tiles_for(predictor, read_shape, tiling, scale_points(level_points, scale),
                                                  scale_points(level_box, scale))) if tiling else 1,
-                       level=plane.level, scale=scale)
+                       level=plane.level, scale=scale, diameter_unused=unused)
 
 
 def iter_segment_layer_stack(predictor: ClipSamPredictor, data, concept: str | None, options: SegmentOptions,

@@ -79,6 +79,14 @@ def known_diameters(model, concept: str | None) -> tuple[float, float] | None:
     return None if concept is None else getattr(model, "concept_diameters", {}).get(concept)
 
 
+def diameter_unused(options, model, concept: str | None) -> bool:
+    """Whether ``options.diameter`` was given for the scale alone (no seeded instances, ``scale="auto"``)
+    and ``model`` lists no diameters for ``concept`` to pick it by."""
+    seeded = options.instances and options.instance_method == "seeds"
+    return options.diameter is not None and not seeded and options.scale == AUTO \
+        and known_diameters(model, concept) is None
+
+
 def scale_for(options, model, concept: str | None) -> float:
     """The scale :class:`~.pipeline.SegmentOptions` ``options`` read ``concept`` at with ``model``.
 
@@ -87,9 +95,7 @@ def scale_for(options, model, concept: str | None) -> float:
     own pixels: it says what the objects are, not what to do, and ``diameter`` with the seeds
     means the same whatever the model.
     """
-    seeded = options.instances and options.instance_method == "seeds"
-    if options.diameter is not None and not seeded and options.scale == AUTO \
-            and known_diameters(model, concept) is None:
+    if diameter_unused(options, model, concept):
         warnings.warn(
             f"diameter={options.diameter:g} picks the reading scale only for a model that lists the object "
             f"diameters it was trained on (model.concept_diameters: the demo model's); this one lists none "
@@ -245,5 +251,6 @@ def iter_segment_scaled(predictor, stack, concept, points, point_labels, box, op
     return labels
 
 
-__all__ = ["AUTO", "ScaledImage", "check_diameter_use", "check_scale", "iter_segment_scaled", "known_diameters",
+__all__ = ["AUTO", "ScaledImage", "check_diameter_use", "check_scale", "diameter_unused", "iter_segment_scaled",
+           "known_diameters",
            "label_source", "read_length", "resolve_scale", "scale_for", "scale_points", "scaled_size", "write_back"]
