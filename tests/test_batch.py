@@ -83,3 +83,24 @@ def test_negative_points_reach_the_workers(cluster, files):
     expected = nc.segment(tifffile.imread(source), "nucleus", model=model, points=points, point_labels=labels)
     np.testing.assert_array_equal(tifffile.imread(output), expected)
     assert (expected != nc.segment(tifffile.imread(source), "nucleus", model=model, points=points[:1])).any()
+
+
+def test_a_diameter_in_micrometres_reaches_the_workers_as_each_files_pixels(cluster, tmp_path):
+    """Two OME-TIFFs of one field, at 0.5 and 0.125 µm per pixel (the second 4 times larger):
+    on the workers a 30 µm diameter is 60 px in the first (the demo model's sizes: read as it is)
+    and 240 px in the second (read smaller), as ``nc.segment`` with those pixels gives."""
+    image = generate_scene(2_000_501, size=128, kind="nuclei").image
+    fields = {"x1": (image, 0.5, 60.0), "x4": (np.kron(image, np.ones((4, 4), image.dtype)), 0.125, 240.0)}
+    pairs = []
+    for name, (data, size, _) in fields.items():
+        tifffile.imwrite(tmp_path / f"{name}.ome.tif", data, ome=True,
+                         metadata={"axes": "YX", "PhysicalSizeX": size, "PhysicalSizeY": size})
+        pairs.append((tmp_path / f"{name}.ome.tif", tmp_path / f"{name}_labels.tif"))
+    report = segment_files(pairs, "nucleus", model_args=DEMO, client=cluster,
+                           options=SegmentOptions(diameter=30.0, diameter_unit="um"))
+    assert report.ok
+    model = nc.load_model(**DEMO)
+    for name, (data, _, pixels) in fields.items():
+        expected = nc.segment(data, "nucleus", model=model, diameter=pixels)
+        assert expected.any()
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / f"{name}_labels.tif"), expected)

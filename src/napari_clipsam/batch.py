@@ -101,16 +101,19 @@ def segment_to_file(predictor, name: str, source, output, concept: str | None, o
     (``_image_files.open_image``), its planes and tiles go through
     :func:`~napari_clipsam.inference.pipeline.iter_segment_stack`, and the labels are
     written with the input's axes and pixel size (``.tif``), or tile by tile into a zarr
-    folder (``.zarr``, renamed into place when complete). An existing output is replaced
+    folder (``.zarr``, renamed into place when complete). A diameter in micrometres
+    (``options.diameter_unit``) is turned into the input's pixels by its pixel size. An existing output is replaced
     only with ``overwrite``. ``drain`` runs the job (the CLI's draws progress bars).
     ``point_labels`` (1 positive, 0 negative; None: all positive) go with ``points``.
     """
     from ._io import write_labels
     from ._zarr_files import zarr_labels
     from .inference.pipeline import iter_segment_stack
+    from .inference.rescale import diameter_in_pixels
 
     output = Path(output)
     with _open(name, source, channel) as image:
+        options = diameter_in_pixels(options, image.pixel_size, name)  # a diameter in µm: this file's pixels
         job = partial(iter_segment_stack, predictor, image.data, concept, points, point_labels, box,
                       replace(options, channel=image.channel), image.rgb)
         if output.suffix.lower() == ".zarr":

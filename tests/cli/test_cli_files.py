@@ -131,6 +131,43 @@ def test_an_imagej_stack_keeps_its_scale(tmp_path):
         assert (pixels["PhysicalSizeX"], pixels["PhysicalSizeZ"]) == (0.5, 4.0)
 
 
+def test_a_diameter_in_micrometres_reads_each_file_at_its_own_magnification(tmp_path, scene):
+    """One field at 0.5 µm per pixel and the same field imaged 4 times larger (0.125 µm per pixel):
+    ``--diameter 10um`` is 20 px in the first (the demo model's sizes: read as it is) and 80 px in
+    the second (read at the scale that brings it to the model's), so both give the same nuclei."""
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    large = np.kron(scene, np.ones((4, 4), scene.dtype))
+    _ome_tiff(folder / "x1.ome.tif", scene, "YX", PhysicalSizeX=0.5, PhysicalSizeY=0.5)
+    _ome_tiff(folder / "x4.ome.tif", large, "YX", PhysicalSizeX=0.125, PhysicalSizeY=0.125)
+    assert _segment(folder, "-o", tmp_path / "out", "--diameter", "10um", model=DEMO) == 0
+    small_labels, large_labels = (tifffile.imread(tmp_path / "out" / f"{n}.ome_labels.tif") > 0 for n in ("x1", "x4"))
+    for name, pixels, labels in (("x1", "20", small_labels), ("x4", "80", large_labels)):  # the same in pixels
+        assert _segment(folder / f"{name}.ome.tif", "-o", tmp_path / f"{name}_px.tif", "--diameter", pixels,
+                        model=DEMO) == 0
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / f"{name}_px.tif") > 0, labels)
+    assert _segment(folder / "x4.ome.tif", "-o", tmp_path / "x4_own.tif", model=DEMO) == 0  # no diameter: scale 1
+
+    def iou(a, b):
+        return (a & b).sum() / (a | b).sum()
+
+    expected = np.kron(small_labels, np.ones((4, 4), bool))
+    own_pixels = tifffile.imread(tmp_path / "x4_own.tif") > 0
+    assert small_labels.any() and iou(large_labels, expected) > 0.8  # 0.93 when written
+    assert iou(large_labels, expected) > iou(own_pixels, expected) + 0.2  # 0.46 at its own pixels
+
+
+def test_a_diameter_in_micrometres_needs_a_pixel_size_that_fits(tmp_path, capsys, scene):
+    tifffile.imwrite(tmp_path / "plain.tif", scene)  # no pixel size
+    tifffile.imwrite(tmp_path / "dpi.tif", scene, resolution=(72, 72), resolutionunit="INCH")  # a screen's, 353 µm
+    for name, words in (("plain", "gives no pixel size"), ("dpi", "likely not the microscope's")):
+        assert _segment(tmp_path / f"{name}.tif", "-o", tmp_path / f"{name}_labels.tif", "--diameter", "10um",
+                        model=DEMO) == 2
+        error = capsys.readouterr().err
+        assert words in error and "give the diameter in pixels" in error
+        assert not (tmp_path / f"{name}_labels.tif").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Zarr in and out
 

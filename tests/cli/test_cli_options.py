@@ -90,6 +90,11 @@ def test_instance_flags_become_the_pipeline_options():
     assert _segment_options("--instances", "--instance-method", "components", "--refine", "--min-area", "9") == (
         SegmentOptions(instances=True, instance_method="components", refine=True, min_area=9)
     )
+    # A length: micrometres, which each file's pixel size turns into its pixels (batch.segment_to_file).
+    assert _segment_options("--diameter", "10um") == SegmentOptions(diameter=10.0, diameter_unit="um")
+    assert _segment_options("--instances", "--diameter", "0.012 mm") == SegmentOptions(
+        instances=True, diameter=12.0, diameter_unit="um")
+    assert _segment_options("--diameter", "24px") == SegmentOptions(diameter=24.0)
     # Without seeded instances the diameter picks the reading scale (--scale auto, the default).
     assert _segment_options("--diameter", "120") == SegmentOptions(diameter=120.0)
     assert _segment_options("--instances", "--instance-method", "components", "--diameter", "90") == (
@@ -144,6 +149,7 @@ def test_augment_flag_becomes_the_pipeline_option():
     (["--other-concepts", "spot,,bacterium"], "give concept names separated by commas, auto or none"),
     (["--augment", "8"], "argument --augment: invalid choice"),
     (["--scale", "0"], "give image pixels per pixel the model reads"),
+    (["--diameter", "10furlong"], "argument --diameter: give the object diameter in pixels (24) or with a unit"),
     (["--scale", "half"], "give image pixels per pixel the model reads"),
 ])
 def test_bad_tiling_flags_exit_2_naming_the_flag(flags, words, capsys):
@@ -164,6 +170,7 @@ def test_bad_tiling_flags_exit_2_naming_the_flag(flags, words, capsys):
          "leave it out, or use --scale auto"),
         (["--instances", "--diameter", "0"], "--diameter must be more than 0 pixels"),
         (["--diameter", "-4"], "--diameter must be more than 0 pixels"),
+        (["--diameter", "0um"], "--diameter must be more than 0 µm"),
         (["--instances", "--score-threshold", "1.5"], "--score-threshold must be between 0 and 1"),
     ],
 )

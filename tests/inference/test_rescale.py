@@ -190,3 +190,32 @@ def test_a_diameter_alone_picks_the_scale_for_a_model_that_lists_its_sizes(tiny_
     with pytest.warns(UserWarning, match=r"diameter=40 picks the reading scale only for a model that lists"):
         unknown = nc.segment(blobs_image, "blob", tiny_model, diameter=40, **objects)
     np.testing.assert_array_equal(unknown, nc.segment(blobs_image, "blob", tiny_model, **objects))
+
+
+def test_a_diameter_in_micrometres_becomes_the_images_pixels_by_its_pixel_size():
+    from napari_clipsam.inference.rescale import diameter_in_pixels
+
+    options = SegmentOptions(diameter=12.0, diameter_unit="µm")
+    assert options.diameter_unit == "um"
+    converted = diameter_in_pixels(options, {"Y": 0.5, "X": 0.5, "Z": 2.0}, "a.tif")
+    assert (converted.diameter, converted.diameter_unit) == (24.0, "px")
+    anisotropic = diameter_in_pixels(options, {"Y": 0.25, "X": 1.0}, "a.tif")  # the geometric mean, 0.5 µm
+    assert anisotropic.diameter == pytest.approx(24.0)
+    pixels = SegmentOptions(diameter=30.0)
+    assert diameter_in_pixels(pixels, {}, "a.tif") == pixels  # pixels need no pixel size
+    with pytest.raises(ValueError, match="a.tif gives no pixel size"):
+        diameter_in_pixels(options, {"Z": 2.0}, "a.tif")
+    with pytest.raises(ValueError, match="makes a diameter of 12 µm 0.034.* pixels"):
+        diameter_in_pixels(options, {"Y": 352.8, "X": 352.8}, "a.tif")
+    with pytest.raises(ValueError, match="diameter_unit must be 'px'"):
+        SegmentOptions(diameter=12.0, diameter_unit="inch")
+
+
+def test_an_array_refuses_a_diameter_in_micrometres(tiny_model, blobs_image):
+    from napari_clipsam._jobs import run
+    from napari_clipsam.inference.pipeline import iter_segment_stack
+    from napari_clipsam.inference.predictor import ClipSamPredictor
+
+    options = SegmentOptions(diameter=12.0, diameter_unit="um")
+    with pytest.raises(ValueError, match="needs the image's pixel size, which an array does not carry"):
+        run(iter_segment_stack(ClipSamPredictor(tiny_model), blobs_image, "blob", options=options))

@@ -54,10 +54,11 @@ def add_parser(commands, parents) -> None:
         help="with --instances: 'seeds' keeps touching objects apart, one SAM click per object, "
              "the --points when given (default); 'components' labels connected regions (fast)",
     )
-    seg.add_argument("--diameter", type=float, metavar="PX",
-                     help="object diameter in px, a rod's length: with --scale auto it picks the reading scale "
-                          "(models that list their concepts' diameters: the demo model), with --instances (seeds) "
-                          "it sizes the objects (default: estimated)")
+    seg.add_argument("--diameter", type=option_values.diameter, metavar="PX|LENGTH",
+                     help="object diameter (a rod's length) in px, or with a unit (10um, 10µm: each file's pixel "
+                          "size turns it into its pixels): with --scale auto it picks the reading scale (models that "
+                          "list their concepts' diameters: the demo model), with --instances (seeds) it sizes the "
+                          "objects (default: estimated)")
     seg.add_argument("--score-threshold", type=float, metavar="X",
                      help="with --instance-method seeds: drop objects SAM scores lower, 0 to 1 "
                           f"(default {DEFAULT_SCORE_THRESHOLD})")
@@ -213,9 +214,11 @@ def _options(args: argparse.Namespace):
     method = args.instance_method or "seeds"
     if "--score-threshold" in given and method != "seeds":
         raise ValueError(f"--score-threshold applies to --instance-method seeds, not to {method}.")
-    if args.diameter is not None and not (np.isfinite(args.diameter) and args.diameter > 0):
-        raise ValueError(f"--diameter must be more than 0 pixels (leave it out to estimate it), got {args.diameter}.")
-    if args.diameter is not None and args.scale != "auto" and not (args.instances and method == "seeds"):
+    diameter, unit = args.diameter or (None, "px")
+    if diameter is not None and not diameter > 0:
+        raise ValueError(f"--diameter must be more than 0 {'pixels' if unit == 'px' else 'µm'} (leave it out to "
+                         f"estimate it), got {diameter:g}.")
+    if diameter is not None and args.scale != "auto" and not (args.instances and method == "seeds"):
         raise ValueError(f"--diameter sizes the objects of --instances (seeds) and, with --scale auto, picks the "
                          f"reading scale; with --scale {args.scale:g} and no seeded instances it would do nothing: "
                          "leave it out, or use --scale auto.")
@@ -224,7 +227,7 @@ def _options(args: argparse.Namespace):
     extra = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
     return SegmentOptions(
         instances=args.instances, refine=args.refine, min_area=args.min_area,
-        instance_method=method, diameter=args.diameter, tile_shape=args.tile_shape, halo=args.halo, scale=args.scale,
+        instance_method=method, diameter=diameter, diameter_unit=unit, tile_shape=args.tile_shape, halo=args.halo, scale=args.scale,
         encoder_batch=args.encoder_batch, other_concepts=args.other_concepts,
         augment=augment_from_word(args.augment), **extra,
     )

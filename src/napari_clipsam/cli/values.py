@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
 
 def tile_shape(text: str):
@@ -18,6 +19,24 @@ def encoder_batch(text: str):
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"give a number of tiles or planes of 1 or more, or auto; got {text!r}")
     return int(text)
+
+
+def diameter(text: str) -> tuple[float, str]:
+    """(value, ``"px"`` or ``"um"``): pixels (``24``, ``24px``) or a length (``10um``, ``10 µm``,
+    ``0.01mm``) in micrometres, which each file's pixel size turns into its pixels."""
+    from .._zarr_files import micrometres_per_unit
+
+    match = re.fullmatch(r"\s*([-+0-9.eE]+)\s*([^\s0-9.+-][^\s]*)?\s*", text)
+    try:
+        value = float(match.group(1)) if match else math.nan
+    except ValueError:
+        value = math.nan
+    unit = (match.group(2) or "px").lower() if match else ""
+    factor = 1.0 if unit in ("px", "pixel", "pixels") else micrometres_per_unit(unit)
+    if not math.isfinite(value) or factor is None:
+        raise argparse.ArgumentTypeError(
+            f"give the object diameter in pixels (24) or with a unit of length (10um, 10µm, 0.01mm); got {text!r}")
+    return (value, "px") if unit in ("px", "pixel", "pixels") else (value * factor, "um")
 
 
 def other_concepts(text: str):
@@ -57,4 +76,4 @@ def scale(text: str):
     return value
 
 
-__all__ = ["encoder_batch", "halo", "other_concepts", "pixels", "scale", "tile_shape"]
+__all__ = ["diameter", "encoder_batch", "halo", "other_concepts", "pixels", "scale", "tile_shape"]

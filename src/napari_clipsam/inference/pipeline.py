@@ -24,7 +24,7 @@ from .neighbours import iter_prompted_object
 from .other_concepts import AUTO as AUTO_OTHERS
 from .other_concepts import check_other_concepts, image_logits, resolve_other_concepts
 from .prompts import check_prompts
-from .rescale import check_diameter_use, check_scale, iter_segment_scaled, scale_for
+from .rescale import check_diameter_unit, check_diameter_use, check_scale, iter_segment_scaled, scale_for
 from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
 from .tiling import AUTO, PlaneView, check_tiling, iter_segment_tiled, tiling_for
 from .views import check_augment, iter_text_mask, resolve_augment
@@ -53,6 +53,8 @@ class SegmentOptions:
         diameter: the expected object diameter in pixels (an elongated object's length): the
             seeds' object size (None: estimated from the mask, :func:`.basins.estimate_diameter`)
             and, with ``scale="auto"``, what picks the scale, also without instances.
+        diameter_unit: ``"px"``, or ``"um"``: micrometres, for files (the CLI, ``napari_clipsam.batch``),
+            turned into each file's pixels by its pixel size (``rescale.diameter_in_pixels``).
         score_threshold: with ``"seeds"``, drop objects whose score (SAM's predicted IoU
             times the mask's stability, in [0, 1]) is lower; the user's clicks are kept.
         tile_shape, halo: images larger than SAM's input in overlapping tiles at native
@@ -87,6 +89,7 @@ class SegmentOptions:
     with_similarity: bool = False
     instance_method: str = "seeds"
     diameter: float | None = None
+    diameter_unit: str = "px"
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     tile_shape: object = AUTO
     halo: object = AUTO
@@ -99,6 +102,7 @@ class SegmentOptions:
     def __post_init__(self) -> None:
         check_tiling(self.tile_shape, self.halo)
         object.__setattr__(self, "scale", check_scale(self.scale))
+        object.__setattr__(self, "diameter_unit", check_diameter_unit(self.diameter_unit))
         object.__setattr__(self, "augment", check_augment(self.augment))
         object.__setattr__(self, "other_concepts", check_other_concepts(self.other_concepts))
         check_encoder_batch(self.encoder_batch)

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 from scipy import ndimage
@@ -42,6 +44,8 @@ _BAND_ROWS = 1024
 # and a small resampling costs more than it brings (a held-out 448 px tissue scene: membrane text
 # IoU 0.40 at scale 1, 0.33 at 1.08 smoothly resized; outlines' Feret diameters reach 56 px, cells 28-52).
 SLACK = 1.25
+# A diameter in micrometres that the pixel size makes larger than this many pixels is refused.
+MAX_DIAMETER_PX = 100_000
 # The anti-aliasing Gaussian reaches this many sigmas (scipy's default).
 TRUNCATE = 4.0
 
@@ -57,6 +61,45 @@ def check_scale(scale) -> float | str:
             f"2 reads the image at half its size), got {scale!r}."
         )
     return float(scale)
+
+
+def check_diameter_unit(unit) -> str:
+    """``unit`` as :class:`~.pipeline.SegmentOptions` keeps it: ``"px"`` (pixels) or ``"um"`` (micrometres)."""
+    text = unit.strip().lower().replace("µ", "u").replace("μ", "u") if isinstance(unit, str) else None
+    if text in ("px", "pixel", "pixels"):
+        return "px"
+    if text in ("um", "micrometre", "micrometer", "micron", "microns"):
+        return "um"
+    raise ValueError(f"diameter_unit must be 'px' (pixels) or 'um' (micrometres), got {unit!r}.")
+
+
+def diameter_in_pixels(options, pixel_size: Mapping[str, float], name: str):
+    """``options`` with a diameter in micrometres given in the image's pixels, by its ``pixel_size``
+    (micrometres per pixel along ``"Y"`` and ``"X"``, as ``_image_files`` reads a file's metadata).
+
+    Each file of a batch taken at another magnification gets its own diameter in pixels, so
+    its own scale. A diameter in pixels is returned as it is. Raises ValueError, naming
+    ``name``, when the pixel size is unknown or makes the diameter no image's size (a
+    resolution tag that is not the microscope's, such as a default 72 dpi).
+    """
+    if options.diameter is None or options.diameter_unit == "px":
+        return replace(options, diameter_unit="px")
+    micrometres = options.diameter
+    if "X" not in pixel_size or "Y" not in pixel_size:
+        raise ValueError(
+            f"{name} gives no pixel size (OME PhysicalSizeX/Y, a TIFF or ImageJ resolution, an OME-Zarr scale), "
+            f"so a diameter of {micrometres:g} µm cannot be turned into pixels: give the diameter in pixels "
+            f"(--diameter 24, or diameter_unit='px')."
+        )
+    size = math.sqrt(pixel_size["X"] * pixel_size["Y"])
+    pixels = micrometres / size
+    if not 1 <= pixels <= MAX_DIAMETER_PX:
+        raise ValueError(
+            f"{name}: its pixel size, {size:g} µm, makes a diameter of {micrometres:g} µm {pixels:g} pixels, "
+            f"which cannot be its objects' size: the file's resolution is likely not the microscope's (a "
+            f"default 72 dpi gives 353 µm); give the diameter in pixels (--diameter 24, or diameter_unit='px')."
+        )
+    return replace(options, diameter=pixels, diameter_unit="px")
 
 
 def check_diameter_use(diameter: float | None, scale, seeded: bool) -> None:
@@ -95,6 +138,12 @@ def scale_for(options, model, concept: str | None) -> float:
     own pixels: it says what the objects are, not what to do, and ``diameter`` with the seeds
     means the same whatever the model.
     """
+    if options.diameter is not None and options.diameter_unit != "px":
+        raise ValueError(
+            f"A diameter of {options.diameter:g} µm needs the image's pixel size, which an array does not carry: "
+            f"files segmented by the CLI or napari_clipsam.batch are converted by their metadata; here give "
+            f"diameter in pixels (micrometres / micrometres per pixel) with diameter_unit='px'."
+        )
     if diameter_unused(options, model, concept):
         warnings.warn(
             f"diameter={options.diameter:g} picks the reading scale only for a model that lists the object "
@@ -228,8 +277,6 @@ def scaled_size(value: float | None, scale: float, power: int = 1):
 
 def iter_segment_scaled(predictor, stack, concept, points, point_labels, box, options, rgb, out, scale: float):
     """:func:`~.pipeline.iter_segment_stack` of ``stack`` read at ``scale``; labels at the image's size (``out``)."""
-    from dataclasses import replace
-
     from .image import leading_ndim
     from .pipeline import iter_segment_stack
 
@@ -251,6 +298,6 @@ def iter_segment_scaled(predictor, stack, concept, points, point_labels, box, op
     return labels
 
 
-__all__ = ["AUTO", "ScaledImage", "check_diameter_use", "check_scale", "diameter_unused", "iter_segment_scaled",
+__all__ = ["AUTO", "ScaledImage", "check_diameter_unit", "check_diameter_use", "check_scale", "diameter_in_pixels", "diameter_unused", "iter_segment_scaled",
            "known_diameters",
            "label_source", "read_length", "resolve_scale", "scale_for", "scale_points", "scaled_size", "write_back"]
