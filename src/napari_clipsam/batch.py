@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -92,10 +92,25 @@ def count_labels(labels, instances: bool) -> tuple[int, str]:
     return sum(int((plane > 0).sum()) for plane in planes), "pixels"
 
 
+class FileResult(NamedTuple):
+    """What :func:`segment_to_file` wrote: ``count`` objects or pixels (``unit``), and how the file
+    was read where that is not its own pixels (``read``: the diameter in its pixels, the scale; or "")."""
+
+    count: int
+    unit: str
+    read: str = ""
+
+
+def _how_read(given: SegmentOptions, options: SegmentOptions, scale: float) -> str:
+    parts = [f"diameter {given.diameter:g} µm = {options.diameter:.4g} px"] if given.diameter_unit == "um" \
+        and given.diameter is not None else []
+    return ", ".join(parts + ([f"read at scale {scale:.4g}"] if scale != 1 else []))
+
+
 def segment_to_file(predictor, name: str, source, output, concept: str | None, options: SegmentOptions,
                     points=None, box=None, channel: int | str | None = None, overwrite: bool = False,
-                    drain: Callable = run, point_labels=None) -> tuple[int, str]:
-    """Read ``source`` (a file or an array) by its axes, segment it, write ``output``; returns (count, unit).
+                    drain: Callable = run, point_labels=None) -> FileResult:
+    """Read ``source`` (a file or an array) by its axes, segment it, write ``output``; returns a :class:`FileResult`.
 
     The one way the CLI and the batch workers segment a file: the image is opened lazily
     (``_image_files.open_image``), its planes and tiles go through
@@ -109,20 +124,21 @@ def segment_to_file(predictor, name: str, source, output, concept: str | None, o
     from ._io import write_labels
     from ._zarr_files import zarr_labels
     from .inference.pipeline import iter_segment_stack
-    from .inference.rescale import diameter_in_pixels
+    from .inference.rescale import diameter_in_pixels, resolve_scale
 
     output = Path(output)
     with _open(name, source, channel) as image:
-        options = diameter_in_pixels(options, image.pixel_size, name)  # a diameter in µm: this file's pixels
+        given, options = options, diameter_in_pixels(options, image.pixel_size, name)  # µm: this file's pixels
+        read = _how_read(given, options, resolve_scale(options.scale, options.diameter, predictor.model, concept))
         job = partial(iter_segment_stack, predictor, image.data, concept, points, point_labels, box,
                       replace(options, channel=image.channel), image.rgb)
         if output.suffix.lower() == ".zarr":
             with zarr_labels(output, image.labels_shape, chunks=_chunks(image, predictor, options),
                              replace=overwrite, ngff=image.ngff) as out:
-                return count_labels(drain(job(out=out)), options.instances)
+                return FileResult(*count_labels(drain(job(out=out)), options.instances), read)
         labels = drain(job())
         write_labels(output, labels, replace=overwrite, axes=image.axes, pixel_size=image.pixel_size)
-        return count_labels(labels, options.instances)
+        return FileResult(*count_labels(labels, options.instances), read)
 
 
 def segment_file(source: str, output: str, concept: str | None, model_args: dict, options: SegmentOptions,
@@ -231,4 +247,4 @@ def segment_files(
     return report
 
 
-__all__ = ["BatchReport", "count_labels", "segment_file", "segment_files", "segment_to_file"]
+__all__ = ["BatchReport", "FileResult", "count_labels", "segment_file", "segment_files", "segment_to_file"]

@@ -131,7 +131,7 @@ def test_an_imagej_stack_keeps_its_scale(tmp_path):
         assert (pixels["PhysicalSizeX"], pixels["PhysicalSizeZ"]) == (0.5, 4.0)
 
 
-def test_a_diameter_in_micrometres_reads_each_file_at_its_own_magnification(tmp_path, scene):
+def test_a_diameter_in_micrometres_reads_each_file_at_its_own_magnification(tmp_path, capsys, scene):
     """One field at 0.5 µm per pixel and the same field imaged 4 times larger (0.125 µm per pixel):
     ``--diameter 10um`` is 20 px in the first (the demo model's sizes: read as it is) and 80 px in
     the second (read at the scale that brings it to the model's), so both give the same nuclei."""
@@ -141,6 +141,9 @@ def test_a_diameter_in_micrometres_reads_each_file_at_its_own_magnification(tmp_
     _ome_tiff(folder / "x1.ome.tif", scene, "YX", PhysicalSizeX=0.5, PhysicalSizeY=0.5)
     _ome_tiff(folder / "x4.ome.tif", large, "YX", PhysicalSizeX=0.125, PhysicalSizeY=0.125)
     assert _segment(folder, "-o", tmp_path / "out", "--diameter", "10um", model=DEMO) == 0
+    said = capsys.readouterr().out  # how each file was read
+    assert "x1.ome_labels.tif (diameter 10 µm = 20 px)\n" in said
+    assert "x4.ome_labels.tif (diameter 10 µm = 80 px, read at scale 3.651)\n" in said  # 80 / sqrt(8 * 60)
     small_labels, large_labels = (tifffile.imread(tmp_path / "out" / f"{n}.ome_labels.tif") > 0 for n in ("x1", "x4"))
     for name, pixels, labels in (("x1", "20", small_labels), ("x4", "80", large_labels)):  # the same in pixels
         assert _segment(folder / f"{name}.ome.tif", "-o", tmp_path / f"{name}_px.tif", "--diameter", pixels,

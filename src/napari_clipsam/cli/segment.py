@@ -179,14 +179,15 @@ def run(args: argparse.Namespace) -> int:
     for index, ((name, source), output) in enumerate(zip(inputs, outputs)):
         try:
             # Without --overwrite the write never replaces: a file another run wrote meanwhile stays.
-            count, unit = segment_to_file(predictor, name, source, output, args.concept, options, points,
+            written = segment_to_file(predictor, name, source, output, args.concept, options, points,
                                           args.box, args.channel, args.overwrite,
                                           drain=partial(_drain_naming_the_input, name=name), point_labels=point_labels)
         except (Exception, KeyboardInterrupt):
             if len(inputs) > 1:
                 _report_stopped_batch(inputs, index)
             raise
-        print(f"{name}: {count} {unit} of '{args.concept}' -> {output}")
+        how = f" ({written.read})" if written.read else ""
+        print(f"{name}: {written.count} {written.unit} of '{args.concept}' -> {output}{how}")
     return 0
 
 
