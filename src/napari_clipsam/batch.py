@@ -11,6 +11,8 @@ Each file is one task: the worker reads it, segments it with the one pipeline
 process builds its model once, on its first file, and keeps it for the others. Outputs
 that exist already are skipped (a re-run after an interruption does only what is left);
 a file that fails is reported at the end with its error, without stopping the others.
+A diameter in micrometres (``SegmentOptions(diameter=10, diameter_unit="um")``) becomes each
+file's own pixels by its pixel size, so fields of several magnifications read alike.
 """
 
 from __future__ import annotations
