@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import napari_clipsam as nc
+from napari_clipsam._qt.requests import RequestError
 from napari_clipsam._qt.segment_controls import METHOD_COMPONENTS, METHOD_SEEDS, MODE_MANUAL
 from napari_clipsam._qt.settings import load_settings
 from napari_clipsam.inference.pipeline import SegmentOptions
@@ -114,6 +115,28 @@ def test_seed_fields_show_only_for_seeds_and_the_diameter_also_for_the_automatic
     scale.value = 0
     assert _shown(controls.diameter) and not _shown(controls.score_threshold)
     assert controls.diameter.native.specialValueText() == "auto"
+    assert _shown(controls.diameter_unit)  # the unit goes with the diameter
+    scale.value = 2
+    assert not _shown(controls.diameter_unit)
+
+
+def test_a_diameter_in_micrometres_is_the_layers_pixels_by_its_scale_and_units(viewer, widget):
+    controls, layer = widget._controls, viewer.layers["blobs"]  # scale (0.5, 0.25)
+    widget.set_options(diameter=10.5, diameter_unit="um")
+    assert controls.diameter_unit.value == "µm" and controls.diameter.value == 10.5
+    with pytest.raises(RequestError, match="'blobs' gives no physical pixel size .*pixel.*give the object diameter in px"):
+        _options(widget)  # napari's default units are pixels, whatever the scale
+    layer.units = ("um", "um")  # as readers of OME files set them
+    assert _options(widget).diameter == pytest.approx(10.5 / np.sqrt(0.5 * 0.25))
+    layer.units = ("nm", "nm")
+    assert _options(widget).diameter == pytest.approx(10500 / np.sqrt(0.5 * 0.25))
+    layer.units = ("mm", "mm")  # 10.5 µm would be 0.03 px
+    with pytest.raises(RequestError, match="check the layer's scale and units"):
+        _options(widget)
+    widget.set_options(diameter_unit="px")
+    assert _options(widget) == SegmentOptions(diameter=10.5)
+    with pytest.raises(ValueError, match="diameter_unit must be 'px' or 'um'"):
+        widget.set_options(diameter_unit="inch")
 
 
 def test_the_widget_gives_segments_seeded_labels(viewer, widget, tiny_model, blobs_image):
@@ -135,15 +158,17 @@ def test_the_object_options_persist(tmp_path, monkeypatch, make_napari_viewer):
     monkeypatch.setenv("NAPARI_CLIPSAM_SETTINGS", str(path))
     first = ClipSamWidget(make_napari_viewer())
     first._controls.set_options(instances=True, instance_method="components", min_area=25, refine=True)
-    first._controls.set_options(diameter=22, score_threshold=0.7, link_planes=False, other_concepts=False)
+    first._controls.set_options(diameter=22, score_threshold=0.7, link_planes=False, other_concepts=False,
+                                diameter_unit="um")
     saved = load_settings()
     assert saved.link_planes is False and saved.other_concepts is False
     assert (saved.instances, saved.instance_method, saved.refine, saved.min_area) == (True, "components", True, 25)
-    assert (saved.diameter, saved.score_threshold) == (22, pytest.approx(0.7))
+    assert (saved.diameter, saved.diameter_unit, saved.score_threshold) == (22, "µm", pytest.approx(0.7))
     assert json.loads(path.read_text())["instance_method"] == "components"
     controls = ClipSamWidget(make_napari_viewer())._controls
     assert controls.instances.value and controls.instance_method.value == METHOD_COMPONENTS
     assert (controls.min_area.value, controls.refine.value, controls.diameter.value) == (25, True, 22)
+    assert controls.diameter_unit.value == "µm"
     assert controls.score_threshold.value == pytest.approx(0.7)
     assert controls.link_planes.value is False and controls.other_concepts.value is False
 

@@ -8,6 +8,7 @@ the whole :class:`SegmentRequest`).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable
 
 from magicgui.widgets import (
@@ -50,8 +51,26 @@ METHOD_SEEDS = "Separate touching objects (seeds)"
 METHOD_COMPONENTS = "Connected components (fast)"
 # The choices' words in SegmentOptions.instance_method.
 INSTANCE_METHODS = {METHOD_SEEDS: "seeds", METHOD_COMPONENTS: "components"}
+# The object diameter's units, as SegmentOptions.diameter_unit and the settings name them.
+UNIT_PX, UNIT_UM = "px", "µm"
+DIAMETER_UNITS = {UNIT_PX: "px", UNIT_UM: "um"}
 # The text-only mode's views (SegmentOptions.augment) as the widget names them, with the settings' words.
 AUGMENT_CHOICES = [("auto (on for the demo model)", "auto"), ("on: 8 flips and turns", "on"), ("off", "off")]
+
+
+def micrometres_per_pixel(layer) -> float:
+    """An image layer's pixel size in µm (geometric mean of its last two axes) from its scale and
+    units; RequestError where its units are not lengths (napari's default, "pixel")."""
+    units = tuple(getattr(layer, "units", ()))[-2:]
+    try:
+        factors = [float((1 * unit).to("micrometer").magnitude) for unit in units]
+    except Exception:  # pint: "pixel" is no length
+        factors = []
+    if len(factors) != 2:
+        raise RequestError(f"the layer {layer.name!r} gives no physical pixel size (its units are "
+                           f"{', '.join(map(str, units)) or 'none'}): give the object diameter in px, or set the "
+                           "layer's units (layer.units = 'um') and scale.")
+    return math.sqrt(float(layer.scale[-2]) * factors[0] * float(layer.scale[-1]) * factors[1])
 
 
 class SegmentControls:
@@ -78,12 +97,16 @@ class SegmentControls:
             "Seeds: one SAM click per object found in the mask (or per positive point), so touching objects "
             "stay apart. Connected components: each connected region of the mask is one object (fast)."
         )
-        self.diameter = SpinBox(label="Object diameter (px)", min=0, max=100_000, step=1, value=0)
-        self.diameter.tooltip = ("The expected diameter of one object in pixels (of a rod, its length). Separate "
-                                 "objects (seeds) use it as the objects' size; with Scale auto it also picks the "
-                                 "reading scale, for models that list their concepts' sizes (the demo model). "
-                                 "0 (auto): estimated from the mask.")
+        self.diameter = FloatSpinBox(label="Object diameter", min=0, max=100_000, step=1, value=0)
+        self.diameter.tooltip = ("The expected diameter of one object (of a rod, its length), in the unit below. "
+                                 "Separate objects (seeds) use it as the objects' size; with Scale auto it also "
+                                 "picks the reading scale, for models that list their concepts' sizes (the demo "
+                                 "model). 0 (auto): estimated from the mask.")
         self.diameter.native.setSpecialValueText("auto")  # shown at 0
+        self.diameter_unit = ComboBox(label="Diameter unit", choices=list(DIAMETER_UNITS), value=UNIT_PX)
+        self.diameter_unit.tooltip = ("px: the image's pixels. µm: micrometres, turned into pixels by the image "
+                                      "layer's scale where its units are lengths (as readers of OME files set them, "
+                                      "or layer.units = 'um').")
         self.score_threshold = FloatSpinBox(label="Score threshold", min=0.0, max=1.0, step=0.05,
                                             value=DEFAULT_SCORE_THRESHOLD)
         self.score_threshold.tooltip = (
@@ -133,7 +156,7 @@ class SegmentControls:
         return [
             self.image, self.channel, large.level, self.concept, self.recent, self.mode, self.scope,
             large.visible_only, self.other_concepts, self.augment, self.output, self.instances, self.instance_method, self.diameter,
-            self.score_threshold, self.link_planes, self.refine, self.min_area, self.replace, self.show_similarity, large.tiles,
+            self.diameter_unit, self.score_threshold, self.link_planes, self.refine, self.min_area, self.replace, self.show_similarity, large.tiles,
             large.tile_size, large.tile_halo, large.scale,
             self.run_button, self.prompts_button, self.commit_button, self.cancel_button, self.status,
         ]
@@ -165,7 +188,7 @@ class SegmentControls:
             channel=None if self.channel.value == CHANNEL_ALL or not layer.rgb else int(self.channel.value),
             with_similarity=bool(self.show_similarity.value) and concept is not None and kind != STACK,
             instance_method=self.method if instances else "seeds",
-            diameter=(float(self.diameter.value) or None) if self._diameter_applies() else None,
+            diameter=self._diameter_px(layer),
             score_threshold=float(self.score_threshold.value) if seeds else DEFAULT_SCORE_THRESHOLD,
             tile_shape=tile_shape,
             halo=halo,
@@ -178,11 +201,12 @@ class SegmentControls:
     def set_options(self, *, instances: bool | None = None, refine: bool | None = None, min_area: int | None = None,
                     replace: bool | None = None, all_slices: bool | None = None, similarity: bool | None = None,
                     instance_method: str | None = None, diameter: float | None = None,
-                    score_threshold: float | None = None, link_planes: bool | None = None,
+                    diameter_unit: str | None = None, score_threshold: float | None = None, link_planes: bool | None = None,
                     other_concepts: bool | None = None, augment: str | bool | None = None, **large: Any) -> None:
         """See :meth:`ClipSamWidget.set_options` (the output is the widget's :class:`OutputChoice`).
 
         ``instance_method`` is ``"seeds"`` or ``"components"``; ``diameter`` 0 means estimated;
+        ``diameter_unit`` is ``"px"`` or ``"um"`` (by the image layer's scale and units);
         ``other_concepts``: whether the model's other concepts compete in the text-only mode;
         ``augment``: ``"auto"``, True or False (the text-only logits averaged over 8 views);
         ``large``: the tiles, level and visible region (:meth:`LargeImageControls.set_options`).
@@ -193,9 +217,14 @@ class SegmentControls:
             if instance_method not in names:
                 raise ValueError(f"instance_method must be one of {', '.join(names)}, got {instance_method!r}.")
             self.instance_method.value = names[instance_method]
+        if diameter_unit is not None:
+            units = {word: choice for choice, word in DIAMETER_UNITS.items()} | {UNIT_UM: UNIT_UM}
+            if diameter_unit not in units:
+                raise ValueError(f"diameter_unit must be 'px' or 'um', got {diameter_unit!r}.")
+            self.diameter_unit.value = units[diameter_unit]
         for control, value in ((self.instances, instances), (self.refine, refine), (self.min_area, min_area),
                                (self.replace, replace), (self.show_similarity, similarity),
-                               (self.diameter, None if diameter is None else round(diameter)),
+                               (self.diameter, diameter),
                                (self.score_threshold, score_threshold), (self.link_planes, link_planes),
                                (self.other_concepts, other_concepts),
                                (self.augment, {True: "on", False: "off"}.get(augment, augment))):
@@ -208,7 +237,8 @@ class SegmentControls:
     def _saved(self) -> tuple[tuple[Any, str], ...]:
         """The controls whose values persist, each with its :class:`WidgetSettings` field."""
         return ((self.instances, "instances"), (self.instance_method, "instance_method"), (self.refine, "refine"),
-                (self.min_area, "min_area"), (self.diameter, "diameter"), (self.score_threshold, "score_threshold"),
+                (self.min_area, "min_area"), (self.diameter, "diameter"), (self.diameter_unit, "diameter_unit"),
+                (self.score_threshold, "score_threshold"),
                 (self.link_planes, "link_planes"), (self.other_concepts, "other_concepts"), (self.augment, "augment"))
 
     def _restore(self, settings: WidgetSettings) -> None:
@@ -219,7 +249,7 @@ class SegmentControls:
                 if control is self.instance_method:
                     value = {word: choice for choice, word in INSTANCE_METHODS.items()}[value]
                 elif control is self.diameter:
-                    value = round(float(value))
+                    value = float(value)
                 control.value = value
             except (KeyError, TypeError, ValueError) as err:
                 logging.getLogger(__name__).warning("Ignoring the saved %s %r: %s", name, value, err)
@@ -276,6 +306,18 @@ class SegmentControls:
             request.prompts = dict(points=points, point_labels=point_labels, box=box)
         return request
 
+    def _diameter_px(self, layer) -> float | None:
+        """The diameter in the image's pixels where it applies (µm: by ``layer``'s scale); None for auto."""
+        diameter = float(self.diameter.value) if self._diameter_applies() else 0.0
+        if not diameter or self.diameter_unit.value == UNIT_PX:
+            return diameter or None
+        pixels = diameter / micrometres_per_pixel(layer)
+        if not 1 <= pixels <= 100_000:
+            raise RequestError(f"{diameter:g} µm is {pixels:g} pixels of the layer {layer.name!r} by its scale "
+                               f"{tuple(layer.scale[-2:])}: check the layer's scale and units, or give the diameter "
+                               "in px.")
+        return pixels
+
     def _diameter_applies(self) -> bool:
         """Whether the diameter does anything: it sizes seeded objects and, at Scale auto, picks the scale."""
         return bool(self.instances.value) and self.method == "seeds" or self.large.chosen_scale() == "auto"
@@ -289,7 +331,7 @@ class SegmentControls:
         instances = bool(self.instances.value)
         self.refine.visible = self.min_area.visible = self.instance_method.visible = instances
         self.score_threshold.visible = instances and self.method == "seeds"
-        self.diameter.visible = self._diameter_applies()
+        self.diameter.visible = self.diameter_unit.visible = self._diameter_applies()
         self.link_planes.visible = instances and stack and self.scope.value == SCOPE_ALL
         self.prompts_button.visible = self.commit_button.visible = manual
         self.other_concepts.visible = self.augment.visible = not manual

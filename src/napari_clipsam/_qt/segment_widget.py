@@ -125,8 +125,8 @@ class ClipSamWidget(Container):
             similarity: show the concept's similarity map.
             output: the name of an existing Labels layer (it stays the output whatever the
                 image), or ``"New layer"`` (the output follows the image again).
-            instance_method, diameter, score_threshold, link_planes, other_concepts (True: "auto"), augment:
-                see ``nc.segment``. large_image: ``tiles`` (``"auto"``, ``"off"``, ``"custom"``), ``tile_size``,
+            instance_method, diameter (diameter_unit: "px", "um"), score_threshold, link_planes, other_concepts
+                (True: "auto"), augment: see ``nc.segment``. large_image: ``tiles`` (``"auto"``, ``"off"``, ``"custom"``), ``tile_size``,
                 ``halo`` (pixels; 0: auto), ``scale`` (0: auto), ``level`` (of a multiscale image), ``visible_only`` (docs/widget.md).
         """
         self._controls.set_options(instances=instances, refine=refine, min_area=min_area, replace=replace,

@@ -35,6 +35,7 @@ class WidgetSettings:
     refine: bool = False
     min_area: int = 0
     diameter: float = 0.0
+    diameter_unit: str = "px"  # or "µm": by the image layer's scale and units
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     link_planes: bool = True  # one label per 3-D object in "All slices"
     other_concepts: bool = True  # text only: the concepts the model lists compete for pixels
