@@ -122,6 +122,22 @@ def test_segment_layer_is_segment_with_the_layer_geometry(tiny_model, blobs_imag
     assert kwargs["name"] == "blobs objects" and kwargs["metadata"] == {}
 
 
+def test_segment_layer_takes_a_diameter_in_micrometres_by_the_layers_scale_and_units(tiny_model, blobs_image,
+                                                                                     monkeypatch):
+    from napari.layers import Image
+
+    # 12 µm at 0.5 µm per pixel: 24 px, beyond the 6-12 px the model lists, so read at another scale.
+    monkeypatch.setattr(tiny_model, "concept_diameters", {"nucleus": (6.0, 12.0)})
+    layer = Image(blobs_image, name="blobs", scale=(0.5, 0.5), units=("um", "um"))
+    labels, _, _ = segment_layer(layer, "nucleus", tiny_model, diameter=12, diameter_unit="um")
+    expected = nc.segment(blobs_image, "nucleus", model=tiny_model, diameter=24)
+    np.testing.assert_array_equal(labels, expected)
+    assert not np.array_equal(expected, nc.segment(blobs_image, "nucleus", model=tiny_model, diameter=12))
+    with pytest.raises(ValueError, match="'plain' gives no physical pixel size"):
+        segment_layer(Image(blobs_image, name="plain", scale=(0.5, 0.5)), "nucleus", tiny_model, diameter=12,
+                      diameter_unit="um")
+
+
 def test_segment_layer_on_rgb_and_stack_layers(viewer, tiny_model, blobs_image):
     rgb = np.stack([blobs_image // 256] * 3, axis=-1).astype(np.uint8)
     layer = viewer.add_image(rgb, name="rgb", scale=(2.0, 3.0))

@@ -8,7 +8,6 @@ the whole :class:`SegmentRequest`).
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Callable
 
 from magicgui.widgets import (
@@ -22,7 +21,7 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from ..inference.layers import leading_ndim
+from ..inference.layers import layer_diameter_px, leading_ndim
 from ..inference.pipeline import SegmentOptions
 from ..inference.prompts import normalise_concept
 from ..inference.seeds import DEFAULT_SCORE_THRESHOLD
@@ -56,21 +55,6 @@ UNIT_PX, UNIT_UM = "px", "µm"
 DIAMETER_UNITS = {UNIT_PX: "px", UNIT_UM: "um"}
 # The text-only mode's views (SegmentOptions.augment) as the widget names them, with the settings' words.
 AUGMENT_CHOICES = [("auto (on for the demo model)", "auto"), ("on: 8 flips and turns", "on"), ("off", "off")]
-
-
-def micrometres_per_pixel(layer) -> float:
-    """An image layer's pixel size in µm (geometric mean of its last two axes) from its scale and
-    units; RequestError where its units are not lengths (napari's default, "pixel")."""
-    units = tuple(getattr(layer, "units", ()))[-2:]
-    try:
-        factors = [float((1 * unit).to("micrometer").magnitude) for unit in units]
-    except Exception:  # pint: "pixel" is no length
-        factors = []
-    if len(factors) != 2:
-        raise RequestError(f"the layer {layer.name!r} gives no physical pixel size (its units are "
-                           f"{', '.join(map(str, units)) or 'none'}): give the object diameter in px, or set the "
-                           "layer's units (layer.units = 'um') and scale.")
-    return math.sqrt(float(layer.scale[-2]) * factors[0] * float(layer.scale[-1]) * factors[1])
 
 
 class SegmentControls:
@@ -311,12 +295,10 @@ class SegmentControls:
         diameter = float(self.diameter.value) if self._diameter_applies() else 0.0
         if not diameter or self.diameter_unit.value == UNIT_PX:
             return diameter or None
-        pixels = diameter / micrometres_per_pixel(layer)
-        if not 1 <= pixels <= 100_000:
-            raise RequestError(f"{diameter:g} µm is {pixels:g} pixels of the layer {layer.name!r} by its scale "
-                               f"{tuple(layer.scale[-2:])}: check the layer's scale and units, or give the diameter "
-                               "in px.")
-        return pixels
+        try:
+            return layer_diameter_px(layer, diameter)
+        except ValueError as err:
+            raise RequestError(str(err)) from None
 
     def _diameter_applies(self) -> bool:
         """Whether the diameter does anything: it sizes seeded objects and, at Scale auto, picks the scale."""

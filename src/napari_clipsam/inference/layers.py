@@ -15,6 +15,7 @@ coordinate ``i * factor`` (``factor`` = level-0 size / level size, napari's
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ import numpy as np
 from .._jobs import Job, run
 from . import pipeline
 from .pipeline import SegmentOptions, SegmentResult, iter_segment, iter_segment_stack, predictor_for
-from .rescale import diameter_unused, read_length, scale_for, scale_points
+from .rescale import MAX_DIAMETER_PX, check_diameter_unit, diameter_unused, read_length, scale_for, scale_points
 from .seeds import DEFAULT_SCORE_THRESHOLD
 from .tiling import AUTO, tiles_for, tiling_for
 
@@ -97,6 +98,7 @@ def segment_layer(
     diameter: float | None = None,
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     level: int = 0,
+    diameter_unit: str = "px",
     tile_shape=AUTO,
     halo=AUTO,
     scale="auto",
@@ -123,6 +125,8 @@ def segment_layer(
             score_threshold, tile_shape, halo, scale, link_planes, other_concepts, augment: as for
             :func:`napari_clipsam.segment`. ``scale`` is image pixels per pixel the model reads, not the
             layer's physical scale (which the labels carry, as below).
+        diameter_unit: ``"px"``, or ``"um"``: ``diameter`` in micrometres, turned into the layer's
+            pixels by its scale and units (:func:`layer_diameter_px`; napari's default units refused).
         level: the resolution level of a multiscale layer to segment (0: full resolution);
             prompts stay in level-0 data coordinates and the labels have level 0's shape, as
             in the widget. A stack at a coarser level takes no prompts.
@@ -135,6 +139,8 @@ def segment_layer(
     multiscale = bool(getattr(image_layer, "multiscale", False))
     rgb = bool(getattr(image_layer, "rgb", False))
     points, box = rows_cols_to_xy(points), corners_to_xyxy(box)
+    if diameter is not None and check_diameter_unit(diameter_unit) == "um":
+        diameter = layer_diameter_px(image_layer, diameter)
     # Checked first: a mistake must not wait for a model to load (or download).
     options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel,
                              instance_method=instance_method, diameter=diameter, score_threshold=score_threshold,
@@ -320,6 +326,28 @@ class PlaneResult(SegmentResult):
         return f"{made}, resolution level {self.level}" if self.level else made
 
 
+def layer_diameter_px(layer, micrometres: float) -> float:
+    """A diameter in µm in ``layer``'s pixels, by its scale and units (geometric mean of its last
+    two axes); ValueError where its units are not lengths (napari's default, "pixel": a scale alone
+    does not say micrometres) or make it no image's size."""
+    units = tuple(getattr(layer, "units", ()))[-2:]
+    try:
+        factors = [float((1 * unit).to("micrometer").magnitude) for unit in units]
+    except Exception:  # pint: "pixel" is no length
+        factors = []
+    name = getattr(layer, "name", "image")
+    if len(factors) != 2:
+        raise ValueError(f"the layer {name!r} gives no physical pixel size (its units are "
+                         f"{', '.join(map(str, units)) or 'none'}): give the object diameter in px, or set the "
+                         "layer's units (layer.units = 'um') and scale.")
+    scale = [float(s) for s in layer.scale[-2:]]
+    pixels = micrometres / math.sqrt(scale[0] * factors[0] * scale[1] * factors[1])
+    if not 1 <= pixels <= MAX_DIAMETER_PX:
+        raise ValueError(f"{micrometres:g} µm is {pixels:g} pixels of the layer {name!r} by its scale "
+                         f"{tuple(scale)}: check the layer's scale and units, or give the diameter in px.")
+    return pixels
+
+
 def iter_segment_plane(predictor: ClipSamPredictor, plane: LayerPlane, concept: str | None, points=None,
                        point_labels=None, box=None, options: SegmentOptions = SegmentOptions()) -> Job[PlaneResult]:
     """Segment one :class:`LayerPlane` through the pipeline, tiled as ``options`` say; returns a :class:`PlaneResult`.
@@ -363,6 +391,7 @@ def iter_segment_layer_stack(predictor: ClipSamPredictor, data, concept: str | N
 
 
 __all__ = [
-    "LayerPlane", "PlaneResult", "corners_to_xyxy", "iter_segment_layer_stack", "iter_segment_plane", "layer_plane",
+    "LayerPlane", "PlaneResult", "corners_to_xyxy", "iter_segment_layer_stack", "iter_segment_plane",
+    "layer_diameter_px", "layer_plane",
     "level_shapes", "rows_cols_to_xy", "segment_layer", "spatial", "spatial_shape", "upsample_nearest",
 ]
