@@ -32,11 +32,12 @@ def diameter(text: str) -> tuple[float, str]:
     except ValueError:
         value = math.nan
     unit = (match.group(2) or "px").lower() if match else ""
-    factor = 1.0 if unit in ("px", "pixel", "pixels") else micrometres_per_unit(unit)
+    pixels = unit in ("px", "pixel", "pixels")
+    factor = 1.0 if pixels else micrometres_per_unit(unit)
     if not math.isfinite(value) or factor is None:
         raise argparse.ArgumentTypeError(
             f"give the object diameter in pixels (24) or with a unit of length (10um, 10µm, 0.01mm); got {text!r}")
-    return (value, "px") if unit in ("px", "pixel", "pixels") else (value * factor, "um")
+    return (value, "px") if pixels else (value * factor, "um")
 
 
 def other_concepts(text: str):

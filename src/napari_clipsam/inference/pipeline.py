@@ -24,7 +24,7 @@ from .neighbours import iter_prompted_object
 from .other_concepts import AUTO as AUTO_OTHERS
 from .other_concepts import check_other_concepts, image_logits, resolve_other_concepts
 from .prompts import check_prompts
-from .rescale import check_diameter_unit, check_diameter_use, check_scale, iter_segment_scaled, scale_for
+from .rescale import check_diameter_unit, check_diameter_use, check_scale, iter_segment_scaled, scale_for, seeded
 from .seeds import DEFAULT_SCORE_THRESHOLD, iter_concept_instances
 from .tiling import AUTO, PlaneView, check_tiling, iter_segment_tiled, tiling_for
 from .views import check_augment, iter_text_mask, resolve_augment
@@ -127,7 +127,7 @@ class SegmentOptions:
             raise ValueError(f"{' and '.join(changed)} apply to objects: set instances=True as well.")
         if "score_threshold" in changed and self.instance_method != "seeds":
             raise ValueError("score_threshold applies to instance_method='seeds', not to connected components.")
-        check_diameter_use(self.diameter, self.scale, self.instances and self.instance_method == "seeds")
+        check_diameter_use(self.diameter, self.scale, seeded(self))
 
 
 @dataclass
@@ -185,8 +185,8 @@ def iter_segment(
     masks, scores, logits = predictor.predict(point_coords=points, point_labels=point_labels, box=box)
     mask = masks[0]
     if not text_only:  # the prompted object alone; the seeded instances part the clicks' masks themselves
-        seeded = options.instances and options.instance_method == "seeds"
-        mask = yield from iter_prompted_object(predictor, mask, user_points, point_labels, box, neighbours=not seeded)
+        mask = yield from iter_prompted_object(predictor, mask, user_points, point_labels, box,
+                                               neighbours=not seeded(options))
     full_logits = None  # at the image's size: the views' average, else upsampled when the seeds need them
     if text_only:
         others = resolve_other_concepts(predictor.model.concepts, predictor.concept, options.other_concepts)

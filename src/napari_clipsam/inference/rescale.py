@@ -102,6 +102,11 @@ def diameter_in_pixels(options, pixel_size: Mapping[str, float], name: str):
     return replace(options, diameter=pixels, diameter_unit="px")
 
 
+def seeded(options) -> bool:
+    """Whether ``options`` make seeded instances, the one use of a diameter besides picking the scale."""
+    return options.instances and options.instance_method == "seeds"
+
+
 def check_diameter_use(diameter: float | None, scale, seeded: bool) -> None:
     """Refuse (ValueError) a ``diameter`` that would do nothing: one given with a fixed ``scale``
     and no seeded instances (``seeded``: ``instances=True`` with the seeds method)."""
@@ -125,8 +130,7 @@ def known_diameters(model, concept: str | None) -> tuple[float, float] | None:
 def diameter_unused(options, model, concept: str | None) -> bool:
     """Whether ``options.diameter`` was given for the scale alone (no seeded instances, ``scale="auto"``)
     and ``model`` lists no diameters for ``concept`` to pick it by."""
-    seeded = options.instances and options.instance_method == "seeds"
-    return options.diameter is not None and not seeded and options.scale == AUTO \
+    return options.diameter is not None and not seeded(options) and options.scale == AUTO \
         and known_diameters(model, concept) is None
 
 
@@ -288,8 +292,7 @@ def iter_segment_scaled(predictor, stack, concept, points, point_labels, box, op
     labels = np.zeros(labels_shape, dtype=np.int32) if out is None else out
     # Sizes the user gave in the image's pixels, in the read's; the read itself at scale 1.
     # A diameter given only to pick the scale has done so.
-    seeded = options.instances and options.instance_method == "seeds"
-    inner = replace(options, scale=1.0, diameter=scaled_size(options.diameter, scale) if seeded else None,
+    inner = replace(options, scale=1.0, diameter=scaled_size(options.diameter, scale) if seeded(options) else None,
                     min_area=math.ceil(options.min_area / scale**2))
     small = yield from iter_segment_stack(predictor, ScaledImage(stack, scale, leading), concept,
                                           scale_points(points, scale), point_labels, scale_points(box, scale),
@@ -298,6 +301,6 @@ def iter_segment_scaled(predictor, stack, concept, points, point_labels, box, op
     return labels
 
 
-__all__ = ["AUTO", "ScaledImage", "check_diameter_unit", "check_diameter_use", "check_scale", "diameter_in_pixels", "diameter_unused", "iter_segment_scaled",
-           "known_diameters",
-           "label_source", "read_length", "resolve_scale", "scale_for", "scale_points", "scaled_size", "write_back"]
+__all__ = ["AUTO", "ScaledImage", "check_diameter_unit", "check_diameter_use", "check_scale", "diameter_in_pixels",
+           "diameter_unused", "iter_segment_scaled", "known_diameters", "label_source", "read_length",
+           "resolve_scale", "scale_for", "scale_points", "scaled_size", "seeded", "write_back"]
