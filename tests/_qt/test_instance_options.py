@@ -135,7 +135,9 @@ def test_a_diameter_in_micrometres_is_the_layers_pixels_by_its_scale_and_units(v
         _options(widget)
     widget.set_options(diameter_unit="px")
     assert _options(widget) == SegmentOptions(diameter=10.5)
-    with pytest.raises(ValueError, match="diameter_unit must be 'px' or 'um'"):
+    widget.set_options(diameter_unit="micrometre")  # any word SegmentOptions takes
+    assert controls.diameter_unit.value == "µm"
+    with pytest.raises(ValueError, match=r"diameter_unit must be 'px' \(pixels\) or 'um'"):
         widget.set_options(diameter_unit="inch")
 
 

@@ -24,6 +24,7 @@ from magicgui.widgets import (
 from ..inference.layers import layer_diameter_px, leading_ndim
 from ..inference.pipeline import SegmentOptions
 from ..inference.prompts import normalise_concept
+from ..inference.rescale import check_diameter_unit
 from ..inference.seeds import DEFAULT_SCORE_THRESHOLD
 from ..inference.views import augment_from_word
 from .label_layers import existing_output
@@ -202,10 +203,8 @@ class SegmentControls:
                 raise ValueError(f"instance_method must be one of {', '.join(names)}, got {instance_method!r}.")
             self.instance_method.value = names[instance_method]
         if diameter_unit is not None:
-            units = {word: choice for choice, word in DIAMETER_UNITS.items()} | {UNIT_UM: UNIT_UM}
-            if diameter_unit not in units:
-                raise ValueError(f"diameter_unit must be 'px' or 'um', got {diameter_unit!r}.")
-            self.diameter_unit.value = units[diameter_unit]
+            choices = {word: choice for choice, word in DIAMETER_UNITS.items()}  # the pipeline's words, and its error
+            self.diameter_unit.value = choices[check_diameter_unit(diameter_unit)]
         for control, value in ((self.instances, instances), (self.refine, refine), (self.min_area, min_area),
                                (self.replace, replace), (self.show_similarity, similarity),
                                (self.diameter, diameter),
