@@ -136,6 +136,8 @@ def test_segment_layer_takes_a_diameter_in_micrometres_by_the_layers_scale_and_u
     with pytest.raises(ValueError, match="'plain' gives no physical pixel size"):
         segment_layer(Image(blobs_image, name="plain", scale=(0.5, 0.5)), "nucleus", tiny_model, diameter=12,
                       diameter_unit="um")
+    with pytest.raises(ValueError, match="diameter_unit must be 'px'"):  # refused with no diameter too
+        segment_layer(layer, "nucleus", tiny_model, diameter_unit="inch")
 
 
 def test_segment_layer_on_rgb_and_stack_layers(viewer, tiny_model, blobs_image):

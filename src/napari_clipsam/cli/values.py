@@ -25,6 +25,7 @@ def diameter(text: str) -> tuple[float, str]:
     """(value, ``"px"`` or ``"um"``): pixels (``24``, ``24px``) or a length (``10um``, ``10 µm``,
     ``0.01mm``) in micrometres, which each file's pixel size turns into its pixels."""
     from .._zarr_files import micrometres_per_unit
+    from ..inference.rescale import PIXEL_WORDS
 
     match = re.fullmatch(r"\s*([-+0-9.eE]+)\s*([^\s0-9.+-][^\s]*)?\s*", text)
     try:
@@ -32,7 +33,7 @@ def diameter(text: str) -> tuple[float, str]:
     except ValueError:
         value = math.nan
     unit = (match.group(2) or "px").lower() if match else ""
-    pixels = unit in ("px", "pixel", "pixels")
+    pixels = unit in PIXEL_WORDS
     factor = 1.0 if pixels else micrometres_per_unit(unit)
     if not math.isfinite(value) or factor is None:
         raise argparse.ArgumentTypeError(

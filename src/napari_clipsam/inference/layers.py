@@ -139,7 +139,7 @@ def segment_layer(
     multiscale = bool(getattr(image_layer, "multiscale", False))
     rgb = bool(getattr(image_layer, "rgb", False))
     points, box = rows_cols_to_xy(points), corners_to_xyxy(box)
-    if diameter is not None and check_diameter_unit(diameter_unit) == "um":
+    if check_diameter_unit(diameter_unit) == "um" and diameter is not None:  # a wrong unit refused, diameter or not
         diameter = layer_diameter_px(image_layer, diameter)
     # Checked first: a mistake must not wait for a model to load (or download).
     options = SegmentOptions(instances=instances, refine=refine, min_area=min_area, channel=channel,

@@ -46,6 +46,7 @@ _BAND_ROWS = 1024
 SLACK = 1.25
 # A diameter in micrometres that the pixel size makes larger than this many pixels is refused.
 MAX_DIAMETER_PX = 100_000
+PIXEL_WORDS = ("px", "pixel", "pixels")  # a diameter's unit words for pixels (SegmentOptions, the CLI)
 # The anti-aliasing Gaussian reaches this many sigmas (scipy's default).
 TRUNCATE = 4.0
 
@@ -66,7 +67,7 @@ def check_scale(scale) -> float | str:
 def check_diameter_unit(unit) -> str:
     """``unit`` as :class:`~.pipeline.SegmentOptions` keeps it: ``"px"`` (pixels) or ``"um"`` (micrometres)."""
     text = unit.strip().lower().replace("µ", "u").replace("μ", "u") if isinstance(unit, str) else None
-    if text in ("px", "pixel", "pixels"):
+    if text in PIXEL_WORDS:
         return "px"
     if text in ("um", "micrometre", "micrometer", "micron", "microns"):
         return "um"
@@ -301,6 +302,6 @@ def iter_segment_scaled(predictor, stack, concept, points, point_labels, box, op
     return labels
 
 
-__all__ = ["AUTO", "ScaledImage", "check_diameter_unit", "check_diameter_use", "check_scale", "diameter_in_pixels",
+__all__ = ["AUTO", "PIXEL_WORDS", "ScaledImage", "check_diameter_unit", "check_diameter_use", "check_scale", "diameter_in_pixels",
            "diameter_unused", "iter_segment_scaled", "known_diameters", "label_source", "read_length",
            "resolve_scale", "scale_for", "scale_points", "scaled_size", "seeded", "write_back"]
